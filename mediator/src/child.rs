@@ -1,0 +1,84 @@
+//! A mediator started as a child process (for `vgpu demo`, `vgpu bench` and tests).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `vgpu serve` child, killed on drop.
+pub struct Mediator {
+    child: Child,
+    socket: PathBuf,
+    dir: PathBuf,
+}
+
+impl Mediator {
+    /// Start `exe serve` on a fresh socket in a private temporary folder and wait until it
+    /// accepts connections.
+    pub fn start(exe: &Path, executor: &str, spin_us: u64) -> Result<Mediator, String> {
+        let dir = std::env::temp_dir().join(format!("vgpu-{}-{}", std::process::id(), unique()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let socket = dir.join("vgpu.sock");
+        let child = Command::new(exe)
+            .args(["serve", "--executor", executor, "--spin-us", &spin_us.to_string(), "--socket"])
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", exe.display()))?;
+        let mut m = Mediator { child, socket, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&m.socket).is_err() {
+            if let Ok(Some(st)) = m.child.try_wait() {
+                return Err(format!("the mediator exited at start: {st}"));
+            }
+            if Instant::now() > deadline {
+                return Err("the mediator did not start listening within 10 s".into());
+            }
+            // Polling for the socket to appear: there is no event to wait on for another
+            // process's bind().
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(m)
+    }
+
+    /// Start the current executable as the mediator.
+    pub fn start_self(executor: &str, spin_us: u64) -> Result<Mediator, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        Mediator::start(&exe, executor, spin_us)
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL the mediator (its workers die with it).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Mediator {
+    fn drop(&mut self) {
+        // SIGTERM for a clean shutdown, then make sure.
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn unique() -> u64 {
+    use std::time::SystemTime;
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}

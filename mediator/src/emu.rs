@@ -1,0 +1,477 @@
+//! The `emu` executor: a CPU stand-in for a GPU with CUDA's semantics for everything but kernel
+//! execution.
+//!
+//! - Device memory lives in anonymous mappings at addresses in a non-canonical x86-64 range
+//!   (`0x0000_d000_0000_0000` and up), so no host or guest pointer can ever be mistaken for one.
+//!   Addresses are never reused, and allocations are separated by guard gaps, so a stale or
+//!   overrunning pointer is rejected instead of landing in another allocation.
+//! - Each stream is a worker thread running its commands in FIFO order; streams run
+//!   concurrently, so completions of different streams arrive in any order.
+//! - Events capture a stream position and a timestamp; sync waits are completions deferred until
+//!   the recorded work has run.
+//!
+//! Every guest-supplied field is validated at dispatch, before any work is queued: window ranges
+//! against the window, device ranges against this session's live allocations, handles against
+//! this session's tables, sizes against quotas.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use tracing::{debug, warn};
+use vgpu_transport::region::Region;
+use vgpu_transport::sync::Ordering;
+use vgpu_transport::wire::{event_flags, Call, Command, Completion, DeviceInfo, Status};
+use vgpu_transport::{Completer, Executor, ServerStats};
+
+/// First device address handed out. Non-canonical on x86-64 (bit 47 set, bits 48..63 clear).
+pub const EMU_BASE: u64 = 0x0000_d000_0000_0000;
+/// Allocation alignment (what `cudaMalloc` guarantees is at least 256).
+pub const ALIGN: u64 = 512;
+/// Unmapped gap left after every allocation.
+pub const GUARD: u64 = 64 << 10;
+
+/// Per-session limits of the emulated device.
+#[derive(Clone, Copy, Debug)]
+pub struct EmuLimits {
+    /// Device memory the emulated GPU reports and enforces.
+    pub mem_total: u64,
+    pub max_streams: usize,
+    pub max_events: usize,
+    pub max_allocations: usize,
+}
+
+impl Default for EmuLimits {
+    fn default() -> Self {
+        EmuLimits { mem_total: 16 << 30, max_streams: 1024, max_events: 1 << 16, max_allocations: 1 << 20 }
+    }
+}
+
+struct Alloc {
+    base: u64,
+    len: u64,
+    data: RwLock<memmap2::MmapMut>,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+struct StreamWorker {
+    tx: mpsc::Sender<Job>,
+    thread: JoinHandle<()>,
+}
+
+impl StreamWorker {
+    fn spawn(handle: u32) -> std::io::Result<StreamWorker> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new().name(format!("emu-stream-{handle}")).spawn(move || {
+            while let Ok(job) = rx.recv() {
+                job();
+            }
+        })?;
+        Ok(StreamWorker { tx, thread })
+    }
+}
+
+#[derive(Default)]
+struct EvState {
+    /// Number of records submitted.
+    recorded: u64,
+    /// Highest record that has executed.
+    done: u64,
+    time: Option<Instant>,
+    waiters: Vec<(u64, u64)>,
+}
+
+struct Event {
+    flags: u64,
+    st: Mutex<EvState>,
+}
+
+/// The executor of one session.
+pub struct Emu {
+    region: Arc<Region>,
+    stats: &'static ServerStats,
+    limits: EmuLimits,
+    allocs: BTreeMap<u64, Arc<Alloc>>,
+    next_addr: u64,
+    in_use: u64,
+    streams: HashMap<u32, StreamWorker>,
+    retired: Vec<JoinHandle<()>>,
+    events: HashMap<u64, Arc<Event>>,
+    next_handle: u32,
+    epoch: Instant,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Emu {
+    pub fn new(region: Arc<Region>, stats: &'static ServerStats, limits: EmuLimits) -> std::io::Result<Emu> {
+        let mut streams = HashMap::new();
+        streams.insert(0, StreamWorker::spawn(0)?);
+        Ok(Emu {
+            region,
+            stats,
+            limits,
+            allocs: BTreeMap::new(),
+            next_addr: EMU_BASE,
+            in_use: 0,
+            streams,
+            retired: Vec::new(),
+            events: HashMap::new(),
+            next_handle: 1,
+            epoch: Instant::now(),
+        })
+    }
+
+    /// The allocation containing `[ptr, ptr+len)`, and the offset of `ptr` in it.
+    fn resolve(&self, ptr: u64, len: u64) -> Option<(Arc<Alloc>, usize)> {
+        let (_, a) = self.allocs.range(..=ptr).next_back()?;
+        let end = ptr.checked_add(len)?;
+        (end <= a.base + a.len).then(|| (a.clone(), (ptr - a.base) as usize))
+    }
+
+    fn alloc(&mut self, size: u64) -> Result<u64, Status> {
+        if size == 0 {
+            return Err(Status::InvalidArgument);
+        }
+        if size > self.limits.mem_total - self.in_use || self.allocs.len() >= self.limits.max_allocations {
+            return Err(Status::OutOfMemory);
+        }
+        let len = usize::try_from(size).map_err(|_| Status::OutOfMemory)?;
+        let map = memmap2::MmapMut::map_anon(len).map_err(|e| {
+            warn!(target: "vgpu::emu", "anonymous mapping of {size} bytes failed: {e}");
+            Status::OutOfMemory
+        })?;
+        let base = self.next_addr;
+        self.next_addr = base + size.div_ceil(ALIGN) * ALIGN + GUARD;
+        self.allocs.insert(base, Arc::new(Alloc { base, len: size, data: RwLock::new(map) }));
+        self.in_use += size;
+        self.stats.mem_in_use.store(self.in_use, Ordering::Relaxed);
+        self.stats.mem_peak.fetch_max(self.in_use, Ordering::Relaxed);
+        self.stats.allocations.fetch_add(1, Ordering::Relaxed);
+        Ok(base)
+    }
+
+    fn free(&mut self, ptr: u64) -> Status {
+        match self.allocs.remove(&ptr) {
+            Some(a) => {
+                self.in_use -= a.len;
+                self.stats.mem_in_use.store(self.in_use, Ordering::Relaxed);
+                Status::Ok
+            }
+            None => Status::InvalidDevicePointer,
+        }
+    }
+
+    fn stream(&self, h: u32) -> Result<&StreamWorker, Status> {
+        self.streams.get(&h).ok_or(Status::InvalidHandle)
+    }
+
+    /// Queue `job` on stream `h`; it completes `seq` with the status it returns.
+    fn enqueue(&self, h: u32, seq: u64, done: &Completer, job: impl FnOnce() -> (Status, [u64; 2]) + Send + 'static) -> Option<Completion> {
+        let w = match self.stream(h) {
+            Ok(w) => w,
+            Err(s) => return Some(reply(seq, s, [0, 0])),
+        };
+        let done = done.clone();
+        let job: Job = Box::new(move || {
+            let (status, result) = job();
+            done.finish(seq, status, result);
+        });
+        if w.tx.send(job).is_err() {
+            return Some(reply(seq, Status::InvalidHandle, [0, 0]));
+        }
+        None
+    }
+
+    fn window(&self, off: u64, len: u64) -> Result<(), Status> {
+        self.region.window_range(off, len).map(|_| ()).ok_or(Status::InvalidWindowRange)
+    }
+
+    fn device_info(&self) -> DeviceInfo {
+        let mut d = DeviceInfo::default();
+        let name = b"vgpu emu (CPU stand-in, no kernel execution)";
+        d.name[..name.len()].copy_from_slice(name);
+        d.total_mem = self.limits.mem_total;
+        d.multiprocessors = 16;
+        d.cc_major = 8;
+        d.cc_minor = 0;
+        d.warp_size = 32;
+        d.max_threads_per_block = 1024;
+        d.shared_mem_per_block = 48 << 10;
+        d.clock_khz = 1_000_000;
+        d.executor = 0;
+        d
+    }
+
+    fn event(&self, h: u64) -> Result<Arc<Event>, Status> {
+        self.events.get(&h).cloned().ok_or(Status::InvalidHandle)
+    }
+
+    fn handle(&mut self) -> u32 {
+        let h = self.next_handle;
+        self.next_handle = self.next_handle.wrapping_add(1).max(1);
+        h
+    }
+
+    fn exec(&mut self, cmd: &Command, call: Call, done: &Completer) -> Result<Option<[u64; 2]>, Status> {
+        let a = cmd.args;
+        let seq = cmd.seq;
+        let region = &self.region;
+        match call {
+            Call::Nop => Ok(Some([0, 0])),
+            Call::MemAlloc => self.alloc(a[0]).map(|p| Some([p, 0])),
+            Call::MemFree => match self.free(a[0]) {
+                Status::Ok => Ok(Some([0, 0])),
+                s => Err(s),
+            },
+            Call::MemcpyHtoD => {
+                let (dst, off, len) = (a[0], a[1], a[2]);
+                self.window(off, len)?;
+                let (alloc, at) = self.resolve(dst, len).ok_or(Status::InvalidDevicePointer)?;
+                let region = region.clone();
+                self.stats.bytes_h2d.fetch_add(len, Ordering::Relaxed);
+                self.queue(cmd, done, move || {
+                    let mut d = alloc.data.write().unwrap_or_else(|e| e.into_inner());
+                    match region.read_window(off, &mut d[at..at + len as usize]) {
+                        Ok(()) => Status::Ok,
+                        Err(_) => Status::InvalidWindowRange,
+                    }
+                })
+            }
+            Call::MemcpyDtoH => {
+                let (src, off, len) = (a[0], a[1], a[2]);
+                self.window(off, len)?;
+                let (alloc, at) = self.resolve(src, len).ok_or(Status::InvalidDevicePointer)?;
+                let region = region.clone();
+                self.stats.bytes_d2h.fetch_add(len, Ordering::Relaxed);
+                self.queue(cmd, done, move || {
+                    let d = alloc.data.read().unwrap_or_else(|e| e.into_inner());
+                    match region.write_window(off, &d[at..at + len as usize]) {
+                        Ok(()) => Status::Ok,
+                        Err(_) => Status::InvalidWindowRange,
+                    }
+                })
+            }
+            Call::MemcpyDtoD => {
+                let (dst, src, len) = (a[0], a[1], a[2]);
+                let (da, dat) = self.resolve(dst, len).ok_or(Status::InvalidDevicePointer)?;
+                let (sa, sat) = self.resolve(src, len).ok_or(Status::InvalidDevicePointer)?;
+                self.stats.bytes_d2d.fetch_add(len, Ordering::Relaxed);
+                let len = len as usize;
+                self.queue(cmd, done, move || {
+                    if Arc::ptr_eq(&da, &sa) {
+                        let mut d = da.data.write().unwrap_or_else(|e| e.into_inner());
+                        d.copy_within(sat..sat + len, dat);
+                    } else if sa.base < da.base {
+                        // Lock in address order, whatever the direction, so two streams copying
+                        // A→B and B→A cannot deadlock.
+                        let s = sa.data.read().unwrap_or_else(|e| e.into_inner());
+                        let mut d = da.data.write().unwrap_or_else(|e| e.into_inner());
+                        d[dat..dat + len].copy_from_slice(&s[sat..sat + len]);
+                    } else {
+                        let mut d = da.data.write().unwrap_or_else(|e| e.into_inner());
+                        let s = sa.data.read().unwrap_or_else(|e| e.into_inner());
+                        d[dat..dat + len].copy_from_slice(&s[sat..sat + len]);
+                    }
+                    Status::Ok
+                })
+            }
+            Call::Memset => {
+                let (dst, value, len) = (a[0], a[1], a[2]);
+                if value > 0xff {
+                    return Err(Status::InvalidArgument);
+                }
+                let (alloc, at) = self.resolve(dst, len).ok_or(Status::InvalidDevicePointer)?;
+                self.queue(cmd, done, move || {
+                    let mut d = alloc.data.write().unwrap_or_else(|e| e.into_inner());
+                    d[at..at + len as usize].fill(value as u8);
+                    Status::Ok
+                })
+            }
+            Call::StreamCreate => {
+                if a[0] & !1 != 0 {
+                    return Err(Status::InvalidArgument);
+                }
+                if self.streams.len() >= self.limits.max_streams {
+                    return Err(Status::QuotaExceeded);
+                }
+                let h = self.handle();
+                let w = StreamWorker::spawn(h).map_err(|_| Status::OutOfMemory)?;
+                self.streams.insert(h, w);
+                self.stats.streams.store(self.streams.len() as u64 - 1, Ordering::Relaxed);
+                Ok(Some([h as u64, 0]))
+            }
+            Call::StreamDestroy => {
+                let h = u32::try_from(a[0]).map_err(|_| Status::InvalidHandle)?;
+                if h == 0 {
+                    return Err(Status::InvalidHandle);
+                }
+                let w = self.streams.remove(&h).ok_or(Status::InvalidHandle)?;
+                // Dropping the sender lets the thread finish queued work, then exit.
+                drop(w.tx);
+                self.retired.push(w.thread);
+                self.stats.streams.store(self.streams.len() as u64 - 1, Ordering::Relaxed);
+                Ok(Some([0, 0]))
+            }
+            Call::StreamSync => self.queue(cmd, done, || Status::Ok),
+            Call::DeviceSync => {
+                let left = Arc::new(vgpu_transport::sync::stat::AtomicUsize::new(self.streams.len()));
+                for w in self.streams.values() {
+                    let (l, d) = (left.clone(), done.clone());
+                    let job: Job = Box::new(move || {
+                        if l.fetch_sub(1, Ordering::AcqRel) == 1 {
+                            d.finish(seq, Status::Ok, [0, 0]);
+                        }
+                    });
+                    if w.tx.send(job).is_err() && left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                        return Ok(Some([0, 0]));
+                    }
+                }
+                Ok(None)
+            }
+            Call::EventCreate => {
+                if a[0] & !event_flags::KNOWN != 0 {
+                    return Err(Status::InvalidArgument);
+                }
+                if self.events.len() >= self.limits.max_events {
+                    return Err(Status::QuotaExceeded);
+                }
+                let h = self.handle() as u64;
+                self.events.insert(h, Arc::new(Event { flags: a[0], st: Mutex::new(EvState::default()) }));
+                self.stats.events.store(self.events.len() as u64, Ordering::Relaxed);
+                Ok(Some([h, 0]))
+            }
+            Call::EventDestroy => {
+                self.events.remove(&a[0]).ok_or(Status::InvalidHandle)?;
+                self.stats.events.store(self.events.len() as u64, Ordering::Relaxed);
+                Ok(Some([0, 0]))
+            }
+            Call::EventRecord => {
+                let ev = self.event(a[0])?;
+                self.stream(cmd.stream)?;
+                let gen = {
+                    let mut st = lock(&ev.st);
+                    st.recorded += 1;
+                    st.recorded
+                };
+                let done2 = done.clone();
+                self.queue(cmd, done, move || {
+                    let wake: Vec<u64> = {
+                        let mut st = lock(&ev.st);
+                        if gen >= st.done {
+                            st.done = gen;
+                            st.time = Some(Instant::now());
+                        }
+                        let d = st.done;
+                        let (ready, rest): (Vec<_>, Vec<_>) = st.waiters.drain(..).partition(|(target, _)| *target <= d);
+                        st.waiters = rest;
+                        ready.into_iter().map(|(_, s)| s).collect()
+                    };
+                    for s in wake {
+                        done2.finish(s, Status::Ok, [0, 0]);
+                    }
+                    Status::Ok
+                })
+            }
+            Call::EventQuery => {
+                let ev = self.event(a[0])?;
+                let st = lock(&ev.st);
+                if st.done >= st.recorded {
+                    Ok(Some([0, 0]))
+                } else {
+                    Err(Status::NotReady)
+                }
+            }
+            Call::EventSync => {
+                let ev = self.event(a[0])?;
+                let mut st = lock(&ev.st);
+                if st.done >= st.recorded {
+                    return Ok(Some([0, 0]));
+                }
+                let target = st.recorded;
+                st.waiters.push((target, seq));
+                Ok(None)
+            }
+            Call::EventElapsed => {
+                let (s, e) = (self.event(a[0])?, self.event(a[1])?);
+                if (s.flags | e.flags) & event_flags::DISABLE_TIMING != 0 {
+                    return Err(Status::EventNoTiming);
+                }
+                let time = |ev: &Event| -> Result<Instant, Status> {
+                    let st = lock(&ev.st);
+                    if st.recorded == 0 {
+                        return Err(Status::EventNoTiming);
+                    }
+                    if st.done < st.recorded {
+                        return Err(Status::NotReady);
+                    }
+                    st.time.ok_or(Status::EventNoTiming)
+                };
+                let (t0, t1) = (time(&s)?, time(&e)?);
+                let ms = if t1 >= t0 { (t1 - t0).as_secs_f64() * 1e3 } else { -((t0 - t1).as_secs_f64() * 1e3) };
+                Ok(Some([(ms as f32).to_bits() as u64, 0]))
+            }
+            Call::MemGetInfo => Ok(Some([self.limits.mem_total - self.in_use, self.limits.mem_total])),
+            Call::DeviceInfo => {
+                let (off, len) = (a[0], a[1]);
+                let size = std::mem::size_of::<DeviceInfo>() as u64;
+                if len < size {
+                    return Err(Status::InvalidArgument);
+                }
+                self.window(off, size)?;
+                let info = self.device_info();
+                // SAFETY: DeviceInfo is a #[repr(C)] struct of integers and byte arrays with no
+                // padding (512 bytes, asserted in wire.rs); viewing it as bytes is sound.
+                let bytes = unsafe { std::slice::from_raw_parts((&info as *const DeviceInfo).cast::<u8>(), size as usize) };
+                region.write_window(off, bytes).map_err(|_| Status::InvalidWindowRange)?;
+                Ok(Some([0, 0]))
+            }
+        }
+    }
+
+    fn queue(&self, cmd: &Command, done: &Completer, job: impl FnOnce() -> Status + Send + 'static) -> Result<Option<[u64; 2]>, Status> {
+        match self.enqueue(cmd.stream, cmd.seq, done, move || (job(), [0, 0])) {
+            None => Ok(None),
+            Some(c) => Err(Status::from_u32(c.status)),
+        }
+    }
+}
+
+fn reply(seq: u64, status: Status, result: [u64; 2]) -> Completion {
+    Completion { seq, status: status as u32, aux: 0, result }
+}
+
+impl Executor for Emu {
+    fn execute(&mut self, cmd: &Command, call: Call, done: &Completer) -> Option<Completion> {
+        match self.exec(cmd, call, done) {
+            Ok(Some(r)) => Some(reply(cmd.seq, Status::Ok, r)),
+            Ok(None) => None,
+            Err(s) => {
+                debug!(target: "vgpu::emu", seq = cmd.seq, call = call.name(), status = s.name(), "rejected");
+                Some(reply(cmd.seq, s, [0, 0]))
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        for (_, w) in self.streams.drain() {
+            drop(w.tx);
+            self.retired.push(w.thread);
+        }
+        for t in self.retired.drain(..) {
+            let _ = t.join();
+        }
+        self.events.clear();
+        self.allocs.clear();
+        self.in_use = 0;
+        self.stats.mem_in_use.store(0, Ordering::Relaxed);
+        self.stats.streams.store(0, Ordering::Relaxed);
+        self.stats.events.store(0, Ordering::Relaxed);
+        debug!(target: "vgpu::emu", "session resources released after {:?}", self.epoch.elapsed());
+    }
+}

@@ -1,0 +1,59 @@
+//! # vgpu-mediator
+//!
+//! The host side of vgpu: the `vgpu` binary's subcommands, the per-session worker processes,
+//! and the executors that run guest commands (`emu` now; `cuda` on a real GPU later).
+//!
+//! - [`serve`]: the control plane (tokio): accepts guests, spawns one worker per session,
+//!   answers `vgpu stat`;
+//! - [`worker`]: one session: handshake, [`vgpu_transport::Server`] loop, executor;
+//! - [`emu`]: the CPU executor;
+//! - [`bench`] and [`demo`]: measurements and the README's first command.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod bench;
+pub mod child;
+pub mod demo;
+pub mod emu;
+pub mod serve;
+pub mod worker;
+
+use std::path::PathBuf;
+
+/// Which executor runs a session's commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExecutorKind {
+    /// The CPU stand-in: everything but kernel execution.
+    Emu,
+    /// The real GPU through the CUDA driver.
+    Cuda,
+    /// `cuda` where a GPU is usable, `emu` elsewhere.
+    Auto,
+}
+
+impl ExecutorKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ExecutorKind::Emu => "emu",
+            ExecutorKind::Cuda => "cuda",
+            ExecutorKind::Auto => "auto",
+        }
+    }
+}
+
+/// The default socket: `$VGPU_SOCKET`, else `$XDG_RUNTIME_DIR/vgpu.sock`, else `/tmp/vgpu.sock`.
+pub fn default_socket() -> PathBuf {
+    if let Some(s) = std::env::var_os("VGPU_SOCKET") {
+        return s.into();
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) => PathBuf::from(d).join("vgpu.sock"),
+        None => PathBuf::from("/tmp/vgpu.sock"),
+    }
+}
+
+/// Set up `tracing` from `VGPU_LOG` (e.g. `VGPU_LOG=debug`; default `info`), to stderr.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VGPU_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(true).try_init();
+}

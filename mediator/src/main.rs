@@ -1,0 +1,129 @@
+//! `vgpu`: the host mediator and its tools.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use vgpu_mediator::emu::EmuLimits;
+use vgpu_mediator::{bench, default_socket, demo, serve, worker, ExecutorKind};
+
+#[derive(Parser)]
+#[command(name = "vgpu", version, about = "vgpu: use a real GPU across a VM boundary", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve guests on a Unix socket, one worker process per session.
+    Serve {
+        /// Socket path (default: $VGPU_SOCKET, $XDG_RUNTIME_DIR/vgpu.sock or /tmp/vgpu.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "auto")]
+        executor: ExecutorKind,
+        /// How long a worker polls for work before it sleeps on the doorbell (0: interrupt only).
+        #[arg(long, default_value_t = 50)]
+        spin_us: u64,
+        /// Device memory each emu session may use, in GiB.
+        #[arg(long, default_value_t = 16)]
+        mem_gib: u64,
+    },
+    /// Show a running mediator's sessions and counters.
+    Stat {
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Print the raw JSON report.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure the transport against its anchors (eventfd, TCP loopback, memcpy).
+    Bench {
+        /// A shorter run (under 30 s).
+        #[arg(long)]
+        quick: bool,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a mediator on emu, run a guest workload through the transport, and show what it did.
+    Demo,
+    /// Internal: serve one session (started by `vgpu serve`).
+    #[command(hide = true)]
+    Worker {
+        #[arg(long)]
+        session: u64,
+        #[arg(long, value_enum)]
+        executor: ExecutorKind,
+        #[arg(long)]
+        spin_us: u64,
+        #[arg(long)]
+        mem_bytes: u64,
+        #[arg(long)]
+        hello: String,
+    },
+}
+
+fn parse_hello(hex: &str) -> Option<[u8; 64]> {
+    let mut out = [0u8; 64];
+    if hex.len() != 128 {
+        return None;
+    }
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn main() -> ExitCode {
+    vgpu_mediator::init_logging();
+    let cli = Cli::parse();
+    let r: Result<(), String> = match cli.cmd {
+        Cmd::Serve { socket, executor, spin_us, mem_gib } => {
+            let opts = serve::ServeOpts {
+                socket: socket.unwrap_or_else(default_socket),
+                executor,
+                spin: Duration::from_micros(spin_us),
+                limits: EmuLimits { mem_total: mem_gib << 30, ..EmuLimits::default() },
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+                .and_then(|rt| rt.block_on(serve::serve(opts)))
+        }
+        Cmd::Stat { socket, json } => serve::query_stat(&socket.unwrap_or_else(default_socket)).map(|v| {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                print!("{}", serve::render_stat(&v));
+            }
+        }),
+        Cmd::Bench { quick, json } => bench::run(quick, json),
+        Cmd::Demo => demo::run(),
+        Cmd::Worker { session, executor, spin_us, mem_bytes, hello } => {
+            let Some(hello) = parse_hello(&hello) else {
+                eprintln!("vgpu worker: bad --hello");
+                return ExitCode::from(2);
+            };
+            let opts = worker::WorkerOpts {
+                session,
+                executor,
+                spin: Duration::from_micros(spin_us),
+                hello,
+                limits: EmuLimits { mem_total: mem_bytes, ..EmuLimits::default() },
+            };
+            return ExitCode::from(worker::run(opts).clamp(0, 255) as u8);
+        }
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vgpu: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! One worker process per guest session.
+//!
+//! The parent (`vgpu serve`) accepts a connection, reads its Hello, and re-executes itself as
+//! `vgpu worker` with the connection on fd 3 and a statistics page on fd 4. The worker finishes
+//! the handshake, serves the session with its executor, and exits when the guest goes away. A
+//! crash, a hostile guest or a sticky fault therefore ends one session only, and the operating
+//! system reclaims everything the session held.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{info, warn};
+use vgpu_transport::link::direct::{self, HostLimits};
+use vgpu_transport::server::Exit;
+use vgpu_transport::wire::handshake::MSG_LEN;
+use vgpu_transport::{Server, ServerConfig, ServerStats};
+
+use crate::emu::{Emu, EmuLimits};
+use crate::ExecutorKind;
+
+/// File descriptor numbers a worker inherits.
+pub const CONN_FD: i32 = 3;
+pub const STATS_FD: i32 = 4;
+
+/// Settings passed from `vgpu serve` to each worker.
+#[derive(Clone, Debug)]
+pub struct WorkerOpts {
+    pub session: u64,
+    pub executor: ExecutorKind,
+    pub spin: Duration,
+    pub hello: [u8; MSG_LEN],
+    pub limits: EmuLimits,
+}
+
+/// Map the statistics page the parent created. It stays mapped for the life of the process.
+pub fn map_stats(fd: &OwnedFd) -> std::io::Result<&'static ServerStats> {
+    let map = memmap2::MmapOptions::new().len(4096).map_raw(fd)?;
+    let ptr = map.as_mut_ptr().cast::<ServerStats>();
+    std::mem::forget(map);
+    // SAFETY: the mapping is 4096 bytes, page-aligned, never unmapped (forgotten above, so it
+    // lives for the process), and ServerStats (256 bytes, repr(C) of atomics) is only ever
+    // accessed atomically, here and in the parent.
+    Ok(unsafe { &*ptr })
+}
+
+/// Entry point of `vgpu worker`.
+pub fn run(opts: WorkerOpts) -> i32 {
+    // Die with the mediator: a guest must learn that its host is gone.
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL) {
+        warn!(target: "vgpu::worker", "PR_SET_PDEATHSIG: {e}");
+    }
+    if nix::unistd::getppid() == nix::unistd::Pid::from_raw(1) {
+        return 1;
+    }
+    // SAFETY: the parent placed the session socket at CONN_FD and the stats memfd at STATS_FD
+    // (dup2 in pre_exec) and nothing else in this process owns them.
+    let (conn, stats_fd) = unsafe { (UnixStream::from_raw_fd(CONN_FD), OwnedFd::from_raw_fd(STATS_FD)) };
+    let stats = match map_stats(&stats_fd) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(target: "vgpu::worker", "mapping the statistics page: {e}");
+            return 1;
+        }
+    };
+    stats.pid.store(std::process::id() as u64, vgpu_transport::sync::Ordering::Relaxed);
+    stats.session_id.store(opts.session, vgpu_transport::sync::Ordering::Relaxed);
+    let link = match direct::accept(conn, &opts.hello, opts.session, HostLimits::default()) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(target: "vgpu::worker", session = opts.session, "handshake failed: {e}");
+            stats.state.store(2, vgpu_transport::sync::Ordering::Relaxed);
+            return 2;
+        }
+    };
+    info!(target: "vgpu::worker", session = opts.session, guest_pid = link.hello.pid, window = link.region.layout().window_len, depth = link.region.layout().sq_depth, "session open");
+    serve_link(link, &opts, stats)
+}
+
+/// Serve an accepted link until the guest leaves.
+pub fn serve_link(link: direct::HostLink, opts: &WorkerOpts, stats: &'static ServerStats) -> i32 {
+    let region = link.region.clone();
+    let hangup = OwnedFd::from(link.socket);
+    let mut server = match Server::new(region.clone(), link.doorbell, Box::new(link.interrupt), Some(hangup), ServerConfig { spin: opts.spin }, stats) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(target: "vgpu::worker", "server setup: {e}");
+            return 1;
+        }
+    };
+    let mut exec: Box<dyn vgpu_transport::Executor> = match opts.executor {
+        ExecutorKind::Emu | ExecutorKind::Auto => match Emu::new(Arc::clone(&region), stats, opts.limits) {
+            Ok(e) => Box::new(e),
+            Err(e) => {
+                warn!(target: "vgpu::worker", "emu setup: {e}");
+                return 1;
+            }
+        },
+        ExecutorKind::Cuda => unreachable!("rejected by `vgpu serve`"),
+    };
+    let exit = server.run(exec.as_mut());
+    match &exit {
+        Exit::GuestGone => info!(target: "vgpu::worker", session = opts.session, commands = stats.commands.load(vgpu_transport::sync::Ordering::Relaxed), "guest left; session closed"),
+        Exit::ProtocolError(e) => warn!(target: "vgpu::worker", session = opts.session, "session ended: {e}"),
+        Exit::Stopped => info!(target: "vgpu::worker", session = opts.session, "stopped"),
+    }
+    0
+}

@@ -1,0 +1,745 @@
+//! The guest half: submission, in-flight slots, the reactor thread, and the three ways to call.
+//!
+//! - [`Client::call`] returns a future (runtime-agnostic: it only uses the `Waker` it is given);
+//! - [`Client::call_blocking`] spins adaptively on its own slot (draining completions itself while
+//!   it does), then parks;
+//! - [`Client::fire`] submits and forgets; a failure is kept as a deferred (sticky) error, returned
+//!   by [`Client::take_deferred_error`] at the next synchronising call of the layer above.
+//!
+//! # The completion role
+//! Completions are drained by whoever holds the completion-ring lock: the reactor thread after an
+//! interrupt, or a blocked caller while it spins. The holder clears "wants interrupt" while it
+//! drains and, before it lets go, arms the flag and re-checks the ring (check-after-arm), so the
+//! reactor's sleep never misses a completion. Only the holder completes slots.
+//!
+//! # Liveness
+//! The reactor watches the link (socket hang-up on `direct`, heartbeat on `ivshmem`). When the
+//! host is gone it marks the client down and completes every in-flight slot with `LinkDown`; a
+//! submitter checks the mark after taking its slot (SeqCst on both sides), so no call can slip in
+//! unfailed. Every park has a 100 ms timeout that re-checks the mark. Nothing waits forever.
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::sync::Arc as StdArc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, trace, warn};
+
+use crate::notify::Notify;
+use crate::region::Region;
+use crate::ring::{completion_ring, submission_ring, Consumer, Producer, RegionRing};
+use crate::slots::{Delivered, Outcome, Slots};
+use crate::sync::stat::AtomicU64 as StatU64;
+use crate::sync::{lock, try_lock, AtomicU32, Mutex, Ordering};
+use crate::window::Staging;
+use crate::wire::{cmd_flags, hdr, Call, Command, Completion, Status};
+use crate::{Error, Result};
+
+/// How a blocked caller waits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpinPolicy {
+    /// Park at once; completion arrives by interrupt only.
+    Never,
+    /// Spin on the slot (draining completions) for up to `max`, adapting: the budget halves after
+    /// a spin that failed and resets to `max` after one that succeeded.
+    Adaptive { max: Duration },
+}
+
+/// Client settings.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientConfig {
+    pub spin: SpinPolicy,
+    /// Requested data-window size (0: the host's default).
+    pub window_len: u64,
+    /// Requested ring depth (0: the host's default).
+    pub depth: u32,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig { spin: SpinPolicy::Adaptive { max: Duration::from_micros(50) }, window_len: 0, depth: 0 }
+    }
+}
+
+/// Watches the host's liveness for the reactor.
+pub trait LinkWatch: Send + Sync + 'static {
+    /// An fd that becomes readable (or hangs up) when the host may be gone.
+    fn fd(&self) -> Option<RawFd>;
+    /// Decide: `Err(reason)` if the host is gone. Called when `fd` fires and every 100 ms.
+    fn check(&self) -> std::result::Result<(), String>;
+}
+
+/// Client-side counters (process-local).
+#[derive(Debug, Default)]
+pub struct ClientStats {
+    pub calls: StatU64,
+    pub blocking_waits: StatU64,
+    pub doorbells: StatU64,
+    pub interrupts: StatU64,
+    pub spin_hits: StatU64,
+    pub spin_misses: StatU64,
+    pub parks: StatU64,
+    pub completions: StatU64,
+    pub deferred_errors: StatU64,
+}
+
+const ALIVE: u32 = 0;
+const DOWN: u32 = 1;
+
+struct Inner {
+    region: StdArc<Region>,
+    sq: Mutex<Producer<RegionRing<Command>>>,
+    cq: Mutex<Consumer<RegionRing<Completion>>>,
+    slots: Slots,
+    calls: Box<[StatU64]>,
+    doorbell: Box<dyn Notify>,
+    state: AtomicU32,
+    down_reason: std::sync::Mutex<Option<Error>>,
+    deferred: std::sync::Mutex<Option<Error>>,
+    stats: ClientStats,
+    spin_max_ns: u64,
+    spin_budget_ns: StatU64,
+    staging: Staging,
+    shutdown: crate::sync::AtomicBool,
+}
+
+/// A connected guest session. Cheap to share behind `&`; all methods are thread-safe.
+pub struct Client {
+    inner: StdArc<Inner>,
+    reactor: Option<JoinHandle<()>>,
+    wake_reactor: StdArc<crate::notify::EventFd>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("region", &self.inner.region).finish()
+    }
+}
+
+impl Client {
+    /// Build a client over an established link and start its reactor thread.
+    pub fn from_parts(
+        region: Region,
+        doorbell: Box<dyn Notify>,
+        interrupt: OwnedFd,
+        watch: Box<dyn LinkWatch>,
+        cfg: ClientConfig,
+    ) -> Result<Client> {
+        let region = StdArc::new(region);
+        let depth = region.layout().sq_depth;
+        let window_len = region.layout().window_len;
+        let spin_max_ns = match cfg.spin {
+            SpinPolicy::Never => 0,
+            SpinPolicy::Adaptive { max } => max.as_nanos() as u64,
+        };
+        let inner = StdArc::new(Inner {
+            sq: Mutex::new(Producer::new(submission_ring(&region))),
+            cq: Mutex::new(Consumer::new(completion_ring(&region))),
+            slots: Slots::new(depth),
+            calls: (0..depth).map(|_| StatU64::new(0)).collect(),
+            region,
+            doorbell,
+            state: AtomicU32::new(ALIVE),
+            down_reason: std::sync::Mutex::new(None),
+            deferred: std::sync::Mutex::new(None),
+            stats: ClientStats::default(),
+            spin_max_ns,
+            spin_budget_ns: StatU64::new(spin_max_ns),
+            staging: Staging::new(window_len),
+            shutdown: crate::sync::AtomicBool::new(false),
+        });
+        let wake_reactor = StdArc::new(crate::notify::EventFd::new().map_err(|e| Error::Setup(format!("eventfd: {e}")))?);
+        let (i2, w2) = (inner.clone(), wake_reactor.clone());
+        let reactor = std::thread::Builder::new()
+            .name("vgpu-reactor".into())
+            .spawn(move || reactor(i2, interrupt, watch, w2))
+            .map_err(|e| Error::Setup(format!("spawning the reactor thread: {e}")))?;
+        Ok(Client { inner, reactor: Some(reactor), wake_reactor })
+    }
+
+    /// Connect to a mediator over the `direct` link (Unix socket at `path`).
+    pub fn connect(path: impl AsRef<std::path::Path>, cfg: ClientConfig) -> Result<Client> {
+        crate::link::direct::connect(path.as_ref(), cfg)
+    }
+
+    /// The shared region (for window access).
+    pub fn region(&self) -> &Region {
+        &self.inner.region
+    }
+
+    /// The staging chunks of the data window.
+    pub fn staging(&self) -> &Staging {
+        &self.inner.staging
+    }
+
+    /// Client counters.
+    pub fn stats(&self) -> &ClientStats {
+        &self.inner.stats
+    }
+
+    /// `Ok` while the host is reachable; the reason it is gone otherwise.
+    pub fn check_alive(&self) -> Result<()> {
+        self.inner.check_alive()
+    }
+
+    /// Submit a call and return a future for its result. The slot is taken on first poll
+    /// (waiting for one if all are busy); dropping the future after submission detaches it.
+    pub fn call(&self, call: Call, stream: u32, args: [u64; 6]) -> CallFuture {
+        let seq = self.inner.slots.next_seq();
+        CallFuture { inner: self.inner.clone(), seq, call, stream, args, state: FutState::Acquiring }
+    }
+
+    /// Submit a call and block until it completes (a blocking round trip).
+    pub fn call_blocking(&self, call: Call, stream: u32, args: [u64; 6]) -> Result<[u64; 2]> {
+        self.inner.stats.blocking_waits.fetch_add(1, Ordering::Relaxed);
+        let t = self.submit_flags(call, stream, args, cmd_flags::BLOCKING)?;
+        t.wait()
+    }
+
+    /// Submit a call without waiting; wait later with [`Ticket::wait`] or `.await`.
+    pub fn submit(&self, call: Call, stream: u32, args: [u64; 6]) -> Result<Ticket> {
+        self.submit_flags(call, stream, args, 0)
+    }
+
+    /// Submit and forget. A failure becomes the deferred error.
+    pub fn fire(&self, call: Call, stream: u32, args: [u64; 6]) -> Result<()> {
+        self.submit(call, stream, args).map(drop)
+    }
+
+    fn submit_flags(&self, call: Call, stream: u32, args: [u64; 6], flags: u16) -> Result<Ticket> {
+        let seq = self.inner.slots.next_seq();
+        self.inner.acquire_blocking(seq)?;
+        self.inner.publish(seq, call, stream, args, flags)?;
+        Ok(Ticket { inner: self.inner.clone(), seq, call, done: false })
+    }
+
+    /// The first deferred error of fire-and-forget work since the last call, clearing it.
+    pub fn take_deferred_error(&self) -> Option<Error> {
+        lock_std(&self.inner.deferred).take()
+    }
+
+    /// Copy `src` to device address `dst` through the window, pipelined over staging chunks,
+    /// ordered on `stream`. Returns when the host has consumed every byte.
+    pub fn copy_to_device(&self, dst: u64, src: &[u8], stream: u32) -> Result<()> {
+        let chunk = self.inner.staging.chunk_len() as usize;
+        let mut inflight: std::collections::VecDeque<(Ticket, u64)> = std::collections::VecDeque::new();
+        let mut first_err = None;
+        for (i, piece) in src.chunks(chunk).enumerate() {
+            let off = match self.inner.staging.try_acquire() {
+                Some(o) => o,
+                None => {
+                    if let Some((t, o)) = inflight.pop_front() {
+                        let r = t.wait();
+                        self.inner.staging.release(o);
+                        if let Err(e) = r {
+                            first_err.get_or_insert(e);
+                            break;
+                        }
+                    }
+                    self.inner.staging.acquire(|| self.inner.check_alive())?
+                }
+            };
+            self.inner.region.write_window(off, piece)?;
+            let d = dst.wrapping_add((i * chunk) as u64);
+            match self.submit(Call::MemcpyHtoD, stream, [d, off, piece.len() as u64, 0, 0, 0]) {
+                Ok(t) => inflight.push_back((t, off)),
+                Err(e) => {
+                    self.inner.staging.release(off);
+                    first_err.get_or_insert(e);
+                    break;
+                }
+            }
+        }
+        for (t, o) in inflight {
+            let r = t.wait();
+            self.inner.staging.release(o);
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Copy from device address `src` into `dst` through the window, pipelined, ordered on
+    /// `stream`. Every byte is in `dst` when this returns.
+    pub fn copy_from_device(&self, src: u64, dst: &mut [u8], stream: u32) -> Result<()> {
+        let chunk = self.inner.staging.chunk_len() as usize;
+        let mut inflight: std::collections::VecDeque<(Ticket, u64, usize, usize)> = std::collections::VecDeque::new();
+        let mut first_err = None;
+        let total = dst.len();
+        let mut pos = 0usize;
+        loop {
+            // Keep every staging chunk busy, then retire the oldest.
+            while pos < total {
+                let Some(off) = self.inner.staging.try_acquire() else { break };
+                let len = chunk.min(total - pos);
+                match self.submit(Call::MemcpyDtoH, stream, [src.wrapping_add(pos as u64), off, len as u64, 0, 0, 0]) {
+                    Ok(t) => inflight.push_back((t, off, pos, len)),
+                    Err(e) => {
+                        self.inner.staging.release(off);
+                        first_err.get_or_insert(e);
+                        pos = total;
+                        break;
+                    }
+                }
+                pos += len;
+            }
+            let Some((t, off, at, len)) = inflight.pop_front() else {
+                if pos < total {
+                    let o = self.inner.staging.acquire(|| self.inner.check_alive())?;
+                    self.inner.staging.release(o);
+                    continue;
+                }
+                break;
+            };
+            match t.wait() {
+                Ok(_) => {
+                    if let Err(e) = self.inner.region.read_window(off, &mut dst[at..at + len]) {
+                        first_err.get_or_insert(e);
+                    }
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                    pos = total;
+                }
+            }
+            self.inner.staging.release(off);
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.inner.shutdown.store(true, Ordering::SeqCst);
+        self.wake_reactor.signal();
+        if let Some(h) = self.reactor.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn lock_std<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct ThreadWaker(std::thread::Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: StdArc<Self>) {
+        self.0.unpark();
+    }
+    fn wake_by_ref(self: &StdArc<Self>) {
+        self.0.unpark();
+    }
+}
+
+fn to_result(inner: &Inner, call: Call, o: Outcome) -> Result<[u64; 2]> {
+    match Status::from_u32(o.status) {
+        Status::Ok => Ok(o.result),
+        Status::LinkDown => Err(inner.down_error()),
+        Status::Protocol => Err(inner.down_error()),
+        status => Err(Error::Call { call, status }),
+    }
+}
+
+impl Inner {
+    fn is_down(&self) -> bool {
+        self.state.load(Ordering::SeqCst) != ALIVE
+    }
+
+    fn down_error(&self) -> Error {
+        lock_std(&self.down_reason).clone().unwrap_or_else(|| Error::LinkDown("the link is closed".into()))
+    }
+
+    fn check_alive(&self) -> Result<()> {
+        if self.is_down() {
+            Err(self.down_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Mark the link down and fail everything in flight. Caller holds the completion role.
+    fn fail(&self, cq: &mut Consumer<RegionRing<Completion>>, why: Error) {
+        let _ = cq;
+        {
+            let mut r = lock_std(&self.down_reason);
+            if r.is_none() {
+                if self.shutdown.load(Ordering::SeqCst) {
+                    debug!(target: "vgpu::transport", "client closed");
+                } else {
+                    warn!(target: "vgpu::transport", "link down: {why}");
+                }
+                *r = Some(why.clone());
+            }
+        }
+        self.state.store(DOWN, Ordering::SeqCst);
+        let status = match why {
+            Error::Protocol(_) => Status::Protocol,
+            _ => Status::LinkDown,
+        };
+        for seq in self.slots.in_flight() {
+            let _ = self.slots.complete(seq, status as u32, [0, 0]);
+        }
+        self.slots.wake_all_acquirers();
+    }
+
+    fn acquire_blocking(&self, seq: u64) -> Result<()> {
+        if self.slots.try_acquire(seq) {
+            return self.after_acquire(seq);
+        }
+        let waker = Waker::from(StdArc::new(ThreadWaker(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        loop {
+            if self.slots.poll_acquire(seq, &mut cx).is_ready() {
+                return self.after_acquire(seq);
+            }
+            if self.is_down() {
+                // The slot chain is dead with the link; nothing will reuse it.
+                return Err(self.down_error());
+            }
+            std::thread::park_timeout(Duration::from_millis(100));
+        }
+    }
+
+    fn after_acquire(&self, seq: u64) -> Result<()> {
+        // Pairs with `fail`: it stores DOWN then scans for busy slots (both SeqCst).
+        if self.is_down() {
+            self.slots.abandon(seq);
+            return Err(self.down_error());
+        }
+        Ok(())
+    }
+
+    fn publish(&self, seq: u64, call: Call, stream: u32, args: [u64; 6], flags: u16) -> Result<()> {
+        let cmd = Command { seq, call: call as u16, flags, stream, args };
+        self.calls[(seq & (self.slots.depth() - 1)) as usize].store(call as u64, Ordering::Relaxed);
+        let kick = {
+            let mut sq = lock(&self.sq);
+            if let Err(e) = sq.push(cmd) {
+                drop(sq);
+                self.slots.abandon(seq);
+                return Err(Error::Protocol(format!("submission ring: {e}")));
+            }
+            sq.publish_and_check()
+        };
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        trace!(target: "vgpu::transport", seq, call = call.name(), stream, "submit");
+        if kick {
+            self.stats.doorbells.fetch_add(1, Ordering::Relaxed);
+            self.doorbell.notify();
+        }
+        Ok(())
+    }
+
+    /// Drain the completion ring. Caller holds the completion role.
+    fn drain(&self, cq: &mut Consumer<RegionRing<Completion>>) -> usize {
+        let mut n = 0;
+        loop {
+            match cq.pop() {
+                Ok(Some(c)) => {
+                    n += 1;
+                    self.deliver(cq, c);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    self.fail(cq, Error::Protocol(format!("completion ring: {e}")));
+                    break;
+                }
+            }
+        }
+        if n > 0 {
+            self.stats.completions.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        n
+    }
+
+    fn deliver(&self, cq: &mut Consumer<RegionRing<Completion>>, c: Completion) {
+        debug!(target: "vgpu::transport", seq = c.seq, status = Status::from_u32(c.status).name(), "complete");
+        match self.slots.complete(c.seq, c.status, c.result) {
+            Ok(Delivered::ToWaiter) => {}
+            Ok(Delivered::Detached(o)) => {
+                if o.status != Status::Ok as u32 {
+                    let call = Call::from_u16(self.calls[(c.seq & (self.slots.depth() - 1)) as usize].load(Ordering::Relaxed) as u16)
+                        .unwrap_or(Call::Nop);
+                    self.record_deferred(to_result(self, call, o).unwrap_err());
+                }
+            }
+            Err(stale) => self.fail(cq, Error::Protocol(stale.to_string())),
+        }
+    }
+
+    fn record_deferred(&self, e: Error) {
+        self.stats.deferred_errors.fetch_add(1, Ordering::Relaxed);
+        debug!(target: "vgpu::transport", "deferred error: {e}");
+        lock_std(&self.deferred).get_or_insert(e);
+    }
+
+    /// Give back the completion role: drain, arm, re-check until the ring stays empty.
+    fn rearm(&self, cq: &mut Consumer<RegionRing<Completion>>) {
+        loop {
+            match cq.arm() {
+                Ok(true) => return,
+                Ok(false) => {
+                    self.drain(cq);
+                }
+                Err(e) => {
+                    self.fail(cq, Error::Protocol(format!("completion ring: {e}")));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn wait_blocking(&self, seq: u64) -> Outcome {
+        let budget = self.spin_budget_ns.load(Ordering::Relaxed);
+        if budget > 0 {
+            let start = Instant::now();
+            let deadline = start + Duration::from_nanos(budget);
+            let got = if let Some(mut cq) = try_lock(&self.cq) {
+                cq.disarm();
+                let got = loop {
+                    self.drain(&mut cq);
+                    if let Some(o) = self.slots.try_take(seq) {
+                        break Some(o);
+                    }
+                    if Instant::now() >= deadline {
+                        break None;
+                    }
+                    std::hint::spin_loop();
+                };
+                self.rearm(&mut cq);
+                got
+            } else {
+                loop {
+                    if let Some(o) = self.slots.try_take(seq) {
+                        break Some(o);
+                    }
+                    if Instant::now() >= deadline {
+                        break None;
+                    }
+                    std::hint::spin_loop();
+                }
+            };
+            if let Some(o) = got {
+                self.stats.spin_hits.fetch_add(1, Ordering::Relaxed);
+                self.spin_budget_ns.store(self.spin_max_ns, Ordering::Relaxed);
+                return o;
+            }
+            self.stats.spin_misses.fetch_add(1, Ordering::Relaxed);
+            self.spin_budget_ns.store((budget / 2).max(2_000.min(self.spin_max_ns)), Ordering::Relaxed);
+        }
+        let waker = Waker::from(StdArc::new(ThreadWaker(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        loop {
+            if let Poll::Ready(o) = self.slots.poll_result(seq, &mut cx) {
+                return o;
+            }
+            self.stats.parks.fetch_add(1, Ordering::Relaxed);
+            std::thread::park_timeout(Duration::from_millis(100));
+            if self.is_down() {
+                // If the failer's scan missed this slot, fail it here, as the completer.
+                let _g = lock(&self.cq);
+                let _ = self.slots.complete(seq, Status::LinkDown as u32, [0, 0]);
+            }
+        }
+    }
+
+    fn publish_guest_stats(&self) {
+        self.region.atomic_u64(hdr::GUEST_SPIN_HITS).store(self.stats.spin_hits.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.region.atomic_u64(hdr::GUEST_PARKS).store(self.stats.parks.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+}
+
+fn reactor(inner: StdArc<Inner>, interrupt: OwnedFd, watch: Box<dyn LinkWatch>, wake: StdArc<crate::notify::EventFd>) {
+    use mio::unix::SourceFd;
+    use mio::{Events, Interest, Poll as MioPoll, Token};
+    const IRQ: Token = Token(0);
+    const WATCH: Token = Token(1);
+    const WAKE: Token = Token(2);
+    let setup = || -> std::io::Result<MioPoll> {
+        let poll = MioPoll::new()?;
+        poll.registry().register(&mut SourceFd(&interrupt.as_raw_fd()), IRQ, Interest::READABLE)?;
+        if let Some(fd) = watch.fd() {
+            poll.registry().register(&mut SourceFd(&fd), WATCH, Interest::READABLE)?;
+        }
+        poll.registry().register(&mut SourceFd(&wake.raw()), WAKE, Interest::READABLE)?;
+        Ok(poll)
+    };
+    let mut poll = match setup() {
+        Ok(p) => p,
+        Err(e) => {
+            let mut cq = lock(&inner.cq);
+            inner.fail(&mut cq, Error::Setup(format!("reactor setup: {e}")));
+            return;
+        }
+    };
+    let mut events = Events::with_capacity(8);
+    let mut last_check = Instant::now();
+    loop {
+        {
+            let mut cq = lock(&inner.cq);
+            cq.disarm();
+            inner.drain(&mut cq);
+            inner.rearm(&mut cq);
+        }
+        if inner.shutdown.load(Ordering::SeqCst) || inner.is_down() {
+            break;
+        }
+        if let Err(e) = poll.poll(&mut events, Some(Duration::from_millis(100))) {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                let mut cq = lock(&inner.cq);
+                inner.fail(&mut cq, Error::LinkDown(format!("reactor poll: {e}")));
+                break;
+            }
+        }
+        let mut check = last_check.elapsed() >= Duration::from_millis(100);
+        for ev in events.iter() {
+            match ev.token() {
+                IRQ => {
+                    inner.stats.interrupts.fetch_add(1, Ordering::Relaxed);
+                    let mut b = [0u8; 8];
+                    let _ = nix::unistd::read(interrupt.as_raw_fd(), &mut b);
+                }
+                WATCH => check = true,
+                _ => {
+                    wake.drain();
+                }
+            }
+        }
+        if check {
+            last_check = Instant::now();
+            inner.publish_guest_stats();
+            if let Err(why) = watch.check() {
+                let mut cq = lock(&inner.cq);
+                inner.fail(&mut cq, Error::LinkDown(why));
+                break;
+            }
+        }
+    }
+    // Whatever ended the reactor, nobody may wait on it any more.
+    let mut cq = lock(&inner.cq);
+    if !inner.is_down() {
+        inner.fail(&mut cq, Error::LinkDown("the client was shut down".into()));
+    }
+}
+
+/// A submitted call. Wait with [`Ticket::wait`] or `.await`; dropping it forgets the call (a
+/// failure then becomes the deferred error).
+#[must_use = "dropping a ticket turns the call into fire-and-forget"]
+pub struct Ticket {
+    inner: StdArc<Inner>,
+    seq: u64,
+    call: Call,
+    done: bool,
+}
+
+impl Ticket {
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Block until the call completes.
+    pub fn wait(mut self) -> Result<[u64; 2]> {
+        let o = self.inner.wait_blocking(self.seq);
+        self.done = true;
+        to_result(&self.inner, self.call, o)
+    }
+
+    /// Whether the result is ready (a `wait` would not block).
+    pub fn is_done(&self) -> bool {
+        self.inner.slots.is_done(self.seq)
+    }
+}
+
+impl std::future::Future for Ticket {
+    type Output = Result<[u64; 2]>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        assert!(!self.done, "Ticket polled after completion");
+        match self.inner.slots.poll_result(self.seq, cx) {
+            Poll::Ready(o) => {
+                self.done = true;
+                Poll::Ready(to_result(&self.inner, self.call, o))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.done {
+            if let Some(o) = self.inner.slots.detach(self.seq) {
+                if let Err(e) = to_result(&self.inner, self.call, o) {
+                    self.inner.record_deferred(e);
+                }
+            }
+        }
+    }
+}
+
+enum FutState {
+    Acquiring,
+    InFlight(Ticket),
+    Done,
+}
+
+/// The future returned by [`Client::call`].
+pub struct CallFuture {
+    inner: StdArc<Inner>,
+    seq: u64,
+    call: Call,
+    stream: u32,
+    args: [u64; 6],
+    state: FutState,
+}
+
+impl std::future::Future for CallFuture {
+    type Output = Result<[u64; 2]>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                FutState::Acquiring => {
+                    if this.inner.is_down() {
+                        this.state = FutState::Done;
+                        return Poll::Ready(Err(this.inner.down_error()));
+                    }
+                    if this.inner.slots.poll_acquire(this.seq, cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    if let Err(e) =
+                        this.inner.after_acquire(this.seq).and_then(|_| this.inner.publish(this.seq, this.call, this.stream, this.args, 0))
+                    {
+                        this.state = FutState::Done;
+                        return Poll::Ready(Err(e));
+                    }
+                    this.state = FutState::InFlight(Ticket { inner: this.inner.clone(), seq: this.seq, call: this.call, done: false });
+                }
+                FutState::InFlight(t) => {
+                    let r = Pin::new(t).poll(cx);
+                    if r.is_ready() {
+                        this.state = FutState::Done;
+                    }
+                    return r;
+                }
+                FutState::Done => panic!("CallFuture polled after completion"),
+            }
+        }
+    }
+}
+
+impl Drop for CallFuture {
+    fn drop(&mut self) {
+        if let FutState::Acquiring = self.state {
+            // The sequence number was handed out: the slot chain must pass through it, or the
+            // call `depth` numbers later would wait forever. Take the slot and give it back.
+            if self.inner.acquire_blocking(self.seq).is_ok() {
+                self.inner.slots.abandon(self.seq);
+            }
+        }
+    }
+}

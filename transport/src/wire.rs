@@ -1,0 +1,483 @@
+//! The wire format: every byte that crosses the guest/host boundary is defined here.
+//!
+//! `docs/protocol.md` is the normative text; this file is its executable form. All integers are
+//! little-endian (both ends run on x86-64 or aarch64 hosts, checked at compile time below). Entries
+//! are plain `#[repr(C)]` values with compile-time size asserts, copied in and out of shared memory
+//! by value: no reference into the region is ever created.
+
+/// Region magic, at offset 0 of the region: `"VGPUREG1"` read as a little-endian u64.
+pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"VGPUREG1");
+/// Protocol version. Any change to this file that a peer could observe bumps it.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Feature bits this build understands. None are defined in version 1.
+pub const FEATURES_SUPPORTED: u32 = 0;
+
+/// Size of the region header, in bytes. The submission ring starts right after it.
+pub const HEADER_SIZE: usize = 4096;
+/// Each index or flag written by one side sits alone in a block of this size (rule 2).
+pub const BLOCK: usize = 128;
+
+/// Offsets of header fields (bytes from the region base).
+pub mod hdr {
+    // Block 0: layout, written once by the host before the guest maps the region.
+    pub const MAGIC: usize = 0; // u64
+    pub const VERSION: usize = 8; // u32
+    pub const FEATURES: usize = 12; // u32
+    pub const REGION_LEN: usize = 16; // u64
+    pub const SQ_OFF: usize = 24; // u64
+    pub const SQ_DEPTH: usize = 32; // u32
+    pub const CQ_DEPTH: usize = 36; // u32
+    pub const CQ_OFF: usize = 40; // u64
+    pub const WINDOW_OFF: usize = 48; // u64
+    pub const WINDOW_LEN: usize = 56; // u64
+    pub const SESSION_ID: usize = 64; // u64
+    /// Bumped by the host each time a new host instance takes over the region (ivshmem mode).
+    pub const HOST_GENERATION: usize = 72; // u64
+
+    /// Block 1, guest-written: the submission ring's producer index (free-running u32).
+    pub const SQ_TAIL: usize = 128;
+    /// Block 2, host-written: the submission ring's consumer index.
+    pub const SQ_HEAD: usize = 256;
+    /// Block 3, host-written: the completion ring's producer index.
+    pub const CQ_TAIL: usize = 384;
+    /// Block 4, guest-written: the completion ring's consumer index.
+    pub const CQ_HEAD: usize = 512;
+    /// Block 5, guest-written: non-zero while the guest is about to sleep and wants an interrupt.
+    pub const WANTS_INTERRUPT: usize = 640; // u32
+    /// Block 5, guest-written: guest statistics (informational, never trusted).
+    pub const GUEST_SPIN_HITS: usize = 648; // u64
+    pub const GUEST_PARKS: usize = 656; // u64
+    /// Block 6, host-written: non-zero while the host is about to sleep and needs a doorbell.
+    pub const NEEDS_KICK: usize = 768; // u32
+    /// Block 6, host-written: 0 = serving, otherwise a [`super::HostState`].
+    pub const HOST_STATE: usize = 772; // u32
+    /// Block 6, host-written: incremented by the host at least every 100 ms while it serves.
+    pub const HEARTBEAT: usize = 776; // u64
+}
+
+/// Host state word at [`hdr::HOST_STATE`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum HostState {
+    Serving = 0,
+    /// The host found the guest's ring indices corrupt and stopped serving this session.
+    ProtocolError = 1,
+    /// The host is shutting down.
+    Closed = 2,
+}
+
+/// One submission-ring entry: a command. 64 bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Command {
+    /// Chosen by the guest; the completion echoes it. Slot = `seq % depth` on the guest.
+    pub seq: u64,
+    /// A [`Call`] id.
+    pub call: u16,
+    /// [`cmd_flags`] bits.
+    pub flags: u16,
+    /// Stream handle (0 = the default stream) for stream-ordered calls; 0 otherwise.
+    pub stream: u32,
+    /// Call-specific inline arguments; see [`Call`].
+    pub args: [u64; 6],
+}
+
+/// Bits of [`Command::flags`].
+pub mod cmd_flags {
+    /// The guest thread blocks until this completes (counted as a blocking round trip).
+    pub const BLOCKING: u16 = 1 << 0;
+    /// All bits a version-1 host accepts.
+    pub const KNOWN: u16 = BLOCKING;
+}
+
+/// One completion-ring entry. 32 bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Completion {
+    /// The `seq` of the command this completes.
+    pub seq: u64,
+    /// A [`Status`].
+    pub status: u32,
+    /// Reserved, zero.
+    pub aux: u32,
+    /// Call-specific results; see [`Call`].
+    pub result: [u64; 2],
+}
+
+const _: () = assert!(std::mem::size_of::<Command>() == 64);
+const _: () = assert!(std::mem::align_of::<Command>() == 8);
+const _: () = assert!(std::mem::size_of::<Completion>() == 32);
+const _: () = assert!(std::mem::align_of::<Completion>() == 8);
+#[cfg(not(target_endian = "little"))]
+compile_error!("the vgpu wire format is little-endian");
+
+macro_rules! calls {
+    ($( $(#[$m:meta])* $name:ident = $v:expr ),* $(,)?) => {
+        /// Call ids, carried in [`Command::call`]. Arguments are `args[0..6]`; results are
+        /// `result[0..2]` of the completion. "win" is a `(window offset, length)` pair.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u16)]
+        pub enum Call { $( $(#[$m])* $name = $v ),* }
+        impl Call {
+            /// Every call, in id order.
+            pub const ALL: &'static [Call] = &[$(Call::$name),*];
+            /// Decode a call id; `None` for ids this version does not know.
+            pub fn from_u16(v: u16) -> Option<Call> {
+                match v { $( $v => Some(Call::$name), )* _ => None }
+            }
+            /// Human-readable name, for logs and statistics.
+            pub fn name(self) -> &'static str {
+                match self { $( Call::$name => stringify!($name) ),* }
+            }
+        }
+    };
+}
+
+calls! {
+    /// No operation; completes immediately. The transport's null call.
+    Nop = 0,
+    /// `args[0]` = size in bytes (> 0). Result 0 = device address.
+    MemAlloc = 1,
+    /// `args[0]` = device address returned by MemAlloc.
+    MemFree = 2,
+    /// Stream-ordered. `args[0]` = device dst, `args[1]` = window offset, `args[2]` = length.
+    MemcpyHtoD = 3,
+    /// Stream-ordered. `args[0]` = device src, `args[1]` = window offset, `args[2]` = length.
+    /// The window range holds the bytes when the completion is posted.
+    MemcpyDtoH = 4,
+    /// Stream-ordered. `args[0]` = device dst, `args[1]` = device src, `args[2]` = length.
+    MemcpyDtoD = 5,
+    /// Stream-ordered. `args[0]` = device dst, `args[1]` = byte value (low 8 bits), `args[2]` = length.
+    Memset = 6,
+    /// `args[0]` = flags, `args[1]` = priority (i32). Result 0 = stream handle (non-zero).
+    StreamCreate = 7,
+    /// `args[0]` = stream handle. Pending work finishes first, as in CUDA.
+    StreamDestroy = 8,
+    /// Completes when all work submitted to `Command::stream` before it has completed.
+    StreamSync = 9,
+    /// `args[0]` = flags ([`event_flags`]). Result 0 = event handle (non-zero).
+    EventCreate = 10,
+    /// `args[0]` = event handle.
+    EventDestroy = 11,
+    /// Stream-ordered. `args[0]` = event handle. Captures the stream's position (and time).
+    EventRecord = 12,
+    /// `args[0]` = event handle. Status Ok when the recorded work is done, NotReady otherwise.
+    EventQuery = 13,
+    /// `args[0]` = event handle. Completes when the recorded work is done.
+    EventSync = 14,
+    /// `args[0]` = start event, `args[1]` = end event. Result 0 = elapsed milliseconds as f32 bits.
+    EventElapsed = 15,
+    /// Completes when all work on all streams submitted before it has completed.
+    DeviceSync = 16,
+    /// Result 0 = free bytes, result 1 = total bytes.
+    MemGetInfo = 17,
+    /// `args[0]` = window offset, `args[1]` = length (>= size of [`DeviceInfo`]).
+    /// The host writes a [`DeviceInfo`] there.
+    DeviceInfo = 18,
+}
+
+/// Bits of the EventCreate flags (the CUDA values).
+pub mod event_flags {
+    pub const BLOCKING_SYNC: u64 = 0x1;
+    pub const DISABLE_TIMING: u64 = 0x2;
+    pub const INTERPROCESS: u64 = 0x4;
+    pub const KNOWN: u64 = BLOCKING_SYNC | DISABLE_TIMING | INTERPROCESS;
+}
+
+macro_rules! statuses {
+    ($( $(#[$m:meta])* $name:ident = $v:expr ),* $(,)?) => {
+        /// Completion status codes, carried in [`Completion::status`].
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u32)]
+        pub enum Status { $( $(#[$m])* $name = $v ),* }
+        impl Status {
+            /// Decode; unknown values become [`Status::Unknown`].
+            pub fn from_u32(v: u32) -> Status {
+                match v { $( $v => Status::$name, )* _ => Status::Unknown }
+            }
+            /// The name, for logs and error messages.
+            pub fn name(self) -> &'static str {
+                match self { $( Status::$name => stringify!($name) ),* }
+            }
+        }
+    };
+}
+
+statuses! {
+    Ok = 0,
+    /// The awaited work has not completed yet (EventQuery).
+    NotReady = 1,
+    /// An argument is malformed: zero size, unknown flag bits, bad count.
+    InvalidArgument = 2,
+    /// A stream or event handle this session does not own.
+    InvalidHandle = 3,
+    /// A device address (or address + length) outside this session's live allocations.
+    InvalidDevicePointer = 4,
+    /// A window offset or offset + length outside the data window.
+    InvalidWindowRange = 5,
+    /// Device memory exhausted or a per-session quota reached.
+    OutOfMemory = 6,
+    /// A call id this host does not know.
+    UnknownCall = 7,
+    /// The sequence number is already in flight on the host.
+    SeqInUse = 8,
+    /// The call is known but this executor cannot perform it.
+    NotSupported = 9,
+    /// EventElapsed on an event created with DISABLE_TIMING, or never recorded.
+    EventNoTiming = 10,
+    /// A per-session limit on handles was reached.
+    QuotaExceeded = 11,
+    /// Generated by the guest, never sent: the link to the host is gone.
+    LinkDown = 0xffff_0001,
+    /// Generated by the guest, never sent: the host violated the protocol.
+    Protocol = 0xffff_0002,
+    /// Any value this version does not know.
+    Unknown = 0xffff_ffff,
+}
+
+/// Written by DeviceInfo into the data window. 512 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct DeviceInfo {
+    /// NUL-terminated UTF-8 device name.
+    pub name: [u8; 256],
+    pub total_mem: u64,
+    pub multiprocessors: u32,
+    pub cc_major: u32,
+    pub cc_minor: u32,
+    pub warp_size: u32,
+    pub max_threads_per_block: u32,
+    pub shared_mem_per_block: u32,
+    pub clock_khz: u32,
+    /// 0 = emu executor, 1 = cuda executor.
+    pub executor: u32,
+    pub pci_bus: u32,
+    pub pci_device: u32,
+    pub pci_domain: u32,
+    pub _reserved: [u32; 51],
+}
+
+const _: () = assert!(std::mem::size_of::<DeviceInfo>() == 512);
+
+impl Default for DeviceInfo {
+    fn default() -> Self {
+        DeviceInfo {
+            name: [0; 256],
+            total_mem: 0,
+            multiprocessors: 0,
+            cc_major: 0,
+            cc_minor: 0,
+            warp_size: 0,
+            max_threads_per_block: 0,
+            shared_mem_per_block: 0,
+            clock_khz: 0,
+            executor: 0,
+            pci_bus: 0,
+            pci_device: 0,
+            pci_domain: 0,
+            _reserved: [0; 51],
+        }
+    }
+}
+
+impl DeviceInfo {
+    /// The name up to its NUL, lossily decoded.
+    pub fn name_str(&self) -> String {
+        let end = self.name.iter().position(|&b| b == 0).unwrap_or(self.name.len());
+        String::from_utf8_lossy(&self.name[..end]).into_owned()
+    }
+}
+
+/// Handshake messages of the `direct` link (Unix socket), fixed 64 bytes each.
+pub mod handshake {
+    /// `"VGPUHELO"`: a guest opening a session.
+    pub const HELLO_MAGIC: u64 = u64::from_le_bytes(*b"VGPUHELO");
+    /// `"VGPUWLCM"`: the host's answer.
+    pub const WELCOME_MAGIC: u64 = u64::from_le_bytes(*b"VGPUWLCM");
+    /// `"VGPUSTAT"`: a statistics request (`vgpu stat`); answered with JSON text.
+    pub const STAT_MAGIC: u64 = u64::from_le_bytes(*b"VGPUSTAT");
+    /// Size of a Hello or Welcome message.
+    pub const MSG_LEN: usize = 64;
+
+    /// Welcome status values.
+    pub const OK: u32 = 0;
+    pub const VERSION_MISMATCH: u32 = 1;
+    pub const FEATURE_MISMATCH: u32 = 2;
+    pub const REFUSED: u32 = 3;
+
+    /// Guest → host.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Hello {
+        pub version: u32,
+        pub features: u32,
+        /// Requested data-window size in bytes, 0 for the host's default. The host may cap it.
+        pub window_len: u64,
+        /// Requested ring depth (power of two), 0 for the host's default.
+        pub depth: u32,
+        pub pid: u32,
+    }
+
+    /// Host → guest. With status OK it carries three fds: region memfd, doorbell, interrupt.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Welcome {
+        pub version: u32,
+        pub status: u32,
+        pub features: u32,
+        pub region_len: u64,
+        pub session_id: u64,
+    }
+
+    fn put64(b: &mut [u8], o: usize, v: u64) {
+        b[o..o + 8].copy_from_slice(&v.to_le_bytes());
+    }
+    fn put32(b: &mut [u8], o: usize, v: u32) {
+        b[o..o + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    fn get64(b: &[u8], o: usize) -> u64 {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b[o..o + 8]);
+        u64::from_le_bytes(a)
+    }
+    fn get32(b: &[u8], o: usize) -> u32 {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(&b[o..o + 4]);
+        u32::from_le_bytes(a)
+    }
+
+    impl Hello {
+        pub fn encode(&self) -> [u8; MSG_LEN] {
+            let mut b = [0u8; MSG_LEN];
+            put64(&mut b, 0, HELLO_MAGIC);
+            put32(&mut b, 8, self.version);
+            put32(&mut b, 12, self.features);
+            put64(&mut b, 16, self.window_len);
+            put32(&mut b, 24, self.depth);
+            put32(&mut b, 28, self.pid);
+            b
+        }
+        /// `None` if the magic is wrong.
+        pub fn decode(b: &[u8; MSG_LEN]) -> Option<Hello> {
+            (get64(b, 0) == HELLO_MAGIC).then(|| Hello {
+                version: get32(b, 8),
+                features: get32(b, 12),
+                window_len: get64(b, 16),
+                depth: get32(b, 24),
+                pid: get32(b, 28),
+            })
+        }
+    }
+
+    impl Welcome {
+        pub fn encode(&self) -> [u8; MSG_LEN] {
+            let mut b = [0u8; MSG_LEN];
+            put64(&mut b, 0, WELCOME_MAGIC);
+            put32(&mut b, 8, self.version);
+            put32(&mut b, 12, self.status);
+            put32(&mut b, 16, self.features);
+            put64(&mut b, 24, self.region_len);
+            put64(&mut b, 32, self.session_id);
+            b
+        }
+        pub fn decode(b: &[u8; MSG_LEN]) -> Option<Welcome> {
+            (get64(b, 0) == WELCOME_MAGIC).then(|| Welcome {
+                version: get32(b, 8),
+                status: get32(b, 12),
+                features: get32(b, 16),
+                region_len: get64(b, 24),
+                session_id: get64(b, 32),
+            })
+        }
+    }
+}
+
+/// Region geometry, computed identically by both sides from the header's block 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub region_len: u64,
+    pub sq_off: u64,
+    pub sq_depth: u32,
+    pub cq_off: u64,
+    pub cq_depth: u32,
+    pub window_off: u64,
+    pub window_len: u64,
+}
+
+/// Alignment of the data window and of window chunks.
+pub const WINDOW_ALIGN: u64 = 4096;
+
+impl Layout {
+    /// The standard layout for `depth` slots and a window of `window_len` bytes: header, SQ, CQ,
+    /// then the window, page-aligned. Both rings get `depth` entries, which is what guarantees the
+    /// completion ring never overflows (at most `depth` commands are in flight).
+    pub fn new(depth: u32, window_len: u64) -> Option<Layout> {
+        if depth == 0 || !depth.is_power_of_two() || depth > 1 << 16 {
+            return None;
+        }
+        let sq_off = HEADER_SIZE as u64;
+        let cq_off = sq_off + depth as u64 * std::mem::size_of::<Command>() as u64;
+        let end = cq_off + depth as u64 * std::mem::size_of::<Completion>() as u64;
+        let window_off = end.div_ceil(WINDOW_ALIGN) * WINDOW_ALIGN;
+        let window_len = window_len.div_ceil(WINDOW_ALIGN) * WINDOW_ALIGN;
+        let region_len = window_off.checked_add(window_len)?;
+        Some(Layout { region_len, sq_off, sq_depth: depth, cq_off, cq_depth: depth, window_off, window_len })
+    }
+
+    /// Check a layout read from a header against the mapping's real length: every part inside
+    /// the region, no overlap, depths powers of two, ring sizes as this version defines them.
+    pub fn validate(&self, mapped_len: u64) -> Result<(), String> {
+        let Some(expect) = Layout::new(self.sq_depth, self.window_len) else {
+            return Err(format!("bad ring depth {}", self.sq_depth));
+        };
+        if *self != expect {
+            return Err(format!("header layout {self:?} differs from the version-1 layout {expect:?}"));
+        }
+        if self.region_len > mapped_len {
+            return Err(format!("header says {} bytes but {} are mapped", self.region_len, mapped_len));
+        }
+        Ok(())
+    }
+}
+
+/// Default ring depth (= maximum commands in flight per session).
+pub const DEFAULT_DEPTH: u32 = 4096;
+/// Default data-window size.
+pub const DEFAULT_WINDOW: u64 = 64 << 20;
+/// Largest window a host grants.
+pub const MAX_WINDOW: u64 = 1 << 30;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_is_page_aligned_and_disjoint() {
+        let l = Layout::new(4096, 64 << 20).unwrap();
+        assert_eq!(l.sq_off, 4096);
+        assert_eq!(l.cq_off, 4096 + 4096 * 64);
+        assert_eq!(l.window_off % 4096, 0);
+        assert!(l.window_off >= l.cq_off + 4096 * 32);
+        assert_eq!(l.region_len, l.window_off + (64 << 20));
+        l.validate(l.region_len).unwrap();
+        assert!(l.validate(l.region_len - 1).is_err());
+        assert!(Layout::new(3, 0).is_none());
+    }
+
+    #[test]
+    fn handshake_roundtrip() {
+        let h = handshake::Hello { version: 1, features: 0, window_len: 123, depth: 64, pid: 9 };
+        assert_eq!(handshake::Hello::decode(&h.encode()), Some(h));
+        let w = handshake::Welcome { version: 1, status: 0, features: 0, region_len: 5, session_id: 7 };
+        assert_eq!(handshake::Welcome::decode(&w.encode()), Some(w));
+        assert_eq!(handshake::Welcome::decode(&h.encode()), None);
+    }
+
+    #[test]
+    fn call_ids_roundtrip() {
+        for c in Call::ALL {
+            assert_eq!(Call::from_u16(*c as u16), Some(*c));
+        }
+        assert_eq!(Call::from_u16(999), None);
+        assert_eq!(Status::from_u32(4), Status::InvalidDevicePointer);
+        assert_eq!(Status::from_u32(12345), Status::Unknown);
+    }
+}
