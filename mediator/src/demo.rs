@@ -37,7 +37,13 @@ pub fn run() -> Result<(), String> {
     // 512 bytes are a valid value; read_unaligned copes with the array's alignment.
     let info: DeviceInfo = unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) };
     let [free, total] = c.call_blocking(Call::MemGetInfo, 0, [0; 6]).map_err(e)?;
-    println!("device: {} | {} total, {} free | window {}", info.name_str(), human_bytes(total), human_bytes(free), human_bytes(c.region().layout().window_len));
+    println!(
+        "device: {} | {} total, {} free | window {}",
+        info.name_str(),
+        human_bytes(total),
+        human_bytes(free),
+        human_bytes(c.region().layout().window_len)
+    );
 
     // Memory: 64 MiB up, memset a slice, device-to-device copy, down again; verify every byte.
     const N: usize = 64 << 20;
@@ -59,7 +65,14 @@ pub fn run() -> Result<(), String> {
     if let Some(err) = c.take_deferred_error() {
         return Err(format!("deferred error: {err}"));
     }
-    println!("memory: 2 x {} allocated; H2D {:.2} GB/s, D2H {:.2} GB/s (window pipeline, {} chunks of {}); 64 MiB verified byte for byte", human_bytes(N as u64), gbps(N, h2d), gbps(N, d2h), c.staging().count(), human_bytes(c.staging().chunk_len()));
+    println!(
+        "memory: 2 x {} allocated; H2D {:.2} GB/s, D2H {:.2} GB/s (window pipeline, {} chunks of {}); 64 MiB verified byte for byte",
+        human_bytes(N as u64),
+        gbps(N, h2d),
+        gbps(N, d2h),
+        c.staging().count(),
+        human_bytes(c.staging().chunk_len())
+    );
 
     // Streams and events: four streams, work on each, events timing stream 1.
     let mut streams = Vec::new();

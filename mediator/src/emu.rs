@@ -22,6 +22,7 @@ use std::time::Instant;
 
 use tracing::{debug, warn};
 use vgpu_transport::region::Region;
+use vgpu_transport::sync::stat::AtomicUsize;
 use vgpu_transport::sync::Ordering;
 use vgpu_transport::wire::{event_flags, Call, Command, Completion, DeviceInfo, Status};
 use vgpu_transport::{Completer, Executor, ServerStats};
@@ -57,20 +58,34 @@ struct Alloc {
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// Work of at most this many bytes runs on the dispatching thread when its stream is idle.
+pub const INLINE_MAX: u64 = 1 << 20;
+
 struct StreamWorker {
     tx: mpsc::Sender<Job>,
     thread: JoinHandle<()>,
+    /// Jobs queued and not yet finished. The worker decrements it (Release) after each job; the
+    /// dispatcher reads it (Acquire), so when it sees zero every earlier job's effects are visible
+    /// and running the next one inline keeps the stream's FIFO order.
+    pending: Arc<AtomicUsize>,
 }
 
 impl StreamWorker {
     fn spawn(handle: u32) -> std::io::Result<StreamWorker> {
         let (tx, rx) = mpsc::channel::<Job>();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let p = pending.clone();
         let thread = std::thread::Builder::new().name(format!("emu-stream-{handle}")).spawn(move || {
             while let Ok(job) = rx.recv() {
                 job();
+                p.fetch_sub(1, Ordering::Release);
             }
         })?;
-        Ok(StreamWorker { tx, thread })
+        Ok(StreamWorker { tx, thread, pending })
+    }
+
+    fn idle(&self) -> bool {
+        self.pending.load(Ordering::Acquire) == 0
     }
 }
 
@@ -171,18 +186,33 @@ impl Emu {
         self.streams.get(&h).ok_or(Status::InvalidHandle)
     }
 
-    /// Queue `job` on stream `h`; it completes `seq` with the status it returns.
-    fn enqueue(&self, h: u32, seq: u64, done: &Completer, job: impl FnOnce() -> (Status, [u64; 2]) + Send + 'static) -> Option<Completion> {
+    /// Run `job` in stream `h`'s order; it completes `seq` with the status it returns. Small work
+    /// (`cost` bytes <= [`INLINE_MAX`]) on an idle stream runs right here, which saves a thread
+    /// hand-off per command; anything else goes to the stream's worker thread.
+    fn enqueue(
+        &self,
+        h: u32,
+        seq: u64,
+        cost: u64,
+        done: &Completer,
+        job: impl FnOnce() -> (Status, [u64; 2]) + Send + 'static,
+    ) -> Option<Completion> {
         let w = match self.stream(h) {
             Ok(w) => w,
             Err(s) => return Some(reply(seq, s, [0, 0])),
         };
+        if cost <= INLINE_MAX && w.idle() {
+            let (status, result) = job();
+            return Some(reply(seq, status, result));
+        }
+        w.pending.fetch_add(1, Ordering::Relaxed);
         let done = done.clone();
         let job: Job = Box::new(move || {
             let (status, result) = job();
             done.finish(seq, status, result);
         });
         if w.tx.send(job).is_err() {
+            w.pending.fetch_sub(1, Ordering::Relaxed);
             return Some(reply(seq, Status::InvalidHandle, [0, 0]));
         }
         None
@@ -235,7 +265,7 @@ impl Emu {
                 let (alloc, at) = self.resolve(dst, len).ok_or(Status::InvalidDevicePointer)?;
                 let region = region.clone();
                 self.stats.bytes_h2d.fetch_add(len, Ordering::Relaxed);
-                self.queue(cmd, done, move || {
+                self.queue(cmd, len, done, move || {
                     let mut d = alloc.data.write().unwrap_or_else(|e| e.into_inner());
                     match region.read_window(off, &mut d[at..at + len as usize]) {
                         Ok(()) => Status::Ok,
@@ -249,7 +279,7 @@ impl Emu {
                 let (alloc, at) = self.resolve(src, len).ok_or(Status::InvalidDevicePointer)?;
                 let region = region.clone();
                 self.stats.bytes_d2h.fetch_add(len, Ordering::Relaxed);
-                self.queue(cmd, done, move || {
+                self.queue(cmd, len, done, move || {
                     let d = alloc.data.read().unwrap_or_else(|e| e.into_inner());
                     match region.write_window(off, &d[at..at + len as usize]) {
                         Ok(()) => Status::Ok,
@@ -262,8 +292,9 @@ impl Emu {
                 let (da, dat) = self.resolve(dst, len).ok_or(Status::InvalidDevicePointer)?;
                 let (sa, sat) = self.resolve(src, len).ok_or(Status::InvalidDevicePointer)?;
                 self.stats.bytes_d2d.fetch_add(len, Ordering::Relaxed);
+                let cost = len;
                 let len = len as usize;
-                self.queue(cmd, done, move || {
+                self.queue(cmd, cost, done, move || {
                     if Arc::ptr_eq(&da, &sa) {
                         let mut d = da.data.write().unwrap_or_else(|e| e.into_inner());
                         d.copy_within(sat..sat + len, dat);
@@ -287,7 +318,7 @@ impl Emu {
                     return Err(Status::InvalidArgument);
                 }
                 let (alloc, at) = self.resolve(dst, len).ok_or(Status::InvalidDevicePointer)?;
-                self.queue(cmd, done, move || {
+                self.queue(cmd, len, done, move || {
                     let mut d = alloc.data.write().unwrap_or_else(|e| e.into_inner());
                     d[at..at + len as usize].fill(value as u8);
                     Status::Ok
@@ -318,9 +349,12 @@ impl Emu {
                 self.stats.streams.store(self.streams.len() as u64 - 1, Ordering::Relaxed);
                 Ok(Some([0, 0]))
             }
-            Call::StreamSync => self.queue(cmd, done, || Status::Ok),
+            Call::StreamSync => self.queue(cmd, 0, done, || Status::Ok),
             Call::DeviceSync => {
-                let left = Arc::new(vgpu_transport::sync::stat::AtomicUsize::new(self.streams.len()));
+                if self.streams.values().all(StreamWorker::idle) {
+                    return Ok(Some([0, 0]));
+                }
+                let left = Arc::new(AtomicUsize::new(self.streams.len()));
                 for w in self.streams.values() {
                     let (l, d) = (left.clone(), done.clone());
                     let job: Job = Box::new(move || {
@@ -360,7 +394,7 @@ impl Emu {
                     st.recorded
                 };
                 let done2 = done.clone();
-                self.queue(cmd, done, move || {
+                self.queue(cmd, 0, done, move || {
                     let wake: Vec<u64> = {
                         let mut st = lock(&ev.st);
                         if gen >= st.done {
@@ -434,9 +468,16 @@ impl Emu {
         }
     }
 
-    fn queue(&self, cmd: &Command, done: &Completer, job: impl FnOnce() -> Status + Send + 'static) -> Result<Option<[u64; 2]>, Status> {
-        match self.enqueue(cmd.stream, cmd.seq, done, move || (job(), [0, 0])) {
+    fn queue(
+        &self,
+        cmd: &Command,
+        cost: u64,
+        done: &Completer,
+        job: impl FnOnce() -> Status + Send + 'static,
+    ) -> Result<Option<[u64; 2]>, Status> {
+        match self.enqueue(cmd.stream, cmd.seq, cost, done, move || (job(), [0, 0])) {
             None => Ok(None),
+            Some(c) if c.status == Status::Ok as u32 => Ok(Some(c.result)),
             Some(c) => Err(Status::from_u32(c.status)),
         }
     }

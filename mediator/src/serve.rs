@@ -105,7 +105,8 @@ impl Table {
                 v
             })
             .collect();
-        let live_mem: u64 = self.sessions.iter().filter(|s| s.ended.is_none()).map(|s| s.stats.get().mem_in_use.load(Ordering::Relaxed)).sum();
+        let live_mem: u64 =
+            self.sessions.iter().filter(|s| s.ended.is_none()).map(|s| s.stats.get().mem_in_use.load(Ordering::Relaxed)).sum();
         json!({
             "executor": opts.executor.name(),
             "pid": std::process::id(),
@@ -224,7 +225,13 @@ async fn handle(mut conn: UnixStream, table: Arc<Mutex<Table>>, opts: Arc<ServeO
     Ok(())
 }
 
-fn spawn_worker(opts: &ServeOpts, id: u64, hello: &[u8; MSG_LEN], conn: &OwnedFd, stats: &OwnedFd) -> Result<tokio::process::Child, String> {
+fn spawn_worker(
+    opts: &ServeOpts,
+    id: u64,
+    hello: &[u8; MSG_LEN],
+    conn: &OwnedFd,
+    stats: &OwnedFd,
+) -> Result<tokio::process::Child, String> {
     let exe = std::env::current_exe().map_err(|e| format!("locating the vgpu binary: {e}"))?;
     let hex: String = hello.iter().map(|b| format!("{b:02x}")).collect();
     let mut cmd = tokio::process::Command::new(exe);
@@ -263,8 +270,9 @@ fn spawn_worker(opts: &ServeOpts, id: u64, hello: &[u8; MSG_LEN], conn: &OwnedFd
 /// `vgpu stat`: ask a running mediator for its sessions, as JSON.
 pub fn query_stat(socket: &Path) -> Result<Value, String> {
     use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(socket)
-        .map_err(|e| format!("cannot reach a mediator at {}: {e}. Is `vgpu serve --socket {}` running?", socket.display(), socket.display()))?;
+    let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
+        format!("cannot reach a mediator at {}: {e}. Is `vgpu serve --socket {}` running?", socket.display(), socket.display())
+    })?;
     s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
     let mut req = [0u8; MSG_LEN];
     req[..8].copy_from_slice(&handshake::STAT_MAGIC.to_le_bytes());
@@ -278,7 +286,10 @@ pub fn query_stat(socket: &Path) -> Result<Value, String> {
 pub fn render_stat(v: &Value) -> String {
     let mut out = format!(
         "mediator pid {}  executor {}  live sessions {}  device memory in use {}\n",
-        v["pid"], v["executor"].as_str().unwrap_or("?"), v["live_sessions"], human_bytes(v["mem_in_use"].as_u64().unwrap_or(0))
+        v["pid"],
+        v["executor"].as_str().unwrap_or("?"),
+        v["live_sessions"],
+        human_bytes(v["mem_in_use"].as_u64().unwrap_or(0))
     );
     out.push_str(&format!(
         "{:>4} {:>8} {:<22} {:>10} {:>9} {:>10} {:>10} {:>9} {:>10} {:>10} {:>10}\n",

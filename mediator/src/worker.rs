@@ -82,13 +82,14 @@ pub fn run(opts: WorkerOpts) -> i32 {
 pub fn serve_link(link: direct::HostLink, opts: &WorkerOpts, stats: &'static ServerStats) -> i32 {
     let region = link.region.clone();
     let hangup = OwnedFd::from(link.socket);
-    let mut server = match Server::new(region.clone(), link.doorbell, Box::new(link.interrupt), Some(hangup), ServerConfig { spin: opts.spin }, stats) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(target: "vgpu::worker", "server setup: {e}");
-            return 1;
-        }
-    };
+    let mut server =
+        match Server::new(region.clone(), link.doorbell, Box::new(link.interrupt), Some(hangup), ServerConfig { spin: opts.spin }, stats) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(target: "vgpu::worker", "server setup: {e}");
+                return 1;
+            }
+        };
     let mut exec: Box<dyn vgpu_transport::Executor> = match opts.executor {
         ExecutorKind::Emu | ExecutorKind::Auto => match Emu::new(Arc::clone(&region), stats, opts.limits) {
             Ok(e) => Box::new(e),
@@ -101,7 +102,9 @@ pub fn serve_link(link: direct::HostLink, opts: &WorkerOpts, stats: &'static Ser
     };
     let exit = server.run(exec.as_mut());
     match &exit {
-        Exit::GuestGone => info!(target: "vgpu::worker", session = opts.session, commands = stats.commands.load(vgpu_transport::sync::Ordering::Relaxed), "guest left; session closed"),
+        Exit::GuestGone => {
+            info!(target: "vgpu::worker", session = opts.session, commands = stats.commands.load(vgpu_transport::sync::Ordering::Relaxed), "guest left; session closed")
+        }
         Exit::ProtocolError(e) => warn!(target: "vgpu::worker", session = opts.session, "session ended: {e}"),
         Exit::Stopped => info!(target: "vgpu::worker", session = opts.session, "stopped"),
     }

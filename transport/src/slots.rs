@@ -20,12 +20,13 @@
 //!   writes the results, then publishes DONE with Release. Waiters load the state with Acquire.
 //! - A waiter registers its waker under the slot's lock, then re-checks DONE; the completer sets
 //!   DONE, then takes the waker under the same lock. One of the two always sees the other.
-//! - A releaser publishes the free state, then (SeqCst) checks for threads waiting for a slot;
-//!   a waiter counts itself in (SeqCst), then re-checks the slot. No waiter sleeps through a release.
+//! - A releaser publishes the free state, `fence(SeqCst)`, then checks for threads waiting for a
+//!   slot; a waiter counts itself in, `fence(SeqCst)`, then re-checks the slot. Between the two
+//!   fences one side sees the other's store, so no waiter sleeps through a release.
 
 use std::task::{Context, Poll, Waker};
 
-use crate::sync::{keep, lock, ord, AtomicU32, AtomicU64, AtomicUsize, Knob, Mutex, Ordering};
+use crate::sync::{fence, keep, lock, ord, AtomicU32, AtomicU64, AtomicUsize, Knob, Mutex, Ordering};
 
 const BUSY: u64 = 1;
 const DONE: u64 = 2;
@@ -122,6 +123,10 @@ impl Slots {
             w.push(cx.waker().clone());
             self.free_waiting.fetch_add(1, Ordering::SeqCst);
         }
+        // Pairs with the fence in `release` (rule 3): either this re-check sees the released
+        // state, or the releaser sees `free_waiting > 0` and wakes us. SeqCst on the accesses alone
+        // does not give this (the failed compare-exchange is a Relaxed load) and loom cannot check it.
+        fence(Ordering::SeqCst);
         if self.try_acquire(seq) {
             return Poll::Ready(());
         }
@@ -131,6 +136,9 @@ impl Slots {
     /// Release the slot of `seq` (free, last occupant `seq`) and wake slot waiters.
     fn release(&self, seq: u64) {
         self.slot(seq).state.store(seq << 3, Ordering::SeqCst);
+        // Pairs with the fence in `poll_acquire`: publish the free state, fence, then look for
+        // waiters.
+        fence(Ordering::SeqCst);
         if keep(Knob::ReleaseNoWake) && self.free_waiting.load(Ordering::SeqCst) > 0 {
             let ws = {
                 let mut w = lock(&self.free_waiters);

@@ -124,8 +124,26 @@ impl LinkWatch for SocketWatch {
     }
 }
 
+/// A guest's end of the link before any client logic: for tests that must speak the protocol
+/// by hand (hostile descriptors) and for tools.
+pub struct RawGuest {
+    pub region: Region,
+    /// Ring the host.
+    pub doorbell: EventFd,
+    /// Becomes readable when the host raises an interrupt.
+    pub interrupt: OwnedFd,
+    /// The session socket; closing it ends the session.
+    pub socket: UnixStream,
+}
+
 /// Guest side: connect to the mediator at `path` and build a client.
 pub fn connect(path: &Path, cfg: ClientConfig) -> Result<Client> {
+    let g = connect_raw(path, cfg.window_len, cfg.depth)?;
+    Client::from_parts(g.region, Box::new(g.doorbell), g.interrupt, Box::new(SocketWatch { socket: g.socket }), cfg)
+}
+
+/// Guest side: perform the handshake and map the region, without starting a client.
+pub fn connect_raw(path: &Path, window_len: u64, depth: u32) -> Result<RawGuest> {
     let mut socket = UnixStream::connect(path).map_err(|e| {
         Error::Setup(format!(
             "cannot connect to the vgpu mediator at {}: {e}. Start one with `vgpu serve --socket {}` (or `vgpu run -- APP`), or point VGPU_SOCKET at a running one",
@@ -134,7 +152,7 @@ pub fn connect(path: &Path, cfg: ClientConfig) -> Result<Client> {
         ))
     })?;
     socket.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(|e| Error::Setup(format!("socket timeout: {e}")))?;
-    let hello = Hello { version: PROTOCOL_VERSION, features: 0, window_len: cfg.window_len, depth: cfg.depth, pid: std::process::id() };
+    let hello = Hello { version: PROTOCOL_VERSION, features: 0, window_len, depth, pid: std::process::id() };
     socket.write_all(&hello.encode()).map_err(|e| Error::Setup(format!("sending Hello to {}: {e}", path.display())))?;
 
     let mut buf = [0u8; MSG_LEN];
@@ -165,11 +183,13 @@ pub fn connect(path: &Path, cfg: ClientConfig) -> Result<Client> {
     let w = Welcome::decode(&buf).ok_or_else(|| Error::Protocol(format!("{} did not answer with a vgpu Welcome", path.display())))?;
     match w.status {
         handshake::OK => {}
-        handshake::VERSION_MISMATCH => return Err(Error::Version(format!(
+        handshake::VERSION_MISMATCH => {
+            return Err(Error::Version(format!(
             "this guest speaks protocol v{PROTOCOL_VERSION}, the mediator at {} speaks v{}: install the same vgpu release on both sides",
             path.display(),
             w.version
-        ))),
+        )))
+        }
         handshake::FEATURE_MISMATCH => {
             return Err(Error::Version(format!("the mediator lacks features this guest requires (it has {:#x})", w.features)))
         }
@@ -185,5 +205,5 @@ pub fn connect(path: &Path, cfg: ClientConfig) -> Result<Client> {
     drop(memfd);
     socket.set_read_timeout(None).map_err(|e| Error::Setup(format!("socket: {e}")))?;
     let doorbell = EventFd::from_owned(doorbell).map_err(|e| Error::Setup(format!("doorbell eventfd: {e}")))?;
-    Client::from_parts(region, Box::new(doorbell), interrupt, Box::new(SocketWatch { socket }), cfg)
+    Ok(RawGuest { region, doorbell, interrupt, socket })
 }
