@@ -59,6 +59,7 @@ pub struct Producer<M: RingMem> {
     mem: M,
     tail: u32,
     head_cache: u32,
+    published: u32,
 }
 
 impl<M: RingMem> Producer<M> {
@@ -66,7 +67,12 @@ impl<M: RingMem> Producer<M> {
     pub fn new(mem: M) -> Self {
         let tail = mem.load_tail(Ordering::Relaxed);
         let head_cache = mem.load_head(Ordering::Acquire);
-        Producer { mem, tail, head_cache }
+        Producer { mem, tail, head_cache, published: tail }
+    }
+
+    /// Whether entries were pushed since the last publish.
+    pub fn has_unpublished(&self) -> bool {
+        self.published != self.tail
     }
 
     pub fn mem(&self) -> &M {
@@ -98,6 +104,7 @@ impl<M: RingMem> Producer<M> {
 
     /// Make every pushed entry visible to the consumer (Release).
     pub fn publish(&mut self) {
+        self.published = self.tail;
         self.mem.store_tail(self.tail, ord(Ordering::Release, Knob::RingPublishRelaxed));
     }
 

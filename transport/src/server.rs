@@ -54,6 +54,10 @@ pub struct ServerStats {
 
 const _: () = assert!(std::mem::size_of::<ServerStats>() == 256);
 
+/// Sequence numbers at or above this are refused (`SeqInUse`): the host's in-flight marker is
+/// `seq + 1`, and guests keep `seq << 3` in a word.
+pub const MAX_SEQ: u64 = 1 << 61;
+
 /// Server settings.
 #[derive(Clone, Copy, Debug)]
 pub struct ServerConfig {
@@ -91,7 +95,7 @@ pub struct Completer {
 }
 
 impl Completer {
-    /// Post one completion.
+    /// Post one completion now.
     pub fn complete(&self, c: Completion) {
         self.post(std::slice::from_ref(&c))
     }
@@ -101,36 +105,69 @@ impl Completer {
         self.complete(Completion { seq, status: status as u32, aux: 0, result })
     }
 
-    /// Post a batch of completions, then raise the interrupt if the guest armed it.
+    /// Post a batch of completions, then raise the interrupt if the guest armed it. Completions
+    /// staged earlier by any thread are published with them, ahead of them.
     pub fn post(&self, cs: &[Completion]) {
-        if cs.is_empty() {
-            return;
-        }
-        let i = &self.inner;
-        let mask = i.inflight.len() as u64 - 1;
         let kick = {
-            let mut cq = lock(&i.cq);
+            let mut cq = lock(&self.inner.cq);
             for c in cs {
-                if c.status != Status::Ok as u32 && c.status != Status::NotReady as u32 {
-                    i.stats.errors.fetch_add(1, Ordering::Relaxed);
-                }
-                if c.status != Status::SeqInUse as u32 {
-                    let _ =
-                        i.inflight[(c.seq & mask) as usize].compare_exchange(c.seq.wrapping_add(1), 0, Ordering::AcqRel, Ordering::Relaxed);
-                }
-                debug!(target: "vgpu::server", seq = c.seq, status = Status::from_u32(c.status).name(), "complete");
-                if let Err(e) = cq.push(*c) {
-                    // At most `depth` commands are in flight, so a full completion ring means the
-                    // guest corrupted its consumer index. The session is over; nothing blocks.
-                    warn!(target: "vgpu::server", "completion ring: {e}; ending the session");
-                    i.broken.store(1, Ordering::SeqCst);
-                    i.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                    break;
-                }
+                self.write(&mut cq, c, true);
             }
             cq.publish_and_check()
         };
-        i.stats.completions.fetch_add(cs.len() as u64, Ordering::Relaxed);
+        self.kicked(kick);
+    }
+
+    /// Write a completion into the ring without publishing it. It becomes visible with the next
+    /// [`flush`](Self::flush) or [`post`](Self::post) from any thread, which keeps the order in
+    /// which completions were produced across threads: a completion posted by a stream thread can
+    /// never overtake one the dispatcher produced before handing that stream its work.
+    pub fn stage(&self, c: Completion) {
+        let mut cq = lock(&self.inner.cq);
+        self.write(&mut cq, &c, true);
+    }
+
+    /// Stage the completion of a command rejected before it claimed its in-flight marker (a
+    /// sequence number already in flight): the marker belongs to the other command.
+    fn stage_unclaimed(&self, c: Completion) {
+        let mut cq = lock(&self.inner.cq);
+        self.write(&mut cq, &c, false);
+    }
+
+    /// Publish everything staged, and raise the interrupt if the guest armed it.
+    pub fn flush(&self) {
+        let kick = {
+            let mut cq = lock(&self.inner.cq);
+            if !cq.has_unpublished() {
+                return;
+            }
+            cq.publish_and_check()
+        };
+        self.kicked(kick);
+    }
+
+    fn write(&self, cq: &mut Producer<RegionRing<Completion>>, c: &Completion, claimed: bool) {
+        let i = &self.inner;
+        if c.status != Status::Ok as u32 && c.status != Status::NotReady as u32 {
+            i.stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if claimed {
+            let mask = i.inflight.len() as u64 - 1;
+            let _ = i.inflight[(c.seq & mask) as usize].compare_exchange(c.seq.wrapping_add(1), 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
+        debug!(target: "vgpu::server", seq = c.seq, status = Status::from_u32(c.status).name(), "complete");
+        i.stats.completions.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = cq.push(*c) {
+            // At most `depth` commands are in flight, so a full completion ring means the guest
+            // corrupted its consumer index. The session is over; nothing blocks.
+            warn!(target: "vgpu::server", "completion ring: {e}; ending the session");
+            i.broken.store(1, Ordering::SeqCst);
+            i.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn kicked(&self, kick: bool) {
+        let i = &self.inner;
         if kick {
             i.stats.interrupts_raised.fetch_add(1, Ordering::Relaxed);
             i.interrupt.notify();
@@ -165,7 +202,7 @@ pub struct Server {
     hangup: Option<std::os::fd::OwnedFd>,
     cfg: ServerConfig,
     stats: &'static ServerStats,
-    batch: Vec<Completion>,
+    last_beat: Instant,
     stop: StdArc<EventFd>,
 }
 
@@ -200,7 +237,7 @@ impl Server {
             hangup,
             cfg,
             stats,
-            batch: Vec::with_capacity(64),
+            last_beat: Instant::now(),
             stop: StdArc::new(EventFd::new()?),
         })
     }
@@ -227,7 +264,8 @@ impl Server {
         }
     }
 
-    fn beat(&self) {
+    fn beat(&mut self) {
+        self.last_beat = Instant::now();
         self.region.atomic_u64(hdr::HEARTBEAT).fetch_add(1, Ordering::Release);
         self.stats.guest_spin_hits.store(self.region.atomic_u64(hdr::GUEST_SPIN_HITS).load(Ordering::Relaxed), Ordering::Relaxed);
         self.stats.guest_parks.store(self.region.atomic_u64(hdr::GUEST_PARKS).load(Ordering::Relaxed), Ordering::Relaxed);
@@ -235,6 +273,10 @@ impl Server {
 
     fn end(&mut self, exec: &mut dyn Executor, state: HostState, exit: Exit) -> Exit {
         self.region.atomic_u32(hdr::HOST_STATE).store(state as u32, Ordering::Release);
+        // Hang up at once, so the guest learns the session is over even if this process lingers.
+        if let Some(s) = &self.hangup {
+            let _ = nix::sys::socket::shutdown(std::os::fd::AsRawFd::as_raw_fd(s), nix::sys::socket::Shutdown::Both);
+        }
         exec.shutdown();
         self.stats.state.store(2, Ordering::Relaxed);
         exit
@@ -243,7 +285,6 @@ impl Server {
     /// Serve until the guest goes away, breaks the protocol, or [`stopper`](Self::stopper) fires.
     pub fn run(&mut self, exec: &mut dyn Executor) -> Exit {
         let mut last_work = Instant::now();
-        let mut last_beat = Instant::now();
         let mut polls: u32 = 0;
         loop {
             let n = match self.drain(exec) {
@@ -257,8 +298,7 @@ impl Server {
             if self.completer.inner.broken.load(Ordering::SeqCst) != 0 {
                 return self.end(exec, HostState::ProtocolError, Exit::ProtocolError("completion ring corrupt".into()));
             }
-            if last_beat.elapsed() >= Duration::from_millis(50) {
-                last_beat = Instant::now();
+            if self.last_beat.elapsed() >= Duration::from_millis(50) {
                 self.beat();
             }
             polls = polls.wrapping_add(1);
@@ -318,31 +358,34 @@ impl Server {
                 self.stats.blocking_calls.fetch_add(1, Ordering::Relaxed);
             }
             let reply = |status: Status| Completion { seq: cmd.seq, status: status as u32, aux: 0, result: [0, 0] };
+            // Claim the sequence number first, so that every later reply for this command
+            // (whatever it says) releases exactly its own marker and never another's.
+            let slot = &self.completer.inner.inflight[(cmd.seq & mask) as usize];
+            if cmd.seq >= MAX_SEQ || slot.compare_exchange(0, cmd.seq + 1, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+                self.completer.stage_unclaimed(reply(Status::SeqInUse));
+                continue;
+            }
             let Some(call) = Call::from_u16(cmd.call) else {
                 debug!(target: "vgpu::server", seq = cmd.seq, call = cmd.call, "unknown call");
-                self.batch.push(reply(Status::UnknownCall));
+                self.completer.stage(reply(Status::UnknownCall));
                 continue;
             };
             if cmd.flags & !cmd_flags::KNOWN != 0 {
-                self.batch.push(reply(Status::InvalidArgument));
-                continue;
-            }
-            let slot = &self.completer.inner.inflight[(cmd.seq & mask) as usize];
-            if slot.compare_exchange(0, cmd.seq.wrapping_add(1), Ordering::AcqRel, Ordering::Relaxed).is_err() {
-                self.batch.push(reply(Status::SeqInUse));
+                self.completer.stage(reply(Status::InvalidArgument));
                 continue;
             }
             debug!(target: "vgpu::server", seq = cmd.seq, call = call.name(), stream = cmd.stream, args = ?cmd.args, "command");
             if let Some(c) = exec.execute(&cmd, call, &self.completer) {
-                self.batch.push(c);
+                self.completer.stage(c);
             }
-            if self.batch.len() >= 64 {
-                self.completer.post(&self.batch);
-                self.batch.clear();
+            if n % 64 == 0 {
+                self.completer.flush();
+                if self.last_beat.elapsed() >= Duration::from_millis(50) {
+                    self.beat();
+                }
             }
         }
-        self.completer.post(&self.batch);
-        self.batch.clear();
+        self.completer.flush();
         Ok(n)
     }
 }

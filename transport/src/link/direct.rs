@@ -77,8 +77,9 @@ pub fn accept(mut socket: UnixStream, first: &[u8; MSG_LEN], session_id: u64, li
     }
     let window = match hello.window_len {
         0 => DEFAULT_WINDOW,
-        w => w.min(limits.max_window),
-    };
+        w => w,
+    }
+    .min(limits.max_window);
     let depth = match hello.depth {
         0 => DEFAULT_DEPTH,
         d if d.is_power_of_two() => d.min(limits.max_depth),
@@ -201,7 +202,14 @@ pub fn connect_raw(path: &Path, window_len: u64, depth: u32) -> Result<RawGuest>
     let [memfd, doorbell, interrupt]: [OwnedFd; 3] =
         fds.try_into().map_err(|v: Vec<OwnedFd>| Error::Protocol(format!("the Welcome carried {} fds, expected 3", v.len())))?;
     region::check_sealed(memfd.as_fd())?;
+    let size = nix::sys::stat::fstat(memfd.as_raw_fd()).map_err(|e| Error::Setup(format!("fstat of the region memfd: {e}")))?.st_size;
+    if (size as u64) < w.region_len {
+        return Err(Error::Protocol(format!("the Welcome claims a {} byte region but the memfd holds {size}", w.region_len)));
+    }
     let region = Region::open_guest(&memfd, w.region_len)?;
+    if region.layout().region_len != w.region_len {
+        return Err(Error::Protocol(format!("the region header says {} bytes, the Welcome {}", region.layout().region_len, w.region_len)));
+    }
     drop(memfd);
     socket.set_read_timeout(None).map_err(|e| Error::Setup(format!("socket: {e}")))?;
     let doorbell = EventFd::from_owned(doorbell).map_err(|e| Error::Setup(format!("doorbell eventfd: {e}")))?;
