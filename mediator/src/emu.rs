@@ -24,7 +24,7 @@ use tracing::{debug, warn};
 use vgpu_transport::region::Region;
 use vgpu_transport::sync::stat::AtomicUsize;
 use vgpu_transport::sync::Ordering;
-use vgpu_transport::wire::{event_flags, Call, Command, Completion, DeviceInfo, Status};
+use vgpu_transport::wire::{event_flags, stream_flags, Call, Command, Completion, DeviceInfo, Status};
 use vgpu_transport::{Completer, Executor, ServerStats};
 
 /// First device address handed out. Non-canonical on x86-64 (bit 47 set, bits 48..63 clear).
@@ -61,9 +61,38 @@ type Job = Box<dyn FnOnce() + Send>;
 /// Work of at most this many bytes runs on the dispatching thread when its stream is idle.
 pub const INLINE_MAX: u64 = 1 << 20;
 
+/// A count-down latch: `wait` returns once `count_down` was called `n` times.
+struct Latch {
+    left: Mutex<usize>,
+    cv: std::sync::Condvar,
+}
+
+impl Latch {
+    fn new(n: usize) -> Latch {
+        Latch { left: Mutex::new(n), cv: std::sync::Condvar::new() }
+    }
+    fn count_down(&self) {
+        let mut l = lock(&self.left);
+        *l = l.saturating_sub(1);
+        if *l == 0 {
+            self.cv.notify_all();
+        }
+    }
+    fn wait(&self) {
+        // The markers this waits for were queued before this job on other stream threads and
+        // run unconditionally, so the wait is bounded by earlier work, never by later work.
+        let mut l = lock(&self.left);
+        while *l > 0 {
+            l = self.cv.wait(l).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
 struct StreamWorker {
     tx: mpsc::Sender<Job>,
     thread: JoinHandle<()>,
+    /// Created with `NON_BLOCKING`: no implicit synchronisation with stream 0.
+    nonblocking: bool,
     /// Jobs queued and not yet finished. The worker decrements it (Release) after each job; the
     /// dispatcher reads it (Acquire), so when it sees zero every earlier job's effects are visible
     /// and running the next one inline keeps the stream's FIFO order.
@@ -71,7 +100,7 @@ struct StreamWorker {
 }
 
 impl StreamWorker {
-    fn spawn(handle: u32) -> std::io::Result<StreamWorker> {
+    fn spawn(handle: u32, nonblocking: bool) -> std::io::Result<StreamWorker> {
         let (tx, rx) = mpsc::channel::<Job>();
         let pending = Arc::new(AtomicUsize::new(0));
         let p = pending.clone();
@@ -81,7 +110,7 @@ impl StreamWorker {
                 p.fetch_sub(1, Ordering::Release);
             }
         })?;
-        Ok(StreamWorker { tx, thread, pending })
+        Ok(StreamWorker { tx, thread, nonblocking, pending })
     }
 
     fn idle(&self) -> bool {
@@ -126,7 +155,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Emu {
     pub fn new(region: Arc<Region>, stats: &'static ServerStats, limits: EmuLimits) -> std::io::Result<Emu> {
         let mut streams = HashMap::new();
-        streams.insert(0, StreamWorker::spawn(0)?);
+        streams.insert(0, StreamWorker::spawn(0, false)?);
         Ok(Emu {
             region,
             stats,
@@ -201,13 +230,30 @@ impl Emu {
             Ok(w) => w,
             Err(s) => return Some(reply(seq, s, [0, 0])),
         };
-        if cost <= INLINE_MAX && w.idle() {
+        let deps = self.legacy_deps(h, w);
+        if deps.is_empty() && cost <= INLINE_MAX && w.idle() {
             let (status, result) = job();
             return Some(reply(seq, status, result));
+        }
+        // Legacy default stream: wait, on this stream's thread, until every dependency stream has
+        // run what was queued on it before this command (a marker job at its queue's end).
+        let latch = (!deps.is_empty()).then(|| Arc::new(Latch::new(deps.len())));
+        if let Some(l) = &latch {
+            for d in &deps {
+                let l2 = l.clone();
+                d.pending.fetch_add(1, Ordering::Relaxed);
+                if d.tx.send(Box::new(move || l2.count_down())).is_err() {
+                    d.pending.fetch_sub(1, Ordering::Relaxed);
+                    l.count_down();
+                }
+            }
         }
         w.pending.fetch_add(1, Ordering::Relaxed);
         let done = done.clone();
         let job: Job = Box::new(move || {
+            if let Some(l) = latch {
+                l.wait();
+            }
             let (status, result) = job();
             done.finish(seq, status, result);
         });
@@ -216,6 +262,19 @@ impl Emu {
             return Some(reply(seq, Status::InvalidHandle, [0, 0]));
         }
         None
+    }
+
+    /// CUDA's legacy default stream: work on stream 0 waits for earlier work on every blocking
+    /// stream, and work on a blocking stream waits for earlier work on stream 0. Returns the
+    /// streams with queued work that `h` must wait for.
+    fn legacy_deps(&self, h: u32, w: &StreamWorker) -> Vec<&StreamWorker> {
+        if h == 0 {
+            self.streams.iter().filter(|(k, s)| **k != 0 && !s.nonblocking && !s.idle()).map(|(_, s)| s).collect()
+        } else if !w.nonblocking {
+            self.streams.get(&0).filter(|s| !s.idle()).into_iter().collect()
+        } else {
+            Vec::new()
+        }
     }
 
     fn window(&self, off: u64, len: u64) -> Result<(), Status> {
@@ -256,7 +315,9 @@ impl Emu {
             Call::Nop => Ok(Some([0, 0])),
             Call::MemAlloc => self.alloc(a[0]).map(|p| Some([p, 0])),
             Call::MemFree => match self.free(a[0]) {
-                Status::Ok => Ok(Some([0, 0])),
+                // The address is invalid for every later command at once; the completion waits,
+                // as cudaFree does, for the work submitted before it (which holds the memory).
+                Status::Ok => Ok(after_streams(self.streams.values(), seq, done)),
                 s => Err(s),
             },
             Call::MemcpyHtoD => {
@@ -325,14 +386,14 @@ impl Emu {
                 })
             }
             Call::StreamCreate => {
-                if a[0] & !1 != 0 {
+                if a[0] & !stream_flags::KNOWN != 0 || a[1] as i64 != a[1] as i32 as i64 {
                     return Err(Status::InvalidArgument);
                 }
                 if self.streams.len() >= self.limits.max_streams {
                     return Err(Status::QuotaExceeded);
                 }
                 let h = self.handle();
-                let w = StreamWorker::spawn(h).map_err(|_| Status::OutOfMemory)?;
+                let w = StreamWorker::spawn(h, a[0] & stream_flags::NON_BLOCKING != 0).map_err(|_| Status::OutOfMemory)?;
                 self.streams.insert(h, w);
                 self.stats.streams.store(self.streams.len() as u64 - 1, Ordering::Relaxed);
                 Ok(Some([h as u64, 0]))
@@ -343,34 +404,22 @@ impl Emu {
                     return Err(Status::InvalidHandle);
                 }
                 let w = self.streams.remove(&h).ok_or(Status::InvalidHandle)?;
+                self.stats.streams.store(self.streams.len() as u64 - 1, Ordering::Relaxed);
+                let r = after_streams(std::iter::once(&w), seq, done);
                 // Dropping the sender lets the thread finish queued work, then exit.
                 drop(w.tx);
                 self.retired.push(w.thread);
-                self.stats.streams.store(self.streams.len() as u64 - 1, Ordering::Relaxed);
-                Ok(Some([0, 0]))
+                Ok(r)
             }
             Call::StreamSync => self.queue(cmd, 0, done, || Status::Ok),
-            Call::DeviceSync => {
-                if self.streams.values().all(StreamWorker::idle) {
-                    return Ok(Some([0, 0]));
-                }
-                let left = Arc::new(AtomicUsize::new(self.streams.len()));
-                for w in self.streams.values() {
-                    let (l, d) = (left.clone(), done.clone());
-                    let job: Job = Box::new(move || {
-                        if l.fetch_sub(1, Ordering::AcqRel) == 1 {
-                            d.finish(seq, Status::Ok, [0, 0]);
-                        }
-                    });
-                    if w.tx.send(job).is_err() && left.fetch_sub(1, Ordering::AcqRel) == 1 {
-                        return Ok(Some([0, 0]));
-                    }
-                }
-                Ok(None)
-            }
+            Call::DeviceSync => Ok(after_streams(self.streams.values(), seq, done)),
             Call::EventCreate => {
                 if a[0] & !event_flags::KNOWN != 0 {
                     return Err(Status::InvalidArgument);
+                }
+                if a[0] & event_flags::INTERPROCESS != 0 {
+                    // Interprocess events need DISABLE_TIMING in CUDA; either way emu has no IPC.
+                    return Err(if a[0] & event_flags::DISABLE_TIMING == 0 { Status::InvalidArgument } else { Status::NotSupported });
                 }
                 if self.events.len() >= self.limits.max_events {
                     return Err(Status::QuotaExceeded);
@@ -454,10 +503,10 @@ impl Emu {
             Call::DeviceInfo => {
                 let (off, len) = (a[0], a[1]);
                 let size = std::mem::size_of::<DeviceInfo>() as u64;
+                self.window(off, len)?;
                 if len < size {
                     return Err(Status::InvalidArgument);
                 }
-                self.window(off, size)?;
                 let info = self.device_info();
                 // SAFETY: DeviceInfo is a #[repr(C)] struct of integers and byte arrays with no
                 // padding (512 bytes, asserted in wire.rs); viewing it as bytes is sound.
@@ -481,6 +530,38 @@ impl Emu {
             Some(c) => Err(Status::from_u32(c.status)),
         }
     }
+}
+
+/// Complete `seq` once every job queued so far on `streams` has run: at once (`Some`) if they are
+/// all idle, otherwise from the last of them to get there (`None`).
+fn after_streams<'a>(streams: impl Iterator<Item = &'a StreamWorker> + Clone, seq: u64, done: &Completer) -> Option<[u64; 2]> {
+    let busy: Vec<&StreamWorker> = streams.filter(|w| !w.idle()).collect();
+    if busy.is_empty() {
+        return Some([0, 0]);
+    }
+    let left = Arc::new(AtomicUsize::new(busy.len()));
+    let mut sent = 0;
+    for w in &busy {
+        let (l, d) = (left.clone(), done.clone());
+        let job: Job = Box::new(move || {
+            if l.fetch_sub(1, Ordering::AcqRel) == 1 {
+                d.finish(seq, Status::Ok, [0, 0]);
+            }
+        });
+        w.pending.fetch_add(1, Ordering::Relaxed);
+        if w.tx.send(job).is_ok() {
+            sent += 1;
+        } else {
+            w.pending.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    // Streams whose thread is gone count as done; if that brings the count to zero, the sent
+    // markers have all run already and none of them completed `seq`: complete it here.
+    let failed = busy.len() - sent;
+    if failed > 0 && left.fetch_sub(failed, Ordering::AcqRel) == failed {
+        return Some([0, 0]);
+    }
+    None
 }
 
 fn reply(seq: u64, status: Status, result: [u64; 2]) -> Completion {

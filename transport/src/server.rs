@@ -370,7 +370,10 @@ impl Server {
                 self.completer.stage(reply(Status::UnknownCall));
                 continue;
             };
-            if cmd.flags & !cmd_flags::KNOWN != 0 {
+            if cmd.flags & !cmd_flags::KNOWN != 0
+                || (!call.stream_ordered() && cmd.stream != 0)
+                || cmd.args[call.arg_count()..].iter().any(|&a| a != 0)
+            {
                 self.completer.stage(reply(Status::InvalidArgument));
                 continue;
             }

@@ -26,7 +26,7 @@
 
 use std::task::{Context, Poll, Waker};
 
-use crate::sync::{fence, keep, lock, ord, AtomicU32, AtomicU64, AtomicUsize, Knob, Mutex, Ordering};
+use crate::sync::{fence, keep, lock, ord, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Knob, Mutex, Ordering};
 
 const BUSY: u64 = 1;
 const DONE: u64 = 2;
@@ -68,6 +68,8 @@ struct Slot {
 
 /// The slot table of one session.
 pub struct Slots {
+    /// Set once the link is down; see [`Slots::close`].
+    closed: AtomicBool,
     depth: u64,
     next_seq: AtomicU64,
     slots: Box<[Slot]>,
@@ -90,7 +92,14 @@ impl Slots {
                 waker: Mutex::new(None),
             })
             .collect();
-        Slots { depth, next_seq: AtomicU64::new(depth), slots, free_waiting: AtomicUsize::new(0), free_waiters: Mutex::new(Vec::new()) }
+        Slots {
+            closed: AtomicBool::new(false),
+            depth,
+            next_seq: AtomicU64::new(depth),
+            slots,
+            free_waiting: AtomicUsize::new(0),
+            free_waiters: Mutex::new(Vec::new()),
+        }
     }
 
     pub fn depth(&self) -> u64 {
@@ -229,6 +238,39 @@ impl Slots {
     /// Undo an acquire for a command that was never published (submission failed).
     pub fn abandon(&self, seq: u64) {
         self.release(seq);
+    }
+
+    /// Close the table (the link is down) and return the sequence numbers in flight, which the
+    /// caller (the completer) must now fail.
+    ///
+    /// Handshake with [`confirm`](Self::confirm): close stores `closed`, fences, then scans; a
+    /// submitter takes its slot, fences, then loads `closed`. Either the scan sees the busy slot
+    /// or the submitter sees `closed`, so no call is published after the failure sweep and then
+    /// waits forever.
+    pub fn close(&self) -> Vec<u64> {
+        self.closed.store(true, Ordering::SeqCst);
+        if keep(Knob::CloseNoFence) {
+            fence(Ordering::SeqCst);
+        }
+        self.in_flight()
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// After acquiring the slot of `seq`, check that the table is still open. If it is closed,
+    /// the slot is released again and `false` returned: the call must not be published.
+    pub fn confirm(&self, seq: u64) -> bool {
+        if keep(Knob::CloseNoFence) {
+            fence(Ordering::SeqCst);
+        }
+        if self.closed.load(Ordering::SeqCst) {
+            self.abandon(seq);
+            return false;
+        }
+        true
     }
 
     /// Sequence numbers in flight (busy, not done). For failing them when the link dies; the

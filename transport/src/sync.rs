@@ -142,6 +142,8 @@ pub enum Knob {
     SlotNoGeneration = 1 << 6,
     /// Slots: a releaser does not wake threads waiting for a free slot.
     ReleaseNoWake = 1 << 7,
+    /// Slots: closing (link down) and confirming an acquired slot skip their `SeqCst` fences.
+    CloseNoFence = 1 << 8,
 }
 
 #[cfg(vgpu_loom)]

@@ -176,6 +176,31 @@ calls! {
     DeviceInfo = 18,
 }
 
+impl Call {
+    /// Whether the call is stream-ordered ("S" in the protocol): it runs in the order of
+    /// `Command::stream`. Other calls must carry `stream = 0`.
+    pub fn stream_ordered(self) -> bool {
+        matches!(self, Call::MemcpyHtoD | Call::MemcpyDtoH | Call::MemcpyDtoD | Call::Memset | Call::StreamSync | Call::EventRecord)
+    }
+
+    /// How many of `args` the call uses; the rest must be 0.
+    pub fn arg_count(self) -> usize {
+        match self {
+            Call::Nop | Call::StreamSync | Call::DeviceSync | Call::MemGetInfo => 0,
+            Call::MemAlloc | Call::MemFree | Call::StreamDestroy | Call::EventCreate | Call::EventDestroy => 1,
+            Call::EventRecord | Call::EventQuery | Call::EventSync => 1,
+            Call::StreamCreate | Call::EventElapsed | Call::DeviceInfo => 2,
+            Call::MemcpyHtoD | Call::MemcpyDtoH | Call::MemcpyDtoD | Call::Memset => 3,
+        }
+    }
+}
+
+/// Bits of the StreamCreate flags (the CUDA values).
+pub mod stream_flags {
+    pub const NON_BLOCKING: u64 = 0x1;
+    pub const KNOWN: u64 = NON_BLOCKING;
+}
+
 /// Bits of the EventCreate flags (the CUDA values).
 pub mod event_flags {
     pub const BLOCKING_SYNC: u64 = 0x1;
