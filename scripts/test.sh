@@ -5,6 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s\n' "$*"; }
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+# Run a test command, keeping its output for the summary at the end.
+run_tests() { "$@" 2>&1 | tee -a "$log"; }
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -13,9 +17,15 @@ step "cargo clippy (deny warnings)"
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo test (unit + integration against real mediator processes)"
-cargo test --workspace
+run_tests cargo test --workspace
 
 step "loom models (--cfg vgpu_loom, preemption bound set per model)"
 export LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}"
 RUSTFLAGS="--cfg vgpu_loom" cargo clippy -p vgpu-loom-tests --all-targets --target-dir target/loom -- -D warnings
-RUSTFLAGS="--cfg vgpu_loom" cargo test -p vgpu-loom-tests --release --target-dir target/loom -- --test-threads=1
+RUSTFLAGS="--cfg vgpu_loom" run_tests cargo test -p vgpu-loom-tests --release --target-dir target/loom -- --test-threads=1
+
+# One closing line over every test binary above (pipefail already stopped us on any failure).
+counts=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { printf "%d %d", p, f }' "$log")
+passed=${counts% *}
+failed=${counts#* }
+printf '\n== summary\n%s passed, %s failed\n' "$passed" "$failed"

@@ -30,13 +30,61 @@ fn percentiles(mut v: Vec<Duration>) -> (f64, f64) {
     (at(50), at(99))
 }
 
+/// Where the two sides of a round trip run: free (the scheduler decides), on one CPU, or on two.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    Free,
+    SameCpu,
+    CrossCpu,
+}
+
+impl Placement {
+    /// CPUs for (caller side, serving side), if pinned.
+    fn cpus(self) -> Option<(usize, usize)> {
+        match self {
+            Placement::Free => None,
+            Placement::SameCpu => Some((0, 0)),
+            Placement::CrossCpu => Some((0, 1)),
+        }
+    }
+}
+
+fn cpu_set(cpu: Option<usize>) -> nix::sched::CpuSet {
+    let mut set = nix::sched::CpuSet::new();
+    // Every CPU the set can name (not `available_parallelism`, which shrinks once pinned).
+    for c in 0..nix::sched::CpuSet::count() {
+        if cpu.is_none_or(|p| p == c) {
+            let _ = set.set(c);
+        }
+    }
+    set
+}
+
+/// Pin the calling thread to `cpu` (`None`: every CPU).
+fn pin_self_thread(cpu: Option<usize>) {
+    let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpu_set(cpu));
+}
+
+/// Pin every thread of process `pid` (`None`: this process) to `cpu` (`None`: every CPU).
+fn pin_process(pid: Option<u32>, cpu: Option<usize>) {
+    let dir = match pid {
+        Some(p) => format!("/proc/{p}/task"),
+        None => "/proc/self/task".to_string(),
+    };
+    for tid in std::fs::read_dir(dir).into_iter().flatten().flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()) {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(tid), &cpu_set(cpu));
+    }
+}
+
 /// Round trip through two eventfds between two threads (the interrupt anchor).
-pub fn eventfd_pingpong(iters: usize) -> (f64, f64) {
+pub fn eventfd_pingpong(iters: usize, placement: Placement) -> (f64, f64) {
     use nix::sys::eventfd::{EfdFlags, EventFd};
     let a = EventFd::from_flags(EfdFlags::EFD_CLOEXEC).expect("eventfd");
     let b = EventFd::from_flags(EfdFlags::EFD_CLOEXEC).expect("eventfd");
+    let cpus = placement.cpus();
     std::thread::scope(|s| {
         s.spawn(|| {
+            pin_self_thread(cpus.map(|c| c.1));
             for _ in 0..iters + 100 {
                 if a.read().is_err() {
                     return;
@@ -44,6 +92,7 @@ pub fn eventfd_pingpong(iters: usize) -> (f64, f64) {
                 let _ = b.write(1);
             }
         });
+        pin_self_thread(cpus.map(|c| c.0));
         let mut lat = Vec::with_capacity(iters);
         for i in 0..iters + 100 {
             let t = Instant::now();
@@ -53,6 +102,7 @@ pub fn eventfd_pingpong(iters: usize) -> (f64, f64) {
                 lat.push(t.elapsed());
             }
         }
+        pin_self_thread(None);
         percentiles(lat)
     })
 }
@@ -157,8 +207,19 @@ pub fn run(quick: bool, as_json: bool) -> Result<(), String> {
     let max_size: usize = if quick { 64 << 20 } else { 256 << 20 };
     let mut out = Map::new();
 
-    progress("anchors: eventfd ping-pong, TCP loopback, memcpy");
-    let (efd50, efd99) = eventfd_pingpong(lat_iters);
+    let two_cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) >= 2;
+    let placements: &[(Placement, &str)] = if two_cpus {
+        &[(Placement::Free, ""), (Placement::SameCpu, "_same_cpu"), (Placement::CrossCpu, "_cross_cpu")]
+    } else {
+        &[(Placement::Free, "")]
+    };
+    progress("anchors: eventfd ping-pong (free, same CPU, two CPUs), TCP loopback, memcpy");
+    for (p, suffix) in &placements[1..] {
+        let (p50, p99) = eventfd_pingpong(lat_iters, *p);
+        out.insert(format!("eventfd_pingpong{suffix}_p50_us"), json!(p50));
+        out.insert(format!("eventfd_pingpong{suffix}_p99_us"), json!(p99));
+    }
+    let (efd50, efd99) = eventfd_pingpong(lat_iters, Placement::Free);
     let (tcp50, tcp99) = tcp_rr(lat_iters);
     let mc = memcpy_gbps(64 << 20, if quick { 5 } else { 10 });
     out.insert("eventfd_pingpong_p50_us".into(), json!(efd50));
@@ -172,9 +233,21 @@ pub fn run(quick: bool, as_json: bool) -> Result<(), String> {
         let m = Mediator::start_self("emu", 0)?;
         let c =
             Client::connect(m.socket(), ClientConfig { spin: SpinPolicy::Never, ..ClientConfig::default() }).map_err(|e| e.to_string())?;
-        let (p50, p99) = null_calls(&c, lat_iters)?;
-        out.insert("null_call_interrupt_p50_us".into(), json!(p50));
-        out.insert("null_call_interrupt_p99_us".into(), json!(p99));
+        let worker = crate::serve::query_stat(m.socket())?["sessions"][0]["worker_pid"].as_u64().map(|p| p as u32);
+        for (p, suffix) in placements {
+            if let (Some((guest_cpu, host_cpu)), Some(w)) = (p.cpus(), worker) {
+                pin_process(None, Some(guest_cpu));
+                pin_process(Some(w), Some(host_cpu));
+            }
+            let r = null_calls(&c, lat_iters);
+            pin_process(None, None);
+            if let Some(w) = worker {
+                pin_process(Some(w), None);
+            }
+            let (p50, p99) = r?;
+            out.insert(format!("null_call_interrupt{suffix}_p50_us"), json!(p50));
+            out.insert(format!("null_call_interrupt{suffix}_p99_us"), json!(p99));
+        }
     }
 
     progress("null calls, adaptive spin; async throughput; bandwidth");
@@ -226,6 +299,8 @@ pub fn run(quick: bool, as_json: bool) -> Result<(), String> {
     let f = |k: &str| out.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
     let ratios = json!({
         "interrupt_vs_eventfd": f("null_call_interrupt_p50_us") / f("eventfd_pingpong_p50_us"),
+        "interrupt_vs_eventfd_same_cpu": f("null_call_interrupt_same_cpu_p50_us") / f("eventfd_pingpong_same_cpu_p50_us"),
+        "interrupt_vs_eventfd_cross_cpu": f("null_call_interrupt_cross_cpu_p50_us") / f("eventfd_pingpong_cross_cpu_p50_us"),
         "adaptive_vs_eventfd": f("null_call_adaptive_p50_us") / f("eventfd_pingpong_p50_us"),
         "adaptive_vs_tcp": f("null_call_adaptive_p50_us") / f("tcp_rr_p50_us"),
         "h2d_64mib_vs_memcpy": f("h2d_64mib_gbps") / f("memcpy_gbps"),
@@ -271,6 +346,21 @@ fn render(v: &Value) -> String {
         f("null_call_interrupt_p99_us"),
         format!("{:.2} x efd", r("interrupt_vs_eventfd"))
     ));
+    for (label, suffix, ratio) in
+        [("same CPU", "_same_cpu", "interrupt_vs_eventfd_same_cpu"), ("two CPUs", "_cross_cpu", "interrupt_vs_eventfd_cross_cpu")]
+    {
+        if v.get(format!("eventfd_pingpong{suffix}_p50_us")).is_none() {
+            continue;
+        }
+        let (a50, a99) = (f(&format!("eventfd_pingpong{suffix}_p50_us")), f(&format!("eventfd_pingpong{suffix}_p99_us")));
+        let (n50, n99) = (f(&format!("null_call_interrupt{suffix}_p50_us")), f(&format!("null_call_interrupt{suffix}_p99_us")));
+        s.push_str(&format!("{:<44} {a50:>10.2} {a99:>10.2} {:>12}\n", format!("anchor: eventfd ping-pong, pinned {label}"), "1.00"));
+        s.push_str(&format!(
+            "{:<44} {n50:>10.2} {n99:>10.2} {:>12}\n",
+            format!("null call, interrupt only, pinned {label}"),
+            format!("{:.2} x efd", r(ratio))
+        ));
+    }
     s.push_str(&format!(
         "{:<44} {:>10.2} {:>10.2} {:>12}\n",
         "null call, adaptive spin",
