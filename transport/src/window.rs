@@ -12,7 +12,7 @@ use crate::{Error, Result};
 /// Default staging chunk size.
 pub const CHUNK: u64 = 1 << 20;
 /// Default number of staging chunks (in flight at once per copy pipeline).
-pub const CHUNKS: u64 = 8;
+pub const CHUNKS: u64 = 4;
 
 /// A pool of equal window chunks.
 #[derive(Debug)]
