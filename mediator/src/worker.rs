@@ -82,14 +82,20 @@ pub fn run(opts: WorkerOpts) -> i32 {
 pub fn serve_link(link: direct::HostLink, opts: &WorkerOpts, stats: &'static ServerStats) -> i32 {
     let region = link.region.clone();
     let hangup = OwnedFd::from(link.socket);
-    let mut server =
-        match Server::new(region.clone(), link.doorbell, Box::new(link.interrupt), Some(hangup), ServerConfig { spin: opts.spin }, stats) {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(target: "vgpu::worker", "server setup: {e}");
-                return 1;
-            }
-        };
+    let mut server = match Server::new(
+        region.clone(),
+        link.doorbell,
+        link.interrupts.into_iter().map(|e| Box::new(e) as Box<dyn vgpu_transport::notify::Notify>).collect(),
+        Some(hangup),
+        ServerConfig { spin: opts.spin },
+        stats,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(target: "vgpu::worker", "server setup: {e}");
+            return 1;
+        }
+    };
     let mut exec: Box<dyn vgpu_transport::Executor> = match opts.executor {
         ExecutorKind::Emu | ExecutorKind::Auto => match Emu::new(Arc::clone(&region), stats, opts.limits) {
             Ok(e) => Box::new(e),

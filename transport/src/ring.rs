@@ -111,9 +111,17 @@ impl<M: RingMem> Producer<M> {
     /// Publish, then decide whether the consumer must be notified (the kick handshake).
     #[must_use = "notify the consumer when this returns true"]
     pub fn publish_and_check(&mut self) -> bool {
+        self.publish_and_flag() != 0
+    }
+
+    /// Publish, then read the consumer's wake-up flag (the kick handshake): 0 means no
+    /// notification is needed; otherwise the value the consumer armed with (which, on the
+    /// completion ring, selects the interrupt vector).
+    #[must_use = "notify the consumer when this returns non-zero"]
+    pub fn publish_and_flag(&mut self) -> u32 {
         self.publish();
         handshake_fence();
-        self.mem.load_flag(Ordering::Relaxed) != 0
+        self.mem.load_flag(Ordering::Relaxed)
     }
 }
 
@@ -160,7 +168,14 @@ impl<M: RingMem> Consumer<M> {
     /// sleep (the ring was still empty after arming); `Ok(false)` if work arrived, in which case
     /// the flag is already cleared again.
     pub fn arm(&self) -> Result<bool, RingError> {
-        self.mem.store_flag(1, Ordering::Relaxed);
+        self.arm_with(1)
+    }
+
+    /// [`arm`](Self::arm) with a flag value other than 1 (non-zero). On the completion ring the
+    /// value names the interrupt vector the host must raise: `vector + 1`.
+    pub fn arm_with(&self, value: u32) -> Result<bool, RingError> {
+        debug_assert!(value != 0);
+        self.mem.store_flag(value, Ordering::Relaxed);
         handshake_fence();
         if keep(Knob::ArmNoRecheck) && self.pending()? > 0 {
             self.mem.store_flag(0, Ordering::Relaxed);

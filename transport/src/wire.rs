@@ -42,7 +42,8 @@ pub mod hdr {
     pub const CQ_TAIL: usize = 384;
     /// Block 4, guest-written: the completion ring's consumer index.
     pub const CQ_HEAD: usize = 512;
-    /// Block 5, guest-written: non-zero while the guest is about to sleep and wants an interrupt.
+    /// Block 5, guest-written: non-zero while the guest is about to sleep and wants an interrupt;
+    /// the value is `vector + 1`, naming the interrupt vector to raise (see [`super::IRQ_VECTORS`]).
     pub const WANTS_INTERRUPT: usize = 640; // u32
     /// Block 5, guest-written: guest statistics (informational, never trusted).
     pub const GUEST_SPIN_HITS: usize = 648; // u64
@@ -54,6 +55,12 @@ pub mod hdr {
     /// Block 6, host-written: incremented by the host at least every 100 ms while it serves.
     pub const HEARTBEAT: usize = 776; // u64
 }
+
+/// Interrupt vectors a host provides. Vector 0 wakes the guest's reactor thread; vector 1 wakes
+/// a blocked caller that holds the completion role and sleeps on the interrupt itself (so the
+/// reactor is not woken with it). A `WANTS_INTERRUPT` value naming a vector the host lacks means
+/// vector 0.
+pub const IRQ_VECTORS: usize = 2;
 
 /// Host state word at [`hdr::HOST_STATE`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

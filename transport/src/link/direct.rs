@@ -1,6 +1,6 @@
 //! The `direct` link: the mediator listens on a Unix socket; a guest connects, sends a Hello,
-//! and receives a Welcome carrying the region memfd, the doorbell eventfd and the interrupt
-//! eventfd. The socket then stays open and silent: its hang-up is each side's signal that the
+//! and receives a Welcome carrying the region memfd, the doorbell eventfd and one eventfd per
+//! interrupt vector. The socket then stays open and silent: its hang-up is each side's signal that the
 //! other is gone.
 
 use std::io::{Read, Write};
@@ -27,8 +27,8 @@ pub struct HostLink {
     pub region: Arc<Region>,
     /// Read side of the guest's doorbell.
     pub doorbell: EventFd,
-    /// Write side of the guest's interrupt.
-    pub interrupt: EventFd,
+    /// Write sides of the guest's interrupt vectors ([`crate::wire::IRQ_VECTORS`]).
+    pub interrupts: Vec<EventFd>,
     /// The session socket; readable on hang-up.
     pub socket: UnixStream,
     pub hello: Hello,
@@ -91,10 +91,13 @@ pub fn accept(mut socket: UnixStream, first: &[u8; MSG_LEN], session_id: u64, li
     let layout = Layout::new(depth, window).ok_or_else(|| Error::Protocol("requested layout is invalid".into()))?;
     let (region, memfd) = region::create(layout, session_id)?;
     let doorbell = EventFd::new().map_err(|e| Error::Setup(format!("eventfd: {e}")))?;
-    let interrupt = EventFd::new().map_err(|e| Error::Setup(format!("eventfd: {e}")))?;
+    let interrupts = (0..crate::wire::IRQ_VECTORS)
+        .map(|_| EventFd::new())
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(|e| Error::Setup(format!("eventfd: {e}")))?;
     let w = Welcome { version: PROTOCOL_VERSION, status: handshake::OK, features: 0, region_len: layout.region_len, session_id };
     let bytes = w.encode();
-    let fds: [RawFd; 3] = [memfd.as_raw_fd(), doorbell.raw(), interrupt.raw()];
+    let fds: [RawFd; 4] = [memfd.as_raw_fd(), doorbell.raw(), interrupts[0].raw(), interrupts[1].raw()];
     let iov = [std::io::IoSlice::new(&bytes)];
     let cmsg = [ControlMessage::ScmRights(&fds)];
     let sent = sendmsg::<()>(socket.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None)
@@ -102,7 +105,7 @@ pub fn accept(mut socket: UnixStream, first: &[u8; MSG_LEN], session_id: u64, li
     if sent != bytes.len() {
         return Err(Error::LinkDown("short write of the Welcome".into()));
     }
-    Ok(HostLink { region: Arc::new(region), doorbell, interrupt, socket, hello, session_id })
+    Ok(HostLink { region: Arc::new(region), doorbell, interrupts, socket, hello, session_id })
 }
 
 /// Watches the session socket: readable means the host closed it.
@@ -131,8 +134,10 @@ pub struct RawGuest {
     pub region: Region,
     /// Ring the host.
     pub doorbell: EventFd,
-    /// Becomes readable when the host raises an interrupt.
+    /// Becomes readable when the host raises interrupt vector 0 (`WANTS_INTERRUPT` = 1).
     pub interrupt: OwnedFd,
+    /// Becomes readable when the host raises interrupt vector 1 (`WANTS_INTERRUPT` = 2).
+    pub interrupt1: OwnedFd,
     /// The session socket; closing it ends the session.
     pub socket: UnixStream,
 }
@@ -140,7 +145,7 @@ pub struct RawGuest {
 /// Guest side: connect to the mediator at `path` and build a client.
 pub fn connect(path: &Path, cfg: ClientConfig) -> Result<Client> {
     let g = connect_raw(path, cfg.window_len, cfg.depth)?;
-    Client::from_parts(g.region, Box::new(g.doorbell), g.interrupt, Box::new(SocketWatch { socket: g.socket }), cfg)
+    Client::from_parts(g.region, Box::new(g.doorbell), [g.interrupt, g.interrupt1], Box::new(SocketWatch { socket: g.socket }), cfg)
 }
 
 /// Guest side: perform the handshake and map the region, without starting a client.
@@ -157,7 +162,7 @@ pub fn connect_raw(path: &Path, window_len: u64, depth: u32) -> Result<RawGuest>
     socket.write_all(&hello.encode()).map_err(|e| Error::Setup(format!("sending Hello to {}: {e}", path.display())))?;
 
     let mut buf = [0u8; MSG_LEN];
-    let mut space = nix::cmsg_space!([RawFd; 3]);
+    let mut space = nix::cmsg_space!([RawFd; 4]);
     let (bytes, fds) = {
         let mut iov = [std::io::IoSliceMut::new(&mut buf)];
         let msg = recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
@@ -199,8 +204,8 @@ pub fn connect_raw(path: &Path, window_len: u64, depth: u32) -> Result<RawGuest>
     if w.version != PROTOCOL_VERSION {
         return Err(Error::Version(format!("guest v{PROTOCOL_VERSION}, mediator v{}", w.version)));
     }
-    let [memfd, doorbell, interrupt]: [OwnedFd; 3] =
-        fds.try_into().map_err(|v: Vec<OwnedFd>| Error::Protocol(format!("the Welcome carried {} fds, expected 3", v.len())))?;
+    let [memfd, doorbell, interrupt, interrupt1]: [OwnedFd; 4] =
+        fds.try_into().map_err(|v: Vec<OwnedFd>| Error::Protocol(format!("the Welcome carried {} fds, expected 4", v.len())))?;
     region::check_sealed(memfd.as_fd())?;
     let size = nix::sys::stat::fstat(memfd.as_raw_fd()).map_err(|e| Error::Setup(format!("fstat of the region memfd: {e}")))?.st_size;
     if (size as u64) < w.region_len {
@@ -213,5 +218,5 @@ pub fn connect_raw(path: &Path, window_len: u64, depth: u32) -> Result<RawGuest>
     drop(memfd);
     socket.set_read_timeout(None).map_err(|e| Error::Setup(format!("socket: {e}")))?;
     let doorbell = EventFd::from_owned(doorbell).map_err(|e| Error::Setup(format!("doorbell eventfd: {e}")))?;
-    Ok(RawGuest { region, doorbell, interrupt, socket })
+    Ok(RawGuest { region, doorbell, interrupt, interrupt1, socket })
 }
