@@ -403,3 +403,88 @@ fn connecting_where_no_mediator_runs_says_to_start_vgpu_serve() {
         }
     }
 }
+
+/// The stream-wait calls (`StreamWaitEvent`, `StreamWaitToken`, `SignalToken`): bad handles,
+/// tokens, flags and argument words get their exact statuses; a stream held by a token stalls
+/// only itself (the dispatcher and the other streams go on) until the token is signalled; and a
+/// session that ends with a stream held by a token nobody signals is released (its worker exits
+/// and frees everything), never hung.
+#[test]
+fn stream_waits_and_tokens_reject_bad_input_and_never_hang_the_host() {
+    let mut f = Fixture::new();
+    let (ih, ia, ok) = (Status::InvalidHandle, Status::InvalidArgument, Status::Ok);
+    let [dev, _] = f.call("alloc", Call::MemAlloc, 0, args(1 << 20, 0, 0), ok);
+    let [ev, _] = f.call("EventCreate", Call::EventCreate, 0, args(0, 0, 0), ok);
+    let [s, _] = f.call("StreamCreate (non-blocking)", Call::StreamCreate, 0, args(1, 0, 0), ok);
+    let [s2, _] = f.call("StreamCreate (non-blocking)", Call::StreamCreate, 0, args(1, 0, 0), ok);
+    let (s, s2) = (s as u32, s2 as u32);
+    // StreamWaitEvent.
+    f.call("StreamWaitEvent on an unknown stream", Call::StreamWaitEvent, 4242, args(ev, 0, 0), ih);
+    f.call("StreamWaitEvent of an unknown event", Call::StreamWaitEvent, s, args(987_654, 0, 0), ih);
+    f.call("StreamWaitEvent with flags", Call::StreamWaitEvent, s, args(ev, 1, 0), ia);
+    f.call("StreamWaitEvent with a third argument", Call::StreamWaitEvent, s, args(ev, 0, 1), ia);
+    f.call("StreamWaitEvent on a never-recorded event", Call::StreamWaitEvent, s, args(ev, 0, 0), ok);
+    // StreamWaitToken and SignalToken.
+    f.call("StreamWaitToken with token 0", Call::StreamWaitToken, s, args(0, 0, 0), ia);
+    f.call("StreamWaitToken on an unknown stream", Call::StreamWaitToken, 999, args(5, 0, 0), ih);
+    f.call("StreamWaitToken with a second argument", Call::StreamWaitToken, s, args(5, 1, 0), ia);
+    f.call("SignalToken of a token never waited on", Call::SignalToken, 0, args(77, 0, 0), ih);
+    f.call("SignalToken carrying a stream", Call::SignalToken, s, args(77, 0, 0), ia);
+    f.call("SignalToken with a second argument", Call::SignalToken, 0, args(77, 1, 0), ia);
+
+    // Stream s reaches token 5 (its completion says so) and holds: the record behind it, the
+    // wait of s2 on that record and the memset behind that wait all stay pending.
+    f.call("StreamWaitToken 5", Call::StreamWaitToken, s, args(5, 0, 0), ok);
+    f.call("the same token while it is live", Call::StreamWaitToken, s2, args(5, 0, 0), ia);
+    let rec = f.raw.submit(Call::EventRecord as u16, 0, s, args(ev, 0, 0));
+    let wait = f.raw.submit(Call::StreamWaitEvent as u16, 0, s2, args(ev, 0, 0));
+    let set = f.raw.submit(Call::Memset as u16, 0, s2, args(dev, 0x5A, 1 << 20));
+    // Meanwhile the dispatcher serves everything else: stream 0, DeviceInfo, queries.
+    f.call("memset on stream 0 beside the held stream", Call::Memset, 0, args(dev, 0x11, 4096), ok);
+    let (q, _) = f.raw.call(Call::EventQuery, 0, args(ev, 0, 0));
+    assert_eq!(q, Status::NotReady, "the record behind the token must not have run");
+    for seq in [rec, wait, set] {
+        assert!(!f.raw.has_completion(seq), "seq {seq} completed while its stream was held");
+    }
+    f.call("SignalToken 5", Call::SignalToken, 0, args(5, 0, 0), ok);
+    for seq in [rec, wait, set] {
+        let c = f.raw.wait(seq);
+        assert_eq!(Status::from_u32(c.status), ok, "seq {seq} after the signal");
+    }
+    f.call("EventQuery after the signal", Call::EventQuery, 0, args(ev, 0, 0), ok);
+    f.call("StreamSync of s2", Call::StreamSync, s2, [0; 6], ok);
+    f.call("SignalToken of a token already passed", Call::SignalToken, 0, args(5, 0, 0), ih);
+    // A signal that arrives before the stream reaches the wait lets it pass.
+    let [big, _] = f.call("alloc", Call::MemAlloc, 0, args(64 << 20, 0, 0), ok);
+    for _ in 0..8 {
+        f.raw.submit(Call::Memset as u16, 0, s, args(big, 1, 64 << 20));
+    }
+    let early = f.raw.submit(Call::StreamWaitToken as u16, 0, s, args(6, 0, 0));
+    f.call("SignalToken before the stream gets there", Call::SignalToken, 0, args(6, 0, 0), ok);
+    assert_eq!(Status::from_u32(f.raw.wait(early).status), ok);
+    f.call("StreamSync of s after an early signal", Call::StreamSync, s, [0; 6], ok);
+
+    // Token 7 is never signalled: s stays held with work behind it when the session ends.
+    f.call("StreamWaitToken 7, never signalled", Call::StreamWaitToken, s, args(7, 0, 0), ok);
+    f.raw.submit(Call::Memset as u16, 0, s, args(dev, 0x22, 4096));
+    f.raw.submit(Call::StreamSync as u16, 0, s, [0; 6]);
+    let id = f.raw.region.read_u64(hdr::SESSION_ID);
+    let Fixture { m, raw, good, good_buf, .. } = {
+        // Check the counters while the raw session still lives, then take the fixture apart.
+        let sess = session_where(&stat(&f.m), "id", id).expect("the raw session in vgpu stat");
+        assert_eq!(sess["state"], "serving", "{sess}");
+        assert_eq!(sess["errors"].as_u64(), Some(f.errors), "host error count: {sess}");
+        f
+    };
+    drop(raw);
+    let sess = poll_until(Duration::from_secs(5), "the session held by a token to end", || {
+        session_where(&stat(&m), "id", id).filter(|s| s["state"].as_str().is_some_and(|st| st.starts_with("ended")))
+    });
+    assert_eq!(sess["mem_in_use"].as_u64(), Some(0), "everything released: {sess}");
+    // The mediator and the other session are unaffected.
+    let d = pattern(99, 4096);
+    good.copy_to_device(good_buf, &d, 0).expect("bystander upload");
+    let mut back = vec![0u8; 4096];
+    good.copy_from_device(good_buf, &mut back, 0).expect("bystander download");
+    assert!(back == d, "the bystander's bytes changed");
+}

@@ -88,6 +88,55 @@ impl Latch {
     }
 }
 
+/// Where stream threads wait for something outside their stream (an event another stream
+/// records, a token the guest signals). Waiters re-check their condition under the lock before
+/// sleeping and every notifier changes state first, then takes the lock to notify, so no wake-up
+/// is lost; each sleep is also bounded (100 ms). Closing the gate (session end) releases every
+/// waiter, so a guest that never signals cannot keep a stream thread, or the session, alive.
+struct Gate {
+    closed: Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl Gate {
+    fn new() -> Gate {
+        Gate { closed: Mutex::new(false), cv: std::sync::Condvar::new() }
+    }
+
+    /// Wait until `cond` holds (`true`) or the gate closes (`false`).
+    fn wait_until(&self, cond: impl Fn() -> bool) -> bool {
+        loop {
+            if cond() {
+                return true;
+            }
+            let g = lock(&self.closed);
+            if *g {
+                return false;
+            }
+            if cond() {
+                return true;
+            }
+            let _ = self.cv.wait_timeout(g, std::time::Duration::from_millis(100));
+        }
+    }
+
+    fn notify(&self) {
+        let _g = lock(&self.closed);
+        self.cv.notify_all();
+    }
+
+    fn close(&self) {
+        *lock(&self.closed) = true;
+        self.cv.notify_all();
+    }
+}
+
+/// Live host-function tokens of a session: token → signalled.
+type Tokens = Arc<Mutex<HashMap<u64, bool>>>;
+
+/// Most host-function tokens a session may have live at once.
+pub const MAX_TOKENS: usize = 1 << 16;
+
 struct StreamWorker {
     tx: mpsc::Sender<Job>,
     thread: JoinHandle<()>,
@@ -143,9 +192,14 @@ pub struct Emu {
     in_use: u64,
     streams: HashMap<u32, StreamWorker>,
     retired: Vec<JoinHandle<()>>,
+    /// Destroyed streams whose queued work has not finished yet. Their handles are invalid, but
+    /// their work still counts for device-wide waits and for the legacy default stream.
+    draining: Vec<StreamWorker>,
     events: HashMap<u64, Arc<Event>>,
     next_handle: u32,
     epoch: Instant,
+    gate: Arc<Gate>,
+    tokens: Tokens,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -165,9 +219,12 @@ impl Emu {
             in_use: 0,
             streams,
             retired: Vec::new(),
+            draining: Vec::new(),
             events: HashMap::new(),
             next_handle: 1,
             epoch: Instant::now(),
+            gate: Arc::new(Gate::new()),
+            tokens: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
@@ -224,7 +281,7 @@ impl Emu {
         seq: u64,
         cost: u64,
         done: &Completer,
-        job: impl FnOnce() -> (Status, [u64; 2]) + Send + 'static,
+        job: impl FnOnce() -> Option<(Status, [u64; 2])> + Send + 'static,
     ) -> Option<Completion> {
         let w = match self.stream(h) {
             Ok(w) => w,
@@ -232,8 +289,7 @@ impl Emu {
         };
         let deps = self.legacy_deps(h, w);
         if deps.is_empty() && cost <= INLINE_MAX && w.idle() {
-            let (status, result) = job();
-            return Some(reply(seq, status, result));
+            return job().map(|(status, result)| reply(seq, status, result));
         }
         // Legacy default stream: wait, on this stream's thread, until every dependency stream has
         // run what was queued on it before this command (a marker job at its queue's end).
@@ -254,8 +310,10 @@ impl Emu {
             if let Some(l) = latch {
                 l.wait();
             }
-            let (status, result) = job();
-            done.finish(seq, status, result);
+            // `None`: the job completed `seq` itself (or the session is ending).
+            if let Some((status, result)) = job() {
+                done.finish(seq, status, result);
+            }
         });
         if w.tx.send(job).is_err() {
             w.pending.fetch_sub(1, Ordering::Relaxed);
@@ -269,7 +327,8 @@ impl Emu {
     /// streams with queued work that `h` must wait for.
     fn legacy_deps(&self, h: u32, w: &StreamWorker) -> Vec<&StreamWorker> {
         if h == 0 {
-            self.streams.iter().filter(|(k, s)| **k != 0 && !s.nonblocking && !s.idle()).map(|(_, s)| s).collect()
+            let live = self.streams.iter().filter(|(k, _)| **k != 0).map(|(_, s)| s);
+            live.chain(self.draining.iter()).filter(|s| !s.nonblocking && !s.idle()).collect()
         } else if !w.nonblocking {
             self.streams.get(&0).filter(|s| !s.idle()).into_iter().collect()
         } else {
@@ -307,7 +366,20 @@ impl Emu {
         h
     }
 
+    /// Retire destroyed streams that have finished their work (their threads then exit).
+    fn prune_draining(&mut self) {
+        let (idle, busy): (Vec<_>, Vec<_>) = self.draining.drain(..).partition(|w| w.idle());
+        self.draining = busy;
+        for w in idle {
+            drop(w.tx);
+            self.retired.push(w.thread);
+        }
+    }
+
     fn exec(&mut self, cmd: &Command, call: Call, done: &Completer) -> Result<Option<[u64; 2]>, Status> {
+        if !self.draining.is_empty() {
+            self.prune_draining();
+        }
         let a = cmd.args;
         let seq = cmd.seq;
         let region = &self.region;
@@ -317,7 +389,7 @@ impl Emu {
             Call::MemFree => match self.free(a[0]) {
                 // The address is invalid for every later command at once; the completion waits,
                 // as cudaFree does, for the work submitted before it (which holds the memory).
-                Status::Ok => Ok(after_streams(self.streams.values(), seq, done)),
+                Status::Ok => Ok(after_streams(self.streams.values().chain(self.draining.iter()), seq, done)),
                 s => Err(s),
             },
             Call::MemcpyHtoD => {
@@ -406,13 +478,17 @@ impl Emu {
                 let w = self.streams.remove(&h).ok_or(Status::InvalidHandle)?;
                 self.stats.streams.store(self.streams.len() as u64 - 1, Ordering::Relaxed);
                 let r = after_streams(std::iter::once(&w), seq, done);
-                // Dropping the sender lets the thread finish queued work, then exit.
-                drop(w.tx);
-                self.retired.push(w.thread);
+                if w.idle() && r.is_some() {
+                    // Dropping the sender lets the thread exit.
+                    drop(w.tx);
+                    self.retired.push(w.thread);
+                } else {
+                    self.draining.push(w);
+                }
                 Ok(r)
             }
             Call::StreamSync => self.queue(cmd, 0, done, || Status::Ok),
-            Call::DeviceSync => Ok(after_streams(self.streams.values(), seq, done)),
+            Call::DeviceSync => Ok(after_streams(self.streams.values().chain(self.draining.iter()), seq, done)),
             Call::EventCreate => {
                 if a[0] & !event_flags::KNOWN != 0 {
                     return Err(Status::InvalidArgument);
@@ -443,6 +519,7 @@ impl Emu {
                     st.recorded
                 };
                 let done2 = done.clone();
+                let gate = self.gate.clone();
                 self.queue(cmd, 0, done, move || {
                     let wake: Vec<u64> = {
                         let mut st = lock(&ev.st);
@@ -458,6 +535,7 @@ impl Emu {
                     for s in wake {
                         done2.finish(s, Status::Ok, [0, 0]);
                     }
+                    gate.notify();
                     Status::Ok
                 })
             }
@@ -499,6 +577,66 @@ impl Emu {
                 let ms = if t1 >= t0 { (t1 - t0).as_secs_f64() * 1e3 } else { -((t0 - t1).as_secs_f64() * 1e3) };
                 Ok(Some([(ms as f32).to_bits() as u64, 0]))
             }
+            Call::StreamWaitEvent => {
+                if a[1] != 0 {
+                    return Err(Status::InvalidArgument);
+                }
+                let ev = self.event(a[0])?;
+                self.stream(cmd.stream)?;
+                // The wait refers to the most recent record consumed before it.
+                let (target, satisfied) = {
+                    let st = lock(&ev.st);
+                    (st.recorded, st.done >= st.recorded)
+                };
+                if satisfied {
+                    return self.queue(cmd, 0, done, || Status::Ok);
+                }
+                let gate = self.gate.clone();
+                // Never inline: the wait blocks this stream's thread, never the dispatcher.
+                self.wait_job(cmd, done, move || gate.wait_until(|| lock(&ev.st).done >= target).then_some((Status::Ok, [0, 0])))
+            }
+            Call::StreamWaitToken => {
+                let token = a[0];
+                if token == 0 {
+                    return Err(Status::InvalidArgument);
+                }
+                self.stream(cmd.stream)?;
+                {
+                    let mut t = lock(&self.tokens);
+                    if t.contains_key(&token) {
+                        return Err(Status::InvalidArgument);
+                    }
+                    if t.len() >= MAX_TOKENS {
+                        return Err(Status::QuotaExceeded);
+                    }
+                    t.insert(token, false);
+                }
+                let (gate, tokens, d) = (self.gate.clone(), self.tokens.clone(), done.clone());
+                let r = self.wait_job(cmd, done, move || {
+                    // The stream has reached the token: tell the guest, then hold the stream
+                    // until it signals (or the session ends).
+                    d.finish(seq, Status::Ok, [0, 0]);
+                    gate.wait_until(|| lock(&tokens).get(&token).copied().unwrap_or(true));
+                    lock(&tokens).remove(&token);
+                    None
+                });
+                if r.is_err() {
+                    lock(&self.tokens).remove(&token);
+                }
+                r
+            }
+            Call::SignalToken => {
+                let mut t = lock(&self.tokens);
+                match t.get_mut(&a[0]) {
+                    Some(s) => {
+                        *s = true;
+                        drop(t);
+                        self.gate.notify();
+                        Ok(Some([0, 0]))
+                    }
+                    None => Err(Status::InvalidHandle),
+                }
+            }
             Call::MemGetInfo => Ok(Some([self.limits.mem_total - self.in_use, self.limits.mem_total])),
             Call::DeviceInfo => {
                 let (off, len) = (a[0], a[1]);
@@ -517,6 +655,21 @@ impl Emu {
         }
     }
 
+    /// Queue a job that may wait (never run inline on the dispatcher). `job` returns the
+    /// completion, or `None` if it completed the command itself or the session is ending.
+    fn wait_job(
+        &self,
+        cmd: &Command,
+        done: &Completer,
+        job: impl FnOnce() -> Option<(Status, [u64; 2])> + Send + 'static,
+    ) -> Result<Option<[u64; 2]>, Status> {
+        match self.enqueue(cmd.stream, cmd.seq, u64::MAX, done, job) {
+            None => Ok(None),
+            Some(c) if c.status == Status::Ok as u32 => Ok(Some(c.result)),
+            Some(c) => Err(Status::from_u32(c.status)),
+        }
+    }
+
     fn queue(
         &self,
         cmd: &Command,
@@ -524,7 +677,7 @@ impl Emu {
         done: &Completer,
         job: impl FnOnce() -> Status + Send + 'static,
     ) -> Result<Option<[u64; 2]>, Status> {
-        match self.enqueue(cmd.stream, cmd.seq, cost, done, move || (job(), [0, 0])) {
+        match self.enqueue(cmd.stream, cmd.seq, cost, done, move || Some((job(), [0, 0]))) {
             None => Ok(None),
             Some(c) if c.status == Status::Ok as u32 => Ok(Some(c.result)),
             Some(c) => Err(Status::from_u32(c.status)),
@@ -581,7 +734,11 @@ impl Executor for Emu {
     }
 
     fn shutdown(&mut self) {
-        for (_, w) in self.streams.drain() {
+        // Release every stream thread waiting for an event or a guest token first, so the joins
+        // below cannot wait for a guest that will never signal.
+        self.gate.close();
+        lock(&self.tokens).clear();
+        for w in self.streams.drain().map(|(_, w)| w).chain(self.draining.drain(..)).collect::<Vec<_>>() {
             drop(w.tx);
             self.retired.push(w.thread);
         }

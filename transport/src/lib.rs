@@ -27,7 +27,7 @@ pub mod slots;
 pub mod window;
 pub mod wire;
 
-pub use client::{Client, ClientConfig, SpinPolicy};
+pub use client::{Client, ClientConfig, OnComplete, SpinPolicy};
 pub use server::{Completer, Executor, Server, ServerConfig, ServerStats};
 pub use wire::{Call, Command, Completion, Status};
 

@@ -416,10 +416,10 @@ impl Server {
                 continue;
             }
             debug!(target: "vgpu::server", seq = cmd.seq, call = call.name(), stream = cmd.stream, args = ?cmd.args, "command");
-            if let Some(c) = exec.execute(&cmd, call, &self.completer) {
-                self.completer.stage(c);
-            }
-            if n % 64 == 0 {
+            let completed_now = exec.execute(&cmd, call, &self.completer).map(|c| self.completer.stage(c)).is_some();
+            // Cheap commands are published in batches of 64; a command that moved data was slow
+            // enough that holding its completion back would stall the guest's copy pipeline.
+            if n % 64 == 0 || (completed_now && call.moves_data()) {
                 self.completer.flush();
                 if self.last_beat.elapsed() >= Duration::from_millis(50) {
                     self.beat();

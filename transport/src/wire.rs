@@ -181,13 +181,38 @@ calls! {
     /// `args[0]` = window offset, `args[1]` = length (>= size of [`DeviceInfo`]).
     /// The host writes a [`DeviceInfo`] there.
     DeviceInfo = 18,
+    /// Stream-ordered. `args[0]` = event handle, `args[1]` = flags (0). Later work on the stream
+    /// waits until the work captured by the event's most recent record (consumed before this
+    /// command) has finished; a never-recorded event is a no-op. Completes when the wait is over.
+    StreamWaitEvent = 19,
+    /// Stream-ordered. `args[0]` = token (non-zero, not live). Completes when the stream reaches
+    /// it; the stream then waits until the guest sends [`Call::SignalToken`] with the same token.
+    /// How a guest runs host functions in stream order.
+    StreamWaitToken = 20,
+    /// `args[0]` = a token of a live [`Call::StreamWaitToken`]: its stream may go on.
+    SignalToken = 21,
 }
 
 impl Call {
     /// Whether the call is stream-ordered ("S" in the protocol): it runs in the order of
     /// `Command::stream`. Other calls must carry `stream = 0`.
     pub fn stream_ordered(self) -> bool {
-        matches!(self, Call::MemcpyHtoD | Call::MemcpyDtoH | Call::MemcpyDtoD | Call::Memset | Call::StreamSync | Call::EventRecord)
+        matches!(
+            self,
+            Call::MemcpyHtoD
+                | Call::MemcpyDtoH
+                | Call::MemcpyDtoD
+                | Call::Memset
+                | Call::StreamSync
+                | Call::EventRecord
+                | Call::StreamWaitEvent
+                | Call::StreamWaitToken
+        )
+    }
+
+    /// Whether the call copies or fills device memory (its cost grows with its length).
+    pub fn moves_data(self) -> bool {
+        matches!(self, Call::MemcpyHtoD | Call::MemcpyDtoH | Call::MemcpyDtoD | Call::Memset)
     }
 
     /// How many of `args` the call uses; the rest must be 0.
@@ -196,7 +221,8 @@ impl Call {
             Call::Nop | Call::StreamSync | Call::DeviceSync | Call::MemGetInfo => 0,
             Call::MemAlloc | Call::MemFree | Call::StreamDestroy | Call::EventCreate | Call::EventDestroy => 1,
             Call::EventRecord | Call::EventQuery | Call::EventSync => 1,
-            Call::StreamCreate | Call::EventElapsed | Call::DeviceInfo => 2,
+            Call::StreamWaitToken | Call::SignalToken => 1,
+            Call::StreamCreate | Call::EventElapsed | Call::DeviceInfo | Call::StreamWaitEvent => 2,
             Call::MemcpyHtoD | Call::MemcpyDtoH | Call::MemcpyDtoD | Call::Memset => 3,
         }
     }

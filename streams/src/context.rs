@@ -1,0 +1,492 @@
+//! The device context: one connection to the mediator, the guest-side tables of streams,
+//! events, allocations, pinned and registered host memory, and the host-function thread.
+//!
+//! The process-wide context ([`Context::global`]) connects on first use, never at load time, to
+//! the socket named by [`default_socket`]. Private contexts ([`Context::connect`]) serve the
+//! async Rust API and tests.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use tracing::{debug, error, warn};
+use vgpu_transport::sync::{AtomicU64, Ordering};
+use vgpu_transport::wire::{Call, DeviceInfo};
+use vgpu_transport::{Client, ClientConfig};
+
+use crate::error::{CudaError, Result};
+use crate::memory::{ChunkRef, PinnedHeap};
+use crate::{RawEvent, RawStream, STREAM_LEGACY, STREAM_LEGACY_DEFAULT, STREAM_PER_THREAD};
+
+/// The mediator's socket: `$VGPU_SOCKET`, else `$XDG_RUNTIME_DIR/vgpu.sock`, else
+/// `/tmp/vgpu.sock` (the same rule as `vgpu_mediator::default_socket`, duplicated so the guest
+/// library does not depend on the host crate).
+pub fn default_socket() -> PathBuf {
+    if let Some(s) = std::env::var_os("VGPU_SOCKET") {
+        return s.into();
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) => PathBuf::from(d).join("vgpu.sock"),
+        None => PathBuf::from("/tmp/vgpu.sock"),
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A guest-side stream: its host handle and what CUDA lets a program query.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StreamEntry {
+    pub host: u32,
+    pub flags: u32,
+    pub priority: i32,
+    /// Internal timing-free event used by `stream_query` (created on first query).
+    pub query_event: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct EventEntry {
+    pub host: u64,
+    pub flags: u32,
+}
+
+pub(crate) struct HostJob {
+    pub f: Box<dyn FnOnce(CudaError) + Send>,
+    pub token: u64,
+    pub status: CudaError,
+}
+
+/// One connection to the mediator and everything the guest tracks about it.
+pub struct Context {
+    pub(crate) client: Client,
+    pub(crate) id: u64,
+    /// Address of window offset 0 in this process.
+    pub(crate) window_base: usize,
+    pub(crate) window_len: u64,
+    pub(crate) pinned: Mutex<PinnedHeap>,
+    /// The staging chunk small pageable H2D copies are packed into, and the bytes used in it.
+    pub(crate) open_h2d: Mutex<Option<(Arc<ChunkRef>, usize)>>,
+    pub(crate) streams: Mutex<HashMap<RawStream, StreamEntry>>,
+    pub(crate) events: Mutex<HashMap<RawEvent, EventEntry>>,
+    /// Live device allocations: base → length.
+    pub(crate) allocs: Mutex<BTreeMap<u64, u64>>,
+    /// Registered host ranges (`cudaHostRegister`): start address → length.
+    pub(crate) registered: Mutex<BTreeMap<usize, usize>>,
+    info: OnceLock<DeviceInfo>,
+    /// Query event of the legacy default stream.
+    legacy_query_event: Mutex<u64>,
+    host_tx: Mutex<Option<mpsc::Sender<HostJob>>>,
+    next_token: AtomicU64,
+    sticky: Mutex<Option<CudaError>>,
+    /// D2H copies into pageable memory wait for completion (CUDA's documented host behaviour)
+    /// instead of completing in the reactor (`VGPU_SYNC_PAGEABLE_D2H=1`).
+    pub(crate) sync_pageable_d2h: bool,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").field("id", &self.id).field("window_len", &self.window_len).finish()
+    }
+}
+
+static GLOBAL: OnceLock<std::result::Result<Arc<Context>, CudaError>> = OnceLock::new();
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The sticky error of the process-wide context, if it was created and has one.
+pub(crate) fn global_sticky() -> Option<CudaError> {
+    match GLOBAL.get() {
+        Some(Ok(c)) => *lock(&c.sticky),
+        _ => None,
+    }
+}
+
+impl Context {
+    /// The process-wide context, connecting to [`default_socket`] on first use. A failure is
+    /// logged once with the fix and kept: every later call gets the same error, as a CUDA
+    /// runtime whose initialisation failed.
+    pub fn global() -> Result<&'static Arc<Context>> {
+        GLOBAL
+            .get_or_init(|| {
+                let path = default_socket();
+                Context::open(&path).map_err(|(code, why)| {
+                    // The transport's setup errors already name the fix; the others get it here.
+                    let fix = if why.contains("vgpu serve") {
+                        ""
+                    } else {
+                        ". Start `vgpu serve` (or run the program under `vgpu run -- PROGRAM`), or set VGPU_SOCKET to the socket of a running mediator"
+                    };
+                    let msg = format!("no vgpu device ({}): {why}{fix}", code.name());
+                    error!(target: "vgpu::streams", "{msg}");
+                    // A program that never set up `tracing` must still see why it has no GPU.
+                    if !tracing::dispatcher::has_been_set() {
+                        eprintln!("vgpu: {msg}");
+                    }
+                    code
+                })
+            })
+            .as_ref()
+            .map_err(|e| *e)
+    }
+
+    /// The process-wide context if it is already connected (no I/O).
+    pub fn global_if_connected() -> Option<&'static Arc<Context>> {
+        GLOBAL.get().and_then(|r| r.as_ref().ok())
+    }
+
+    /// A private context connected to the mediator at `socket`.
+    pub fn connect(socket: impl AsRef<Path>) -> Result<Arc<Context>> {
+        Context::open(socket.as_ref()).map_err(|(code, why)| {
+            warn!(target: "vgpu::streams", "{why}");
+            code
+        })
+    }
+
+    /// Connect; on failure the CUDA error and the transport's explanation (which names the fix).
+    fn open(socket: &Path) -> std::result::Result<Arc<Context>, (CudaError, String)> {
+        // `VGPU_WINDOW_MIB` asks the mediator for a larger data window (pinned memory lives there).
+        let window_len = std::env::var("VGPU_WINDOW_MIB").ok().and_then(|v| v.parse::<u64>().ok()).map_or(0, |m| m.saturating_mul(1 << 20));
+        let cfg = ClientConfig { window_len, ..ClientConfig::default() };
+        let client = Client::connect(socket, cfg).map_err(|e| (CudaError::from_transport(&e), e.to_string()))?;
+        let window_len = client.region().layout().window_len;
+        let window_base =
+            client.region().window_ptr(0, 0).ok_or_else(|| (CudaError::InitializationError, "the data window is not mapped".to_string()))?
+                as usize;
+        let (rest_off, rest_len) = client.staging().rest(window_len);
+        let ctx = Arc::new(Context {
+            client,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            window_base,
+            window_len,
+            pinned: Mutex::new(PinnedHeap::new(rest_off, rest_len)),
+            open_h2d: Mutex::new(None),
+            streams: Mutex::new(HashMap::new()),
+            events: Mutex::new(HashMap::new()),
+            allocs: Mutex::new(BTreeMap::new()),
+            registered: Mutex::new(BTreeMap::new()),
+            info: OnceLock::new(),
+            legacy_query_event: Mutex::new(0),
+            host_tx: Mutex::new(None),
+            next_token: AtomicU64::new(1),
+            sticky: Mutex::new(None),
+            sync_pageable_d2h: std::env::var_os("VGPU_SYNC_PAGEABLE_D2H").is_some_and(|v| v == "1"),
+        });
+        debug!(target: "vgpu::streams", id = ctx.id, window_len, pinned = rest_len, "context connected");
+        Ok(ctx)
+    }
+
+    /// The transport client (for statistics and tools).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Blocking round trips this context has made so far.
+    pub fn blocking_round_trips(&self) -> u64 {
+        self.client.stats().blocking_waits.load(Ordering::Relaxed)
+    }
+
+    /// The sticky error, if the context is broken.
+    pub fn sticky(&self) -> Result<()> {
+        match *lock(&self.sticky) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Convert a transport result, making link loss and protocol errors sticky.
+    pub(crate) fn check<T>(&self, r: vgpu_transport::Result<T>) -> Result<T> {
+        r.map_err(|e| self.convert(&e))
+    }
+
+    pub(crate) fn convert(&self, e: &vgpu_transport::Error) -> CudaError {
+        let c = CudaError::from_transport(e);
+        if c.is_sticky() {
+            let mut s = lock(&self.sticky);
+            if s.is_none() {
+                error!(target: "vgpu::streams", "the vgpu device is unusable from now on: {e}");
+                *s = Some(c);
+            }
+        }
+        c
+    }
+
+    /// The deferred error of earlier fire-and-forget work, returned once.
+    pub(crate) fn deferred(&self) -> Result<()> {
+        self.sticky()?;
+        match self.client.take_deferred_error() {
+            Some(e) => {
+                debug!(target: "vgpu::streams", "deferred error surfaces: {e}");
+                Err(self.convert(&e))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// A blocking call: one round trip.
+    pub(crate) fn call(&self, call: Call, stream: u32, args: [u64; 6]) -> Result<[u64; 2]> {
+        self.sticky()?;
+        self.check(self.client.call_blocking(call, stream, args))
+    }
+
+    /// A fire-and-forget call.
+    pub(crate) fn fire(&self, call: Call, stream: u32, args: [u64; 6]) -> Result<()> {
+        self.sticky()?;
+        self.check(self.client.fire(call, stream, args))
+    }
+
+    /// Device properties: fetched once (`DeviceInfo` through a staging chunk), then local.
+    pub fn device_info(&self) -> Result<DeviceInfo> {
+        if let Some(i) = self.info.get() {
+            return Ok(*i);
+        }
+        self.sticky()?;
+        self.close_open_chunk();
+        let staging = self.client.staging();
+        let off = self.check(staging.acquire(|| self.client.check_alive()))?;
+        let size = std::mem::size_of::<DeviceInfo>();
+        let r = self.call(Call::DeviceInfo, 0, [off, staging.chunk_len(), 0, 0, 0, 0]).and_then(|_| {
+            let mut bytes = vec![0u8; size];
+            self.check(self.client.region().read_window(off, &mut bytes))?;
+            let mut info = DeviceInfo::default();
+            // SAFETY: DeviceInfo is a #[repr(C)] plain-old-data struct of integers and byte
+            // arrays without padding (512 bytes, asserted in wire.rs); every bit pattern is a
+            // valid value, and `bytes` holds exactly `size` bytes.
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), (&mut info as *mut DeviceInfo).cast::<u8>(), size) };
+            Ok(info)
+        });
+        staging.release(off);
+        let info = r?;
+        Ok(*self.info.get_or_init(|| info))
+    }
+
+    // ---- streams -------------------------------------------------------------------------
+
+    /// Host handle of a stream, with the per-thread stream created on first use.
+    pub(crate) fn host_stream(self: &Arc<Self>, s: RawStream) -> Result<u32> {
+        match s {
+            STREAM_LEGACY_DEFAULT | STREAM_LEGACY => Ok(0),
+            STREAM_PER_THREAD => self.per_thread_stream().map(|(_, h)| h),
+            raw => lock(&self.streams).get(&raw).map(|e| e.host).ok_or(CudaError::InvalidResourceHandle),
+        }
+    }
+
+    /// The calling thread's per-thread default stream: `(raw, host)`.
+    ///
+    /// CUDA documents the per-thread default stream as a *blocking* stream: it synchronises with
+    /// the legacy default stream (both ways) but not with other per-thread streams or other
+    /// blocking streams. That is exactly a stream created with flags 0, which the host already
+    /// orders against stream 0 (legacy semantics). It is created on the thread's first use and
+    /// destroyed when the thread exits.
+    pub(crate) fn per_thread_stream(self: &Arc<Self>) -> Result<(RawStream, u32)> {
+        if let Some(r) = PER_THREAD.with(|p| p.borrow().iter().find(|e| e.ctx == self.id).map(|e| e.raw)) {
+            let host = lock(&self.streams).get(&r).map(|e| e.host).ok_or(CudaError::InvalidResourceHandle)?;
+            return Ok((r, host));
+        }
+        let raw = self.stream_create(0, 0)?;
+        let host = lock(&self.streams).get(&raw).map(|e| e.host).ok_or(CudaError::InvalidResourceHandle)?;
+        PER_THREAD.with(|p| p.borrow_mut().push(PerThread { ctx: self.id, raw, weak: Arc::downgrade(self) }));
+        debug!(target: "vgpu::streams", raw, host, "per-thread default stream created");
+        Ok((raw, host))
+    }
+
+    pub(crate) fn stream_create(&self, flags: u32, priority: i32) -> Result<RawStream> {
+        if flags & !1 != 0 {
+            return Err(CudaError::InvalidValue);
+        }
+        // CUDA clamps priorities outside [greatest, least] into the range.
+        let priority = priority.clamp(crate::PRIORITY_GREATEST, crate::PRIORITY_LEAST);
+        let r = self.call(Call::StreamCreate, 0, [flags as u64, priority as i64 as u64, 0, 0, 0, 0])?;
+        let host = u32::try_from(r[0]).map_err(|_| CudaError::Unknown)?;
+        let raw = stream_raw(host);
+        lock(&self.streams).insert(raw, StreamEntry { host, flags, priority, query_event: 0 });
+        Ok(raw)
+    }
+
+    pub(crate) fn stream_destroy(&self, raw: RawStream) -> Result<()> {
+        self.sticky()?;
+        let e = lock(&self.streams).remove(&raw).ok_or(CudaError::InvalidResourceHandle)?;
+        if e.query_event != 0 {
+            let _ = self.fire(Call::EventDestroy, 0, [e.query_event, 0, 0, 0, 0, 0]);
+        }
+        // cudaStreamDestroy returns at once; the stream's work still completes.
+        self.fire(Call::StreamDestroy, 0, [e.host as u64, 0, 0, 0, 0, 0])
+    }
+
+    pub(crate) fn stream_entry(self: &Arc<Self>, s: RawStream) -> Result<StreamEntry> {
+        match s {
+            STREAM_LEGACY_DEFAULT | STREAM_LEGACY => Ok(StreamEntry { host: 0, flags: 0, priority: 0, query_event: 0 }),
+            STREAM_PER_THREAD => {
+                let (raw, _) = self.per_thread_stream()?;
+                lock(&self.streams).get(&raw).copied().ok_or(CudaError::InvalidResourceHandle)
+            }
+            raw => lock(&self.streams).get(&raw).copied().ok_or(CudaError::InvalidResourceHandle),
+        }
+    }
+
+    /// `Ok` if all work on the stream has finished, `Err(NotReady)` otherwise: records the
+    /// stream's internal event and queries it (one round trip).
+    pub(crate) fn stream_query(self: &Arc<Self>, s: RawStream) -> Result<()> {
+        let host = self.host_stream(s)?;
+        let ev = self.query_event(s, host)?;
+        self.fire(Call::EventRecord, host, [ev, 0, 0, 0, 0, 0])?;
+        self.call(Call::EventQuery, 0, [ev, 0, 0, 0, 0, 0])?;
+        self.deferred()
+    }
+
+    fn query_event(self: &Arc<Self>, s: RawStream, host: u32) -> Result<u64> {
+        let create = || -> Result<u64> { Ok(self.call(Call::EventCreate, 0, [2, 0, 0, 0, 0, 0])?[0]) };
+        if host == 0 {
+            let mut q = lock(&self.legacy_query_event);
+            if *q == 0 {
+                *q = create()?;
+            }
+            return Ok(*q);
+        }
+        let raw = if s == STREAM_PER_THREAD { self.per_thread_stream()?.0 } else { s };
+        if let Some(e) = lock(&self.streams).get(&raw).filter(|e| e.query_event != 0) {
+            return Ok(e.query_event);
+        }
+        let ev = create()?;
+        let mut t = lock(&self.streams);
+        match t.get_mut(&raw) {
+            Some(e) if e.query_event == 0 => {
+                e.query_event = ev;
+                Ok(ev)
+            }
+            Some(e) => {
+                let keep = e.query_event;
+                drop(t);
+                let _ = self.fire(Call::EventDestroy, 0, [ev, 0, 0, 0, 0, 0]);
+                Ok(keep)
+            }
+            None => {
+                drop(t);
+                let _ = self.fire(Call::EventDestroy, 0, [ev, 0, 0, 0, 0, 0]);
+                Err(CudaError::InvalidResourceHandle)
+            }
+        }
+    }
+
+    pub(crate) fn stream_synchronize(self: &Arc<Self>, s: RawStream) -> Result<()> {
+        let host = self.host_stream(s)?;
+        self.call(Call::StreamSync, host, [0; 6])?;
+        self.deferred()
+    }
+
+    pub(crate) fn device_synchronize(&self) -> Result<()> {
+        self.call(Call::DeviceSync, 0, [0; 6])?;
+        self.deferred()
+    }
+
+    /// Run `f` in `stream`'s order: the stream reaches a token wait (its completion tells the
+    /// guest that all earlier work is done), the host-function thread runs `f`, then signals
+    /// the token so that later work on the stream may run.
+    pub(crate) fn host_fn(self: &Arc<Self>, s: RawStream, f: Box<dyn FnOnce(CudaError) + Send>) -> Result<()> {
+        let host = self.host_stream(s)?;
+        self.sticky()?;
+        let tx = self.host_sender()?;
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let action: vgpu_transport::OnComplete = Box::new(move |_, _, ok| {
+            // Hand the function to the host-function thread: user code never runs in the
+            // completion role. If that thread is gone, the job (and `f`) is dropped.
+            let status = if ok { CudaError::Success } else { CudaError::DevicesUnavailable };
+            let _ = tx.send(HostJob { f, token, status });
+        });
+        self.check(self.client.fire_then(Call::StreamWaitToken, host, [token, 0, 0, 0, 0, 0], action))
+    }
+
+    fn host_sender(self: &Arc<Self>) -> Result<mpsc::Sender<HostJob>> {
+        let mut g = lock(&self.host_tx);
+        if let Some(tx) = g.as_ref() {
+            return Ok(tx.clone());
+        }
+        let (tx, rx) = mpsc::channel::<HostJob>();
+        let weak: Weak<Context> = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("vgpu-host-fn".into())
+            .spawn(move || host_fn_thread(rx, weak))
+            .map_err(|_| CudaError::MemoryAllocation)?;
+        *g = Some(tx.clone());
+        Ok(tx)
+    }
+
+    // ---- events --------------------------------------------------------------------------
+
+    pub(crate) fn event_create(&self, flags: u32) -> Result<RawEvent> {
+        if flags & !0x7 != 0 {
+            return Err(CudaError::InvalidValue);
+        }
+        let r = self.call(Call::EventCreate, 0, [flags as u64, 0, 0, 0, 0, 0])?;
+        let raw = event_raw(r[0]);
+        lock(&self.events).insert(raw, EventEntry { host: r[0], flags });
+        Ok(raw)
+    }
+
+    pub(crate) fn event(&self, e: RawEvent) -> Result<EventEntry> {
+        lock(&self.events).get(&e).copied().ok_or(CudaError::InvalidResourceHandle)
+    }
+
+    pub(crate) fn event_destroy(&self, e: RawEvent) -> Result<()> {
+        self.sticky()?;
+        let ev = lock(&self.events).remove(&e).ok_or(CudaError::InvalidResourceHandle)?;
+        self.fire(Call::EventDestroy, 0, [ev.host, 0, 0, 0, 0, 0])
+    }
+
+    /// The host-function dispatcher is told to stop (for private contexts going away).
+    fn stop_host_thread(&self) {
+        lock(&self.host_tx).take();
+    }
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        self.stop_host_thread();
+    }
+}
+
+fn host_fn_thread(rx: mpsc::Receiver<HostJob>, ctx: Weak<Context>) {
+    while let Ok(job) = rx.recv() {
+        let HostJob { f, token, status } = job;
+        // A panicking host function must not take the stream down with it: the token is
+        // signalled either way.
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(status))).is_err() {
+            warn!(target: "vgpu::streams", token, "a host function panicked");
+        }
+        if status == CudaError::Success {
+            if let Some(c) = ctx.upgrade() {
+                if let Err(e) = c.fire(Call::SignalToken, 0, [token, 0, 0, 0, 0, 0]) {
+                    debug!(target: "vgpu::streams", token, "signalling a host-function token: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// Raw `cudaStream_t` value of a host stream handle: never 0, 1 or 2, distinct from events.
+fn stream_raw(host: u32) -> RawStream {
+    (host as u64) << 8 | 0x10
+}
+
+/// Raw `cudaEvent_t` value of a host event handle: never 0, distinct from streams.
+fn event_raw(host: u64) -> RawEvent {
+    host << 8 | 0x20
+}
+
+struct PerThread {
+    ctx: u64,
+    raw: RawStream,
+    weak: Weak<Context>,
+}
+
+impl Drop for PerThread {
+    fn drop(&mut self) {
+        if let Some(c) = self.weak.upgrade() {
+            let _ = c.stream_destroy(self.raw);
+        }
+    }
+}
+
+thread_local! {
+    static PER_THREAD: std::cell::RefCell<Vec<PerThread>> = const { std::cell::RefCell::new(Vec::new()) };
+}

@@ -1,0 +1,382 @@
+//! CUDA Runtime-shaped functions over the process-wide [`Context`], for the `extern "C"`
+//! facade (`cudart-abi`). Each records its failure as the calling thread's last error.
+//!
+//! Which calls cost what:
+//! - local (no round trip): [`get_device`], [`set_device`], [`get_last_error`],
+//!   [`peek_at_last_error`], [`stream_is_capturing`], [`stream_get_flags`],
+//!   [`stream_get_priority`], [`device_info`] after the first fetch, pinned allocation;
+//! - fire-and-forget (an enqueue): [`memset`], [`memset_async`], [`memcpy_async`] (H2D from pinned
+//!   or once staged, D2D, D2H), [`event_record`], [`stream_wait_event`], [`launch_host_func`],
+//!   [`stream_destroy`], [`event_destroy`];
+//! - one round trip: [`malloc`], [`free`], [`mem_get_info`], creation, every synchronising call.
+
+use std::sync::Arc;
+
+use vgpu_transport::wire::{Call, DeviceInfo};
+
+use crate::context::Context;
+pub use crate::error::{get_last_error, peek_at_last_error};
+use crate::error::{record, CudaError, Result};
+use crate::memory::Seg;
+use crate::{MemcpyKind, RawEvent, RawStream, PRIORITY_GREATEST, PRIORITY_LEAST};
+
+fn ctx() -> Result<&'static Arc<Context>> {
+    Context::global()
+}
+
+/// Run `f` on the global context and record its error.
+fn with<T>(f: impl FnOnce(&'static Arc<Context>) -> Result<T>) -> Result<T> {
+    record(ctx().and_then(f))
+}
+
+/// `cudaGetDeviceCount`: 1 when the mediator is reachable; `NoDevice` otherwise.
+pub fn get_device_count() -> Result<i32> {
+    with(|_| Ok(1))
+}
+
+/// `cudaSetDevice`: only device 0 exists.
+pub fn set_device(device: i32) -> Result<()> {
+    with(|c| if device == 0 { c.sticky() } else { Err(CudaError::InvalidDevice) })
+}
+
+/// `cudaGetDevice`: always 0 (local).
+pub fn get_device() -> Result<i32> {
+    with(|c| c.sticky().map(|_| 0))
+}
+
+/// Device properties: one round trip the first time, then cached.
+pub fn device_info() -> Result<DeviceInfo> {
+    with(|c| c.device_info())
+}
+
+/// `cudaDeviceSynchronize`.
+pub fn device_synchronize() -> Result<()> {
+    with(|c| c.device_synchronize())
+}
+
+/// `cudaMemGetInfo`: `(free, total)`.
+pub fn mem_get_info() -> Result<(u64, u64)> {
+    with(|c| c.call(Call::MemGetInfo, 0, [0; 6]).map(|r| (r[0], r[1])))
+}
+
+/// `cudaDeviceGetStreamPriorityRange`: `(least, greatest)`.
+pub fn stream_priority_range() -> Result<(i32, i32)> {
+    with(|c| c.sticky().map(|_| (PRIORITY_LEAST, PRIORITY_GREATEST)))
+}
+
+/// Blocking round trips made by this process so far (0 before the first connection).
+pub fn blocking_round_trips() -> u64 {
+    Context::global_if_connected().map_or(0, |c| c.blocking_round_trips())
+}
+
+/// `cudaMalloc`: size 0 gives a null pointer, as CUDA.
+pub fn malloc(size: usize) -> Result<u64> {
+    with(|c| c.malloc(size))
+}
+
+/// `cudaFree`: null is a no-op; anything not returned by [`malloc`] is `InvalidValue`.
+pub fn free(dev_ptr: u64) -> Result<()> {
+    with(|c| c.free(dev_ptr))
+}
+
+/// `cudaMallocHost`: pinned memory from the data window, 256-byte aligned.
+pub fn malloc_host(size: usize) -> Result<*mut u8> {
+    with(|c| c.host_alloc(size, 0))
+}
+
+/// `cudaHostAlloc`: as [`malloc_host`]; all flags are accepted (`Mapped` memory has no device
+/// alias yet: `cudaHostGetDevicePointer` is not supported).
+pub fn host_alloc(size: usize, flags: u32) -> Result<*mut u8> {
+    with(|c| c.host_alloc(size, flags))
+}
+
+/// `cudaFreeHost`: waits for in-flight work, then releases the range.
+pub fn free_host(ptr: *mut u8) -> Result<()> {
+    with(|c| c.free_host(ptr))
+}
+
+/// `cudaHostRegister`: recorded; the memory behaves as pageable memory (staged copies).
+pub fn host_register(ptr: *mut u8, size: usize, flags: u32) -> Result<()> {
+    with(|c| c.host_register(ptr, size, flags))
+}
+
+/// `cudaHostUnregister`.
+pub fn host_unregister(ptr: *mut u8) -> Result<()> {
+    with(|c| c.host_unregister(ptr))
+}
+
+/// Whether `[ptr, ptr+len)` lies in one live pinned allocation of the global context.
+pub fn is_pinned(ptr: *const u8, len: usize) -> bool {
+    Context::global_if_connected().is_some_and(|c| c.pinned_offset(ptr as usize, len).is_some())
+}
+
+/// `cudaMemcpy`: synchronous for host memory; device-to-device is asynchronous to the host, as
+/// CUDA. Issued on the legacy default stream.
+///
+/// # Safety
+/// Host ranges (as `kind` or the pointers say) must be valid for `count` bytes.
+pub unsafe fn memcpy(dst: *mut u8, src: *const u8, count: usize, kind: MemcpyKind) -> Result<()> {
+    with(|c| {
+        let kind = c.resolve_kind(kind, dst as u64, src as u64);
+        let wait = kind != MemcpyKind::DeviceToDevice;
+        // SAFETY: forwarded caller guarantee.
+        unsafe { c.copy_1d(dst as u64, src as u64, count, kind, 0, wait)? };
+        if wait {
+            c.deferred()?;
+        }
+        Ok(())
+    })
+}
+
+/// A synchronous copy ordered on `stream` (for the `_ptds` forms of `cudaMemcpy`, which use
+/// the per-thread stream): returns when host memory is done, like [`memcpy`].
+///
+/// # Safety
+/// As [`memcpy`].
+pub unsafe fn memcpy_on(dst: *mut u8, src: *const u8, count: usize, kind: MemcpyKind, stream: RawStream) -> Result<()> {
+    with(|c| {
+        let h = c.host_stream(stream)?;
+        let kind = c.resolve_kind(kind, dst as u64, src as u64);
+        let wait = kind != MemcpyKind::DeviceToDevice;
+        // SAFETY: forwarded caller guarantee.
+        unsafe { c.copy_1d(dst as u64, src as u64, count, kind, h, wait)? };
+        if wait {
+            c.deferred()?;
+        }
+        Ok(())
+    })
+}
+
+/// `cudaMemcpyAsync`. H2D from pageable memory returns once the bytes are staged; from pinned
+/// memory at once (zero-copy). D2H into pageable memory returns at once: the reactor copies the
+/// bytes into `dst` before the copy counts as done, so they are there when a later sync of the
+/// stream (or an event recorded after it) returns; `dst` must stay valid until then.
+/// (`VGPU_SYNC_PAGEABLE_D2H=1` makes pageable D2H wait instead, CUDA's documented host
+/// behaviour, for programs that read the buffer without a sync.)
+///
+/// # Safety
+/// Host ranges must be valid for `count` bytes until the copy completes.
+pub unsafe fn memcpy_async(dst: *mut u8, src: *const u8, count: usize, kind: MemcpyKind, stream: RawStream) -> Result<()> {
+    with(|c| {
+        let h = c.host_stream(stream)?;
+        // SAFETY: forwarded caller guarantee.
+        unsafe { c.copy_1d(dst as u64, src as u64, count, kind, h, false) }
+    })
+}
+
+/// `cudaMemcpy2D`.
+///
+/// # Safety
+/// Every host row must be valid.
+pub unsafe fn memcpy_2d(
+    dst: *mut u8,
+    dpitch: usize,
+    src: *const u8,
+    spitch: usize,
+    width: usize,
+    height: usize,
+    kind: MemcpyKind,
+) -> Result<()> {
+    with(|c| {
+        // SAFETY: forwarded caller guarantee.
+        unsafe { c.copy_2d(dst as u64, dpitch, src as u64, spitch, width, height, kind, 0, true)? };
+        c.deferred()
+    })
+}
+
+/// `cudaMemcpy2DAsync`.
+///
+/// # Safety
+/// Every host row must be valid until the copy completes.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn memcpy_2d_async(
+    dst: *mut u8,
+    dpitch: usize,
+    src: *const u8,
+    spitch: usize,
+    width: usize,
+    height: usize,
+    kind: MemcpyKind,
+    stream: RawStream,
+) -> Result<()> {
+    with(|c| {
+        let h = c.host_stream(stream)?;
+        // SAFETY: forwarded caller guarantee.
+        unsafe { c.copy_2d(dst as u64, dpitch, src as u64, spitch, width, height, kind, h, false) }
+    })
+}
+
+/// `cudaMemset` (asynchronous to the host for device memory, as CUDA).
+pub fn memset(dev_ptr: u64, value: i32, count: usize) -> Result<()> {
+    with(|c| c.memset_on(dev_ptr, value, count, 0))
+}
+
+/// `cudaMemsetAsync`.
+pub fn memset_async(dev_ptr: u64, value: i32, count: usize, stream: RawStream) -> Result<()> {
+    with(|c| {
+        let h = c.host_stream(stream)?;
+        c.memset_on(dev_ptr, value, count, h)
+    })
+}
+
+fn peer_devices(dst_device: i32, src_device: i32) -> Result<()> {
+    if dst_device != 0 || src_device != 0 {
+        return Err(CudaError::InvalidDevice);
+    }
+    Ok(())
+}
+
+/// `cudaMemcpyPeer` (one device: a device-to-device copy).
+pub fn memcpy_peer(dst: u64, dst_device: i32, src: u64, src_device: i32, count: usize) -> Result<()> {
+    with(|c| {
+        peer_devices(dst_device, src_device)?;
+        // SAFETY: device-to-device: no host memory is touched.
+        unsafe { c.copy_1d(dst, src, count, MemcpyKind::DeviceToDevice, 0, false) }
+    })
+}
+
+/// `cudaMemcpyPeerAsync`.
+pub fn memcpy_peer_async(dst: u64, dst_device: i32, src: u64, src_device: i32, count: usize, stream: RawStream) -> Result<()> {
+    with(|c| {
+        peer_devices(dst_device, src_device)?;
+        let h = c.host_stream(stream)?;
+        // SAFETY: device-to-device: no host memory is touched.
+        unsafe { c.copy_1d(dst, src, count, MemcpyKind::DeviceToDevice, h, false) }
+    })
+}
+
+/// `cudaStreamCreateWithPriority` (`cudaStreamCreate` = flags 0, priority 0).
+pub fn stream_create(flags: u32, priority: i32) -> Result<RawStream> {
+    with(|c| c.stream_create(flags, priority))
+}
+
+/// `cudaStreamDestroy`: returns at once; the stream's queued work still completes.
+pub fn stream_destroy(stream: RawStream) -> Result<()> {
+    with(|c| c.stream_destroy(stream))
+}
+
+/// `cudaStreamSynchronize`.
+pub fn stream_synchronize(stream: RawStream) -> Result<()> {
+    with(|c| c.stream_synchronize(stream))
+}
+
+/// `cudaStreamQuery`: `Err(NotReady)` while work is pending (not recorded as last error).
+pub fn stream_query(stream: RawStream) -> Result<()> {
+    with(|c| c.stream_query(stream))
+}
+
+/// `cudaStreamGetFlags` (local).
+pub fn stream_get_flags(stream: RawStream) -> Result<u32> {
+    with(|c| c.stream_entry(stream).map(|e| e.flags))
+}
+
+/// `cudaStreamGetPriority` (local).
+pub fn stream_get_priority(stream: RawStream) -> Result<i32> {
+    with(|c| c.stream_entry(stream).map(|e| e.priority))
+}
+
+/// `cudaStreamWaitEvent`: later work on `stream` waits for the event's captured work.
+pub fn stream_wait_event(stream: RawStream, event: RawEvent, flags: u32) -> Result<()> {
+    with(|c| {
+        if flags & !1 != 0 {
+            return Err(CudaError::InvalidValue);
+        }
+        let h = c.host_stream(stream)?;
+        let e = c.event(event)?;
+        c.fire(Call::StreamWaitEvent, h, [e.host, 0, 0, 0, 0, 0])
+    })
+}
+
+/// `cudaStreamIsCapturing`: no graphs yet, so never capturing (local).
+pub fn stream_is_capturing(stream: RawStream) -> Result<bool> {
+    with(|c| c.stream_entry(stream).map(|_| false))
+}
+
+/// `cudaLaunchHostFunc`: `f` runs on the host-function thread once all earlier work on the
+/// stream is done; later work on the stream waits for it to return.
+pub fn launch_host_func(stream: RawStream, f: Box<dyn FnOnce() + Send>) -> Result<()> {
+    with(|c| {
+        c.host_fn(
+            stream,
+            Box::new(move |status| {
+                if status == CudaError::Success {
+                    f()
+                }
+            }),
+        )
+    })
+}
+
+/// `cudaStreamAddCallback`: as [`launch_host_func`], and the callback learns the stream's status.
+/// `flags` must be 0.
+pub fn stream_add_callback(stream: RawStream, f: Box<dyn FnOnce(CudaError) + Send>, flags: u32) -> Result<()> {
+    with(|c| {
+        if flags != 0 {
+            return Err(CudaError::InvalidValue);
+        }
+        c.host_fn(stream, f)
+    })
+}
+
+/// `cudaEventCreateWithFlags` (`cudaEventCreate` = 0).
+pub fn event_create(flags: u32) -> Result<RawEvent> {
+    with(|c| c.event_create(flags))
+}
+
+/// `cudaEventDestroy`.
+pub fn event_destroy(event: RawEvent) -> Result<()> {
+    with(|c| c.event_destroy(event))
+}
+
+/// `cudaEventRecord`.
+pub fn event_record(event: RawEvent, stream: RawStream) -> Result<()> {
+    event_record_with_flags(event, stream, 0)
+}
+
+/// `cudaEventRecordWithFlags` (`cudaEventRecordExternal` only matters during graph capture).
+pub fn event_record_with_flags(event: RawEvent, stream: RawStream, flags: u32) -> Result<()> {
+    with(|c| {
+        if flags & !1 != 0 {
+            return Err(CudaError::InvalidValue);
+        }
+        let e = c.event(event)?;
+        let h = c.host_stream(stream)?;
+        c.fire(Call::EventRecord, h, [e.host, 0, 0, 0, 0, 0])
+    })
+}
+
+/// `cudaEventQuery`: `Err(NotReady)` while the captured work is pending.
+pub fn event_query(event: RawEvent) -> Result<()> {
+    with(|c| {
+        let e = c.event(event)?;
+        c.call(Call::EventQuery, 0, [e.host, 0, 0, 0, 0, 0])?;
+        c.deferred()
+    })
+}
+
+/// `cudaEventSynchronize`.
+pub fn event_synchronize(event: RawEvent) -> Result<()> {
+    with(|c| {
+        let e = c.event(event)?;
+        c.call(Call::EventSync, 0, [e.host, 0, 0, 0, 0, 0])?;
+        c.deferred()
+    })
+}
+
+/// `cudaEventElapsedTime`, in milliseconds.
+pub fn event_elapsed_time(start: RawEvent, end: RawEvent) -> Result<f32> {
+    with(|c| {
+        let (s, e) = (c.event(start)?, c.event(end)?);
+        let r = c.call(Call::EventElapsed, 0, [s.host, e.host, 0, 0, 0, 0])?;
+        Ok(f32::from_bits(r[0] as u32))
+    })
+}
+
+/// Copy helper for tests and tools: device → `dst`, synchronous (legacy stream).
+pub fn download(src: u64, dst: &mut [u8]) -> Result<()> {
+    with(|c| {
+        // SAFETY: `dst` is a live exclusive slice for the whole call and the copy waits.
+        unsafe { c.d2h(&[Seg { dev: src, host: dst.as_mut_ptr() as usize, len: dst.len() }], 0, true)? };
+        c.deferred()
+    })
+}

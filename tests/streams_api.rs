@@ -1,0 +1,472 @@
+//! `vgpu-streams` against a real mediator: the CUDA execution model (`rt`, over the process-wide
+//! context) and the async Rust API (private contexts).
+//!
+//! The `rt` tests share one mediator, started before the process-wide context first connects
+//! (`VGPU_SOCKET` points at it); every other test starts its own.
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vgpu_mediator::child::Mediator;
+use vgpu_streams::rt;
+use vgpu_streams::{
+    Context, CudaError, Device, MemcpyKind, EVENT_DISABLE_TIMING, STREAM_LEGACY_DEFAULT, STREAM_NON_BLOCKING, STREAM_PER_THREAD,
+};
+use vgpu_tests::{mediator, pattern, HANG};
+
+/// The process-wide context can connect once per process, so every `rt` check runs in this one
+/// test, against one mediator that the test owns (and stops at its end).
+#[test]
+fn rt_runtime_semantics() {
+    let m: Mediator = mediator();
+    // Set before the first use of the process-wide context, which reads it once.
+    std::env::set_var("VGPU_SOCKET", m.socket());
+    assert_eq!(rt::blocking_round_trips(), 0, "nothing connects before the first call");
+    assert_eq!(rt::get_device_count(), Ok(1));
+    rt_async_pageable_d2h_lands_before_the_sync_returns();
+    rt_host_functions_run_in_stream_order();
+    rt_errors_codes_last_error_and_deferred_errors();
+    rt_per_thread_streams_are_independent_but_sync_with_the_legacy_stream();
+    rt_pinned_registered_2d_memset_peer_and_local_calls();
+    drop(m);
+}
+
+const MIB: usize = 1 << 20;
+
+/// Queue about `n` × 64 MiB of memsets on `stream` (a backlog of a good fraction of a second on
+/// emu), into a scratch buffer.
+fn backlog(stream: u64, n: usize) -> u64 {
+    let big = rt::malloc(64 * MIB).expect("malloc 64 MiB");
+    for i in 0..n {
+        rt::memset_async(big, (i % 200) as i32 + 1, 64 * MIB, stream).expect("memset_async");
+    }
+    big
+}
+
+/// Pageable D2H with `cudaMemcpyAsync` is fire-and-forget: the call returns behind a backlog,
+/// with no blocking round trip, and the reactor has put the bytes in the user's buffer when a
+/// later stream sync (or event sync) returns. Larger than the staging chunks, so the chunks are
+/// recycled by completion actions.
+fn rt_async_pageable_d2h_lands_before_the_sync_returns() {
+    let s = rt::stream_create(0, 0).expect("stream");
+    let n = 9 * MIB + 77;
+    let data = pattern(7, n);
+    let dev = rt::malloc(n).expect("malloc");
+    // SAFETY: `data` is a live buffer of `n` bytes; the sync copy returns after reading it.
+    unsafe { rt::memcpy(dev as *mut u8, data.as_ptr(), n, MemcpyKind::HostToDevice) }.expect("memcpy H2D");
+    let scratch = backlog(s, 6);
+    let mut out = vec![0u8; n];
+    let ev = rt::event_create(EVENT_DISABLE_TIMING).expect("event");
+    let before = rt::blocking_round_trips();
+    // SAFETY: `out` outlives the stream sync below, and is not touched before it.
+    unsafe { rt::memcpy_async(out.as_mut_ptr(), dev as *const u8, n, MemcpyKind::DeviceToHost, s) }.expect("memcpy_async D2H");
+    rt::event_record(ev, s).expect("record");
+    assert_eq!(rt::blocking_round_trips(), before, "async D2H must not make a blocking round trip");
+    rt::event_synchronize(ev).expect("event sync");
+    assert!(out == data, "bytes missing after the event sync");
+    rt::stream_synchronize(s).expect("stream sync");
+    // Default kind, inferred from the pointers; pinned destination is zero-copy.
+    let pinned = rt::malloc_host(n).expect("malloc_host");
+    assert_eq!(pinned as usize % 256, 0, "pinned memory is 256-byte aligned");
+    assert!(rt::is_pinned(pinned, n));
+    // SAFETY: `pinned` holds `n` bytes and is read only after the sync.
+    unsafe { rt::memcpy_async(pinned, dev as *const u8, n, MemcpyKind::Default, s) }.expect("D2H into pinned");
+    rt::stream_synchronize(s).expect("sync");
+    // SAFETY: the copy into `pinned` has completed (stream sync) and nothing writes it now.
+    let got = unsafe { std::slice::from_raw_parts(pinned, n) }.to_vec();
+    assert!(got == data, "pinned D2H bytes differ");
+    rt::free_host(pinned).expect("free_host");
+    // A burst of small pageable H2D copies shares staging chunks: no blocking round trip, and
+    // each source buffer may be dropped as soon as its call returns (the bytes are staged).
+    let before = rt::blocking_round_trips();
+    for i in 0..300usize {
+        let piece = pattern(1000 + i as u64, 1000);
+        // SAFETY: `piece` is live for the call, which stages it before returning.
+        unsafe { rt::memcpy_async((dev + (i * 1000) as u64) as *mut u8, piece.as_ptr(), 1000, MemcpyKind::HostToDevice, s) }
+            .expect("small H2D");
+    }
+    assert_eq!(rt::blocking_round_trips(), before, "small async H2D copies must not wait");
+    let mut back = vec![0u8; 300 * 1000];
+    rt::stream_synchronize(s).expect("sync");
+    rt::download(dev, &mut back).expect("download");
+    for i in 0..300usize {
+        assert!(back[i * 1000..(i + 1) * 1000] == pattern(1000 + i as u64, 1000)[..], "piece {i}");
+    }
+    rt::free(scratch).expect("free");
+    rt::free(dev).expect("free");
+    rt::event_destroy(ev).expect("event destroy");
+    rt::stream_destroy(s).expect("stream destroy");
+}
+
+/// Host functions run in stream order: a host function sees the bytes of a D2H copy submitted
+/// before it, work behind it waits until it returns (an event behind it stays NotReady while it
+/// blocks), and a callback added with `cudaStreamAddCallback` gets `cudaSuccess`.
+fn rt_host_functions_run_in_stream_order() {
+    let s = rt::stream_create(STREAM_NON_BLOCKING, 0).expect("stream");
+    let dev = rt::malloc(4096).expect("malloc");
+    rt::memset_async(dev, 0x3C, 4096, s).expect("memset");
+    let scratch = backlog(s, 4);
+    let out: &'static mut [u8] = Box::leak(vec![0u8; 4096].into_boxed_slice());
+    let out_addr = out.as_mut_ptr() as usize;
+    // SAFETY: `out` is leaked (never freed) and only read by the host function after the copy.
+    unsafe { rt::memcpy_async(out.as_mut_ptr(), dev as *const u8, 4096, MemcpyKind::DeviceToHost, s) }.expect("D2H");
+    let (started_tx, started_rx) = mpsc::channel::<bool>();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    rt::launch_host_func(
+        s,
+        Box::new(move || {
+            // SAFETY: the D2H before this function in stream order has completed (that is what
+            // this test checks); the buffer is leaked, so the address stays valid.
+            let seen = unsafe { std::slice::from_raw_parts(out_addr as *const u8, 4096) }.iter().all(|&b| b == 0x3C);
+            let _ = started_tx.send(seen);
+            let _ = release_rx.recv_timeout(HANG);
+        }),
+    )
+    .expect("launch_host_func");
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let o2 = order.clone();
+    rt::stream_add_callback(s, Box::new(move |status| o2.lock().unwrap().push(status)), 0).expect("add callback");
+    let behind = rt::event_create(0).expect("event");
+    rt::event_record(behind, s).expect("record");
+    let saw_bytes = started_rx.recv_timeout(HANG).expect("the host function ran");
+    assert!(saw_bytes, "the host function ran before the D2H bytes were in the buffer");
+    assert_eq!(rt::event_query(behind), Err(CudaError::NotReady), "work behind a running host function ran");
+    assert_eq!(rt::get_last_error(), CudaError::Success, "NotReady is not recorded as an error");
+    assert!(order.lock().unwrap().is_empty(), "the callback ran before the host function returned");
+    release_tx.send(()).expect("release the host function");
+    rt::event_synchronize(behind).expect("event sync");
+    rt::stream_synchronize(s).expect("stream sync");
+    assert_eq!(*order.lock().unwrap(), vec![CudaError::Success]);
+    assert_eq!(rt::stream_add_callback(s, Box::new(|_| {}), 1), Err(CudaError::InvalidValue));
+    rt::free(scratch).expect("free");
+    rt::free(dev).expect("free");
+    rt::stream_destroy(s).expect("destroy");
+}
+
+/// Errors: exact CUDA codes for bad arguments and handles; the per-thread last error
+/// (`cudaGetLastError` clears, `cudaPeekAtLastError` does not, other threads unaffected); an
+/// asynchronous failure surfaces once at the next synchronising call and is then gone.
+fn rt_errors_codes_last_error_and_deferred_errors() {
+    let _ = rt::get_last_error();
+    assert_eq!(rt::set_device(1), Err(CudaError::InvalidDevice));
+    assert_eq!(rt::peek_at_last_error(), CudaError::InvalidDevice);
+    assert_eq!(rt::peek_at_last_error(), CudaError::InvalidDevice, "peek does not clear");
+    std::thread::spawn(|| assert_eq!(rt::get_last_error(), CudaError::Success, "last error is per thread")).join().unwrap();
+    assert_eq!(rt::get_last_error(), CudaError::InvalidDevice);
+    assert_eq!(rt::get_last_error(), CudaError::Success, "get clears");
+    assert_eq!(rt::set_device(0), Ok(()));
+    assert_eq!(rt::get_device(), Ok(0));
+    assert_eq!(rt::free(0x1234_5678), Err(CudaError::InvalidValue));
+    assert_eq!(rt::stream_synchronize(0xdead_0010), Err(CudaError::InvalidResourceHandle));
+    assert_eq!(rt::event_synchronize(0xdead_0020), Err(CudaError::InvalidResourceHandle));
+    assert_eq!(rt::stream_create(0x8, 0), Err(CudaError::InvalidValue));
+    assert_eq!(rt::memcpy_peer(0, 1, 0, 0, 16), Err(CudaError::InvalidDevice));
+    assert_eq!(rt::malloc(0), Ok(0), "cudaMalloc(0) gives NULL");
+    assert_eq!(rt::free(0), Ok(()));
+    // Elapsed time needs timing on both events.
+    let (a, b) = (rt::event_create(EVENT_DISABLE_TIMING).unwrap(), rt::event_create(0).unwrap());
+    rt::event_record(a, 0).unwrap();
+    rt::event_record(b, 0).unwrap();
+    rt::event_synchronize(b).unwrap();
+    assert_eq!(rt::event_elapsed_time(a, b), Err(CudaError::InvalidResourceHandle));
+    // Deferred: a memset on a pointer the host rejects returns Ok (fire-and-forget) and
+    // surfaces once at the next sync on this thread's stream.
+    let _ = rt::get_last_error();
+    let s = rt::stream_create(0, 0).unwrap();
+    assert_eq!(rt::memset_async(0xd000_dead_0000, 0, 16, s), Ok(()));
+    assert_eq!(rt::stream_synchronize(s), Err(CudaError::InvalidValue));
+    assert_eq!(rt::get_last_error(), CudaError::InvalidValue);
+    assert_eq!(rt::stream_synchronize(s), Ok(()), "a deferred error is reported once");
+    // A 2D copy whose width exceeds a pitch.
+    let d = rt::malloc(4096).unwrap();
+    let host = [0u8; 64];
+    // SAFETY: rejected before any memory is touched.
+    let r = unsafe { rt::memcpy_2d(d as *mut u8, 8, host.as_ptr(), 16, 16, 2, MemcpyKind::HostToDevice) };
+    assert_eq!(r, Err(CudaError::InvalidPitchValue));
+    rt::free(d).unwrap();
+    for e in [a, b] {
+        rt::event_destroy(e).unwrap();
+    }
+    assert_eq!(rt::event_destroy(a), Err(CudaError::InvalidResourceHandle), "destroyed twice");
+    rt::stream_destroy(s).unwrap();
+    assert_eq!(rt::stream_destroy(s), Err(CudaError::InvalidResourceHandle));
+    let _ = rt::get_last_error();
+}
+
+/// `cudaStreamPerThread`: one blocking stream per thread. Two threads' per-thread streams do not
+/// wait for each other (one held by a blocking host function does not stall the other), while
+/// the legacy default stream waits for a per-thread stream's earlier work.
+fn rt_per_thread_streams_are_independent_but_sync_with_the_legacy_stream() {
+    let buf = rt::malloc(64 * MIB).expect("malloc");
+    let (held_tx, held_rx) = mpsc::channel::<()>();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let (exit_tx, exit_rx) = mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        rt::launch_host_func(
+            STREAM_PER_THREAD,
+            Box::new(move || {
+                let _ = held_tx.send(());
+                let _ = release_rx.recv_timeout(HANG);
+            }),
+        )
+        .expect("host func on the per-thread stream");
+        // Queued behind the held host function.
+        rt::memset_async(buf, 0x77, 64 * MIB, STREAM_PER_THREAD).expect("memset");
+        // The per-thread stream lives as long as its thread.
+        let _ = exit_rx.recv_timeout(HANG);
+    });
+    held_rx.recv_timeout(HANG).expect("the holder's host function runs");
+    // Another thread's per-thread stream runs while the first one is held.
+    let (done_tx, done_rx) = mpsc::channel::<Result<(), CudaError>>();
+    // (Allocated and freed outside: cudaFree waits for the whole device, the held stream too.)
+    let small = rt::malloc(4096).expect("malloc");
+    std::thread::spawn(move || {
+        let other = rt::memset_async(small, 1, 4096, STREAM_PER_THREAD).and_then(|_| rt::stream_synchronize(STREAM_PER_THREAD));
+        let _ = done_tx.send(other);
+    });
+    let r = done_rx.recv_timeout(HANG).expect("a per-thread stream waited for another thread's per-thread stream");
+    assert_eq!(r, Ok(()));
+    // The legacy stream waits for the held per-thread stream (a blocking stream): an event on it
+    // stays NotReady until the host function returns and the memset behind it ran.
+    let ev = rt::event_create(EVENT_DISABLE_TIMING).unwrap();
+    rt::event_record(ev, STREAM_LEGACY_DEFAULT).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(rt::event_query(ev), Err(CudaError::NotReady), "the legacy stream did not wait for the per-thread stream");
+    release_tx.send(()).unwrap();
+    let mut out = vec![0u8; 4096];
+    rt::download(buf, &mut out).expect("download on the legacy stream");
+    assert!(out.iter().all(|&b| b == 0x77), "the legacy stream ran before the per-thread memset");
+    rt::event_synchronize(ev).unwrap();
+    rt::event_destroy(ev).unwrap();
+    exit_tx.send(()).unwrap();
+    holder.join().expect("holder thread");
+    rt::free(buf).unwrap();
+    rt::free(small).unwrap();
+}
+
+/// Pinned and registered memory, 2D copies, memset, peer copies, device info and cheap calls.
+fn rt_pinned_registered_2d_memset_peer_and_local_calls() {
+    // Device info: the first fetch is a round trip, later ones are local.
+    let info = rt::device_info().expect("device info");
+    assert!(info.name_str().contains("emu"), "{}", info.name_str());
+    let rts = rt::blocking_round_trips();
+    rt::device_info().unwrap();
+    assert_eq!(rt::get_device(), Ok(0));
+    assert_eq!(rt::stream_is_capturing(STREAM_LEGACY_DEFAULT), Ok(false));
+    assert_eq!(rt::stream_priority_range(), Ok((0, -5)));
+    assert_eq!(rt::blocking_round_trips(), rts, "cheap calls must stay local");
+    // Priorities are clamped, flags kept.
+    let s = rt::stream_create(STREAM_NON_BLOCKING, -100).unwrap();
+    assert_eq!(rt::stream_get_priority(s), Ok(-5));
+    assert_eq!(rt::stream_get_flags(s), Ok(STREAM_NON_BLOCKING));
+    // Pinned round trip, zero-copy both ways, without blocking round trips until the sync.
+    let n = 3 * MIB + 5;
+    let data = pattern(3, n);
+    let (src, dst) = (rt::host_alloc(n, 1).unwrap(), rt::malloc_host(n).unwrap());
+    // SAFETY: `src` holds `n` bytes of pinned memory no command uses yet.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), src, n) };
+    let dev = rt::malloc(n).unwrap();
+    let before = rt::blocking_round_trips();
+    // SAFETY: pinned buffers of `n` bytes, read after the sync.
+    unsafe {
+        rt::memcpy_async(dev as *mut u8, src, n, MemcpyKind::HostToDevice, s).unwrap();
+        rt::memcpy_async(dst, dev as *const u8, n, MemcpyKind::DeviceToHost, s).unwrap();
+    }
+    assert_eq!(rt::blocking_round_trips(), before, "pinned copies are fire-and-forget");
+    rt::stream_synchronize(s).unwrap();
+    // SAFETY: the copies completed; nothing writes `dst` now.
+    assert!(unsafe { std::slice::from_raw_parts(dst, n) } == &data[..], "pinned round trip");
+    assert_eq!(rt::free_host(data.as_ptr() as *mut u8), Err(CudaError::InvalidValue), "not pinned");
+    rt::free_host(src).unwrap();
+    rt::free_host(dst).unwrap();
+    // Registered memory behaves as pageable memory.
+    let mut reg = pattern(4, 64 << 10);
+    let p = reg.as_mut_ptr();
+    rt::host_register(p, reg.len(), 0).unwrap();
+    assert_eq!(rt::host_register(p, 16, 0), Err(CudaError::HostMemoryAlreadyRegistered));
+    // SAFETY: `reg` is live; the sync copy reads it before returning.
+    unsafe { rt::memcpy(dev as *mut u8, p, reg.len(), MemcpyKind::HostToDevice) }.unwrap();
+    let mut back = vec![0u8; reg.len()];
+    rt::download(dev, &mut back).unwrap();
+    assert!(back == reg);
+    rt::host_unregister(p).unwrap();
+    assert_eq!(rt::host_unregister(p), Err(CudaError::HostMemoryNotRegistered));
+    // 2D: 5 rows of 100 bytes from a 128-byte pitch host image into a 256-byte pitch device one,
+    // then back into a 100-byte pitch buffer.
+    let (w, h) = (100usize, 5usize);
+    let img = pattern(5, 128 * h);
+    rt::memset(dev, 0, 256 * h).unwrap();
+    // SAFETY: `img` holds h rows of 128 bytes; the sync copy reads it before returning.
+    unsafe { rt::memcpy_2d(dev as *mut u8, 256, img.as_ptr(), 128, w, h, MemcpyKind::HostToDevice) }.unwrap();
+    let mut packed = vec![0u8; w * h];
+    // SAFETY: `packed` holds h rows of w bytes; the sync copy returns when they are written.
+    unsafe { rt::memcpy_2d(packed.as_mut_ptr(), w, dev as *const u8, 256, w, h, MemcpyKind::DeviceToHost) }.unwrap();
+    for r in 0..h {
+        assert_eq!(&packed[r * w..(r + 1) * w], &img[r * 128..r * 128 + w], "row {r}");
+    }
+    let mut gap = vec![0xFFu8; 156];
+    rt::download(dev + w as u64, &mut gap).unwrap();
+    assert!(gap.iter().all(|&b| b == 0), "the 2D copy wrote into the row padding");
+    // Memset and peer copies (one device).
+    let dev2 = rt::malloc(4096).unwrap();
+    rt::memset_async(dev, 0xAB, 4096, s).unwrap();
+    rt::memcpy_peer_async(dev2, 0, dev, 0, 4096, s).unwrap();
+    rt::stream_synchronize(s).unwrap();
+    let mut peer = vec![0u8; 4096];
+    rt::download(dev2, &mut peer).unwrap();
+    assert!(peer.iter().all(|&b| b == 0xAB));
+    let (free, total) = rt::mem_get_info().unwrap();
+    assert!(free < total && total == vgpu_tests::EMU_MEM, "{free} {total}");
+    rt::free(dev).unwrap();
+    rt::free(dev2).unwrap();
+    rt::stream_destroy(s).unwrap();
+}
+
+/// No mediator at the socket: `cudaErrorNoDevice`, as a runtime with no usable device.
+#[test]
+fn no_mediator_gives_no_device() {
+    let dir = vgpu_tests::TempDir::new("nomediator");
+    let sock = dir.path().join("absent.sock");
+    assert_eq!(Context::connect(&sock).map(drop), Err(CudaError::NoDevice));
+    assert_eq!(Device::connect(&sock).map(drop).unwrap_err().code(), 100);
+}
+
+/// The mediator dies mid-session: every later call of that context fails with the sticky
+/// `cudaErrorDevicesUnavailable`, whatever it is.
+#[test]
+fn losing_the_mediator_is_a_sticky_error() {
+    let mut m = mediator();
+    let dev = Device::connect(m.socket()).expect("connect");
+    let s = dev.stream().expect("stream");
+    let buf = dev.alloc::<u8>(4096).expect("alloc");
+    s.memset(&buf, 1).expect("memset");
+    s.synchronize_blocking().expect("sync");
+    m.kill();
+    let e = s.synchronize_blocking().expect_err("sync after the mediator died");
+    assert_eq!(e, CudaError::DevicesUnavailable);
+    for r in [dev.mem_info().map(drop), dev.stream().map(drop), s.memset(&buf, 2), dev.alloc::<u8>(16).map(drop)] {
+        assert_eq!(r, Err(CudaError::DevicesUnavailable), "the error is sticky");
+    }
+    assert!(dev.context().sticky().is_err());
+}
+
+/// The async API under tokio: `.await` on stream, event and device completion; pageable and
+/// pinned copies; a cross-stream event dependency; a host function in stream order; elapsed time.
+#[test]
+fn async_api_under_tokio() {
+    let m = mediator();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio");
+    rt.block_on(async {
+        let dev = Device::connect(m.socket()).expect("connect");
+        let n = 2 * MIB / 4 + 3;
+        let input: Vec<u32> = (0..n as u32).map(|i| i.wrapping_mul(2654435761)).collect();
+        let (s1, s2) = (dev.stream().unwrap(), dev.stream_with(true, -1).unwrap());
+        let (a, b) = (dev.alloc::<u32>(n).unwrap(), dev.alloc::<u32>(n).unwrap());
+        let (start, ready) = (dev.event().unwrap(), dev.event().unwrap());
+        start.record(&s1).unwrap();
+        s1.upload(&a, &input).unwrap();
+        for _ in 0..4 {
+            s1.copy(&b, &a).unwrap();
+        }
+        ready.record(&s1).unwrap();
+        let out = dev.alloc_pinned::<u32>(n).unwrap();
+        s2.wait_event(&ready).unwrap();
+        s2.download_pinned(&b, &out).unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let probe = out.as_ptr() as usize;
+        s2.host_fn(move || {
+            // SAFETY: reads one element of the pinned buffer after the download before this
+            // host function in stream order has completed; the buffer outlives the await below.
+            let first = unsafe { std::ptr::read_volatile(probe as *const u32) };
+            let _ = tx.send(first);
+        })
+        .unwrap();
+        s2.synchronize().await.expect("await stream 2");
+        assert_eq!(rx.await.expect("host function ran"), input[0]);
+        assert!(out.to_vec() == input, "the pinned download after a cross-stream wait differs");
+        ready.synchronize().await.expect("await event");
+        assert!(ready.query().unwrap());
+        let ms = start.elapsed_ms(&ready).expect("elapsed");
+        assert!(ms >= 0.0, "{ms}");
+        let mut back = vec![0u32; n];
+        s1.download(&b, &mut back).unwrap();
+        assert!(back == input);
+        dev.synchronize().await.expect("await device");
+        assert!(s1.query().unwrap() && s2.query().unwrap());
+        assert_eq!(s1.upload(&a, &input[1..]), Err(CudaError::InvalidValue), "length mismatch");
+    });
+}
+
+/// The transport's completion actions (what pageable D2H and host functions rest on): an action
+/// runs exactly once, before its call counts as done (a waiter sees its effect), with `ok` =
+/// false for a host error; and when the mediator dies, the actions of calls in flight run with
+/// `ok` = false, so nothing they hold (staging chunks) is lost.
+#[test]
+fn completion_actions_run_once_before_done_and_on_link_failure() {
+    use vgpu_transport::wire::Call;
+    let mut m = mediator();
+    let c = vgpu_tests::connect(&m);
+    let log = Arc::new(Mutex::new(Vec::<(&'static str, bool)>::new()));
+    let action = |tag: &'static str| -> vgpu_transport::OnComplete {
+        let l = log.clone();
+        Box::new(move |_, _, ok| l.lock().unwrap().push((tag, ok)))
+    };
+    let t = c.submit_then(Call::Nop, 0, [0; 6], action("nop")).expect("submit");
+    t.wait().expect("nop");
+    assert_eq!(*log.lock().unwrap(), vec![("nop", true)], "the action ran before the waiter returned");
+    let t = c.submit_then(Call::MemFree, 0, [0x1234, 0, 0, 0, 0, 0], action("bad free")).expect("submit");
+    assert!(t.wait().is_err());
+    assert_eq!(log.lock().unwrap()[1], ("bad free", false));
+    // A call queued behind seconds of work when the mediator is killed.
+    let big = vgpu_tests::alloc(&c, 256 << 20);
+    let [s, _] = c.call_blocking(Call::StreamCreate, 0, [1, 0, 0, 0, 0, 0]).expect("stream");
+    for i in 0..32 {
+        c.fire(Call::Memset, s as u32, [big, i, 256 << 20, 0, 0, 0]).expect("memset");
+    }
+    let t = c.submit_then(Call::StreamSync, s as u32, [0; 6], action("in flight")).expect("submit");
+    m.kill();
+    assert!(t.wait().is_err(), "the link is down");
+    assert_eq!(log.lock().unwrap().len(), 3, "every action ran exactly once: {:?}", log.lock().unwrap());
+    assert_eq!(log.lock().unwrap()[2], ("in flight", false));
+    // After the link is down an action still runs (at once, not ok).
+    assert!(c.submit_then(Call::Nop, 0, [0; 6], action("after")).is_err());
+    assert_eq!(log.lock().unwrap()[3], ("after", false));
+}
+
+/// A destroyed stream's queued work still runs, and still counts: `DeviceSync` and `MemFree`
+/// wait for it, and (for a blocking stream) so does the legacy default stream, as a per-thread
+/// stream destroyed at thread exit needs.
+#[test]
+fn destroyed_streams_still_count_for_device_sync_and_the_legacy_stream() {
+    use vgpu_transport::wire::Call;
+    let m = mediator();
+    let c = vgpu_tests::connect(&m);
+    const BIG: u64 = 64 << 20;
+    let (x, y) = (vgpu_tests::alloc(&c, BIG), vgpu_tests::alloc(&c, 4096));
+    for (flags, value) in [(0u64, 0x21u64), (1, 0x22)] {
+        let [s, _] = c.call_blocking(Call::StreamCreate, 0, [flags, 0, 0, 0, 0, 0]).expect("stream");
+        for i in 0..24 {
+            let v = if i == 23 { value } else { 0x40 + i % 16 };
+            c.fire(Call::Memset, s as u32, [x, v, BIG, 0, 0, 0]).expect("memset");
+        }
+        // Destroy without waiting (fire), then wait for the whole device.
+        c.fire(Call::StreamDestroy, 0, [s, 0, 0, 0, 0, 0]).expect("destroy");
+        if flags == 0 {
+            // Blocking stream: stream 0 waits for its earlier work even though it is destroyed.
+            c.fire(Call::MemcpyDtoD, 0, [y, x, 4096, 0, 0, 0]).expect("DtoD on stream 0");
+            let mut out = vec![0u8; 4096];
+            c.copy_from_device(y, &mut out, 0).expect("D2H");
+            assert!(out.iter().all(|&b| b as u64 == value), "stream 0 overtook a destroyed blocking stream: {:#x}", out[0]);
+        } else {
+            c.call_blocking(Call::DeviceSync, 0, [0; 6]).expect("DeviceSync");
+            let mut out = vec![0u8; 4096];
+            c.copy_from_device(x, &mut out, 0).expect("D2H");
+            assert!(out.iter().all(|&b| b as u64 == value), "DeviceSync returned before a destroyed stream's work: {:#x}", out[0]);
+        }
+    }
+    // Freeing waits for everything too; afterwards no stream is left behind.
+    c.call_blocking(Call::MemFree, 0, [x, 0, 0, 0, 0, 0]).expect("free");
+    let sess = vgpu_tests::stat(&m)["sessions"][0].clone();
+    assert_eq!(sess["streams"].as_u64(), Some(0), "{sess}");
+}
