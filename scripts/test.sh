@@ -16,6 +16,17 @@ cargo fmt --all -- --check
 step "cargo clippy (deny warnings)"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "CUDA headers for the C conformance suite (scripts/setup-cuda-headers.sh: PyPI wheels, nothing committed)"
+if VGPU_CUDA_HEADERS=$(bash scripts/setup-cuda-headers.sh); then
+  export VGPU_CUDA_HEADERS
+  echo "$VGPU_CUDA_HEADERS"
+elif [[ -n "${CI:-}" ]]; then
+  echo "setup-cuda-headers.sh failed: CI must run the C conformance suite" >&2
+  exit 1
+else
+  echo "warning: could not fetch the CUDA headers (no PyPI?); tests/cudart.rs will skip the C suite" >&2
+fi
+
 step "cargo test (unit + integration against real mediator processes)"
 run_tests cargo test --workspace
 

@@ -7,7 +7,8 @@
 //!   answers `vgpu stat`;
 //! - [`worker`]: one session: handshake, [`vgpu_transport::Server`] loop, executor;
 //! - [`emu`]: the CPU executor;
-//! - [`bench`] and [`demo`]: measurements and the README's first command.
+//! - [`bench`] and [`demo`]: measurements and the README's first command;
+//! - [`run`]: `vgpu run -- APP`, a CUDA program on our `libcudart.so.12`/`.13`.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -15,6 +16,7 @@ pub mod bench;
 pub mod child;
 pub mod demo;
 pub mod emu;
+pub mod run;
 pub mod serve;
 pub mod worker;
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use vgpu_mediator::emu::EmuLimits;
-use vgpu_mediator::{bench, default_socket, demo, serve, worker, ExecutorKind};
+use vgpu_mediator::{bench, default_socket, demo, run, serve, worker, ExecutorKind};
 
 #[derive(Parser)]
 #[command(name = "vgpu", version, about = "vgpu: use a real GPU across a VM boundary", long_about = None)]
@@ -50,6 +50,27 @@ enum Cmd {
     },
     /// Start a mediator on emu, run a guest workload through the transport, and show what it did.
     Demo,
+    /// Run a CUDA program on vgpu: our libcudart.so.12/.13 first in LD_LIBRARY_PATH (and
+    /// LD_PRELOAD), on the mediator at --socket/$VGPU_SOCKET, or on a private one started for it.
+    Run {
+        /// Mediator socket (default: $VGPU_SOCKET, $XDG_RUNTIME_DIR/vgpu.sock or /tmp/vgpu.sock; when
+        /// neither option nor variable is given and nothing answers there, a private mediator is started).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Folder with libvgpu_cudart12.so and libvgpu_cudart13.so (default: $VGPU_LIB_DIR, else
+        /// the folder of this vgpu binary).
+        #[arg(long)]
+        lib_dir: Option<PathBuf>,
+        /// Only replace the libraries through LD_LIBRARY_PATH; do not set LD_PRELOAD.
+        #[arg(long)]
+        no_preload: bool,
+        /// Executor of a private mediator.
+        #[arg(long, value_enum, default_value = "emu")]
+        executor: ExecutorKind,
+        /// The program and its arguments (after `--`).
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        program: Vec<String>,
+    },
     /// Internal: serve one session (started by `vgpu serve`).
     #[command(hide = true)]
     Worker {
@@ -104,6 +125,16 @@ fn main() -> ExitCode {
         }),
         Cmd::Bench { quick, json } => bench::run(quick, json),
         Cmd::Demo => demo::run(),
+        Cmd::Run { socket, lib_dir, no_preload, executor, program } => {
+            let opts = run::RunOpts { socket, lib_dir, preload: !no_preload, executor: executor.name().to_string(), program };
+            return match run::run(opts) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    eprintln!("vgpu run: {e}");
+                    ExitCode::from(125)
+                }
+            };
+        }
         Cmd::Worker { session, executor, spin_us, mem_bytes, hello } => {
             let Some(hello) = parse_hello(&hello) else {
                 eprintln!("vgpu worker: bad --hello");

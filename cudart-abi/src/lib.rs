@@ -1,0 +1,29 @@
+//! # vgpu-cudart
+//!
+//! The CUDA Runtime API as `extern "C"` functions: the facade that the `vgpu-cudart12` and
+//! `vgpu-cudart13` packages link as `libcudart.so.12` and `libcudart.so.13`. It is thin by design:
+//! it checks C arguments (null pointers, enum values), converts C types and handles to what
+//! [`vgpu_streams::rt`] takes, and turns its `Result` into a `cudaError_t`. Every ordering,
+//! staging, connection and error-stickiness rule lives in `vgpu-streams`; no protocol logic lives
+//! here.
+//!
+//! - [`codes`]: every `cudaError_t` value with the real name and message;
+//! - [`props`]: `cudaDeviceProp` of CUDA 12.x and 13.x, offset for offset;
+//! - [`device`]: device properties and attributes from the host's `DeviceInfo`;
+//! - [`entry`]: the guard every entry point runs in (no panic crosses the C boundary), logging;
+//! - [`api`]: the entry points both versions export. The version-specific ones
+//!   (`cudaGetDeviceProperties[_v2]`, `cudaRuntimeGetVersion`, `cudaDriverGetVersion`) are
+//!   defined by the two cdylib packages on top of [`device::get_properties`] and
+//!   [`api::put_version`].
+//!
+//! No constructor does any work: the first call into [`vgpu_streams::rt`] connects to the mediator.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod api;
+pub mod codes;
+pub mod device;
+pub mod entry;
+pub mod props;
+
+pub use codes::cudaError_t;

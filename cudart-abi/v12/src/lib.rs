@@ -1,0 +1,45 @@
+//! `libcudart.so.12`: the vgpu CUDA Runtime for programs built with CUDA 12.x.
+//!
+//! Everything common lives in `vgpu-cudart` (its `#[no_mangle]` functions are linked in and
+//! exported through `exports.txt`); this crate adds what differs by version: the 1032-byte
+//! `cudaDeviceProp` and the version numbers CUDA 12.9 reports.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![allow(non_snake_case, clippy::missing_safety_doc)]
+
+use std::ffi::c_int;
+
+use vgpu_cudart::cudaError_t;
+use vgpu_cudart::entry::guard;
+use vgpu_cudart::props::DeviceProp12;
+
+pub use vgpu_cudart::api;
+
+/// `CUDART_VERSION` of the CUDA 12.9 headers.
+pub const RUNTIME_VERSION: c_int = 12090;
+
+#[no_mangle]
+pub unsafe extern "C" fn cudaGetDeviceProperties_v2(prop: *mut DeviceProp12, device: c_int) -> cudaError_t {
+    // SAFETY: the program passes a CUDA 12 `cudaDeviceProp*` (or null, which is checked).
+    guard("cudaGetDeviceProperties_v2", || unsafe { vgpu_cudart::device::get_properties(prop, device) })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cudaGetDeviceProperties(prop: *mut DeviceProp12, device: c_int) -> cudaError_t {
+    // SAFETY: as `cudaGetDeviceProperties_v2` (CUDA 12 headers map the plain name to it).
+    guard("cudaGetDeviceProperties", || unsafe { vgpu_cudart::device::get_properties(prop, device) })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cudaRuntimeGetVersion(version: *mut c_int) -> cudaError_t {
+    // SAFETY: the program passes an `int*` (or null, which is checked).
+    guard("cudaRuntimeGetVersion", || unsafe { api::put_version(version, RUNTIME_VERSION) })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cudaDriverGetVersion(version: *mut c_int) -> cudaError_t {
+    // The guest has no driver; the host's stands behind the mediator. Report the runtime's own
+    // version, which every driver able to run it is at least.
+    // SAFETY: the program passes an `int*` (or null, which is checked).
+    guard("cudaDriverGetVersion", || unsafe { api::put_version(version, RUNTIME_VERSION) })
+}

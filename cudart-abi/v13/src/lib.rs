@@ -1,0 +1,39 @@
+//! `libcudart.so.13`: the vgpu CUDA Runtime for programs built with CUDA 13.x.
+//!
+//! Everything common lives in `vgpu-cudart` (its `#[no_mangle]` functions are linked in and
+//! exported through `exports.txt`); this crate adds what differs by version: the 1008-byte
+//! `cudaDeviceProp` and the version numbers CUDA 13.0 reports.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![allow(non_snake_case, clippy::missing_safety_doc)]
+
+use std::ffi::c_int;
+
+use vgpu_cudart::cudaError_t;
+use vgpu_cudart::entry::guard;
+use vgpu_cudart::props::DeviceProp13;
+
+pub use vgpu_cudart::api;
+
+/// `CUDART_VERSION` of the CUDA 13.0 headers.
+pub const RUNTIME_VERSION: c_int = 13000;
+
+#[no_mangle]
+pub unsafe extern "C" fn cudaGetDeviceProperties(prop: *mut DeviceProp13, device: c_int) -> cudaError_t {
+    // SAFETY: the program passes a CUDA 13 `cudaDeviceProp*` (or null, which is checked).
+    guard("cudaGetDeviceProperties", || unsafe { vgpu_cudart::device::get_properties(prop, device) })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cudaRuntimeGetVersion(version: *mut c_int) -> cudaError_t {
+    // SAFETY: the program passes an `int*` (or null, which is checked).
+    guard("cudaRuntimeGetVersion", || unsafe { api::put_version(version, RUNTIME_VERSION) })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cudaDriverGetVersion(version: *mut c_int) -> cudaError_t {
+    // The guest has no driver; the host's stands behind the mediator. Report the runtime's own
+    // version, which every driver able to run it is at least.
+    // SAFETY: the program passes an `int*` (or null, which is checked).
+    guard("cudaDriverGetVersion", || unsafe { api::put_version(version, RUNTIME_VERSION) })
+}

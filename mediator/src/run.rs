@@ -1,0 +1,142 @@
+//! `vgpu run -- APP ARGS`: run a CUDA program (built against `libcudart.so.12` or `.13`) on vgpu.
+//!
+//! 1. The mediator: `--socket`/`$VGPU_SOCKET`/the default socket if a mediator answers there;
+//!    otherwise a private `vgpu serve` child on a fresh socket, stopped when the program exits.
+//! 2. The libraries: `libvgpu_cudart12.so` and `libvgpu_cudart13.so` (SONAMEs `libcudart.so.12`
+//!    and `.13`) from `--lib-dir`, `$VGPU_LIB_DIR`, or the folder of the `vgpu` binary (where
+//!    cargo puts them: `target/<profile>/`). A private folder gets `libcudart.so.12` and
+//!    `libcudart.so.13` symlinks to them and goes first in `LD_LIBRARY_PATH`, so a program (or a
+//!    `dlopen("libcudart.so.12")`) finds ours instead of NVIDIA's; with `--preload` (the default)
+//!    both are also in `LD_PRELOAD`, which wins even over an `RPATH` pointing at a bundled real
+//!    libcudart. Each library's exports are versioned `libcudart.so.12` / `.13`, so a program's
+//!    `sym@libcudart.so.12` references bind to the matching one.
+//! 3. The program runs with `VGPU_SOCKET` set (and `VGPU_MEDIATOR_PID` when the mediator is a
+//!    private one); `vgpu run` exits with its status (128 + signal number if a signal ended it),
+//!    or with 125 and a message naming the fix when it cannot start it (libraries not built, no
+//!    mediator at an explicitly named socket).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::child::Mediator;
+
+/// The file cargo builds for each CUDA major version, and the name programs look for.
+pub const LIBRARIES: [(&str, &str); 2] = [("libvgpu_cudart12.so", "libcudart.so.12"), ("libvgpu_cudart13.so", "libcudart.so.13")];
+
+/// Options of `vgpu run`.
+#[derive(Clone, Debug)]
+pub struct RunOpts {
+    pub socket: Option<PathBuf>,
+    pub lib_dir: Option<PathBuf>,
+    pub preload: bool,
+    pub executor: String,
+    pub program: Vec<String>,
+}
+
+/// Where our libraries are: `explicit`, else `$VGPU_LIB_DIR`, else the folder of `exe`. Returns
+/// the folder and the path of each library (12, 13), or an error that names the fix.
+pub fn find_libraries(explicit: Option<&Path>, exe: &Path) -> Result<(PathBuf, [PathBuf; 2]), String> {
+    let (dir, how) = match (explicit, std::env::var_os("VGPU_LIB_DIR")) {
+        (Some(d), _) => (d.to_path_buf(), "--lib-dir"),
+        (None, Some(d)) => (PathBuf::from(d), "$VGPU_LIB_DIR"),
+        (None, None) => (exe.parent().map(Path::to_path_buf).unwrap_or_default(), "the folder of the vgpu binary"),
+    };
+    let mut found = Vec::new();
+    for (built, soname) in LIBRARIES {
+        // A folder may hold cargo's names or the installed ones.
+        let p = [dir.join(built), dir.join(soname)].into_iter().find(|p| p.is_file());
+        match p {
+            Some(p) => found.push(p),
+            None => {
+                return Err(format!(
+                    "{built} (or {soname}) not found in {} ({how}). Build the CUDA Runtime drop-ins with \
+                     `cargo build -p vgpu-cudart12 -p vgpu-cudart13` in the same profile as this vgpu \
+                     (add --release for a release vgpu), or point VGPU_LIB_DIR (or --lib-dir) at the \
+                     folder that holds them",
+                    dir.display()
+                ))
+            }
+        }
+    }
+    let [a, b]: [PathBuf; 2] = found.try_into().map_err(|_| "internal: two libraries expected".to_string())?;
+    Ok((dir, [a, b]))
+}
+
+/// A private folder with `libcudart.so.12` / `.13` symlinks to `libs`, removed on drop.
+pub struct LibLinks(PathBuf);
+
+impl LibLinks {
+    pub fn new(libs: &[PathBuf; 2]) -> Result<LibLinks, String> {
+        let dir = std::env::temp_dir().join(format!("vgpu-run-{}-{}", std::process::id(), nanos()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let links = LibLinks(dir);
+        for (lib, (_, soname)) in libs.iter().zip(LIBRARIES) {
+            let target = std::fs::canonicalize(lib).map_err(|e| format!("{}: {e}", lib.display()))?;
+            std::os::unix::fs::symlink(&target, links.0.join(soname)).map_err(|e| format!("linking {soname}: {e}"))?;
+        }
+        Ok(links)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for LibLinks {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn nanos() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// Prepend `first` to a `:`-separated list variable's current value.
+fn prepend(var: &str, first: &str) -> String {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => format!("{first}:{v}"),
+        _ => first.to_string(),
+    }
+}
+
+/// Run the program; returns its exit code for `vgpu run` to exit with.
+pub fn run(opts: RunOpts) -> Result<u8, String> {
+    let (prog, args) = opts.program.split_first().ok_or("vgpu run: no program given (usage: vgpu run [OPTIONS] -- APP [ARGS...])")?;
+    let exe = std::env::current_exe().map_err(|e| format!("locating the vgpu binary: {e}"))?;
+    let (_, libs) = find_libraries(opts.lib_dir.as_deref(), &exe)?;
+    let links = LibLinks::new(&libs)?;
+
+    // A running mediator, or a private one for this program.
+    let wanted = opts.socket.clone().unwrap_or_else(crate::default_socket);
+    let mut private = None;
+    let socket = if std::os::unix::net::UnixStream::connect(&wanted).is_ok() {
+        wanted
+    } else if opts.socket.is_some() || std::env::var_os("VGPU_SOCKET").is_some() {
+        return Err(format!("no vgpu mediator answers at {} (start one with `vgpu serve --socket {0}`, or leave --socket and VGPU_SOCKET unset to let vgpu run start its own)", wanted.display()));
+    } else {
+        let m = Mediator::start(&exe, &opts.executor, 50)?;
+        let s = m.socket().to_path_buf();
+        tracing::info!(target: "vgpu::run", "started a private mediator (executor {}) at {}", opts.executor, s.display());
+        private = Some(m);
+        s
+    };
+
+    let mut cmd = Command::new(prog);
+    cmd.args(args).env("VGPU_SOCKET", &socket).env("LD_LIBRARY_PATH", prepend("LD_LIBRARY_PATH", &links.path().to_string_lossy()));
+    if let Some(m) = &private {
+        cmd.env("VGPU_MEDIATOR_PID", m.pid().to_string());
+    }
+    if opts.preload {
+        let pre: Vec<String> = LIBRARIES.iter().map(|(_, soname)| links.path().join(soname).to_string_lossy().into_owned()).collect();
+        cmd.env("LD_PRELOAD", prepend("LD_PRELOAD", &pre.join(":")));
+    }
+    let status = cmd.status().map_err(|e| format!("starting {prog}: {e}"))?;
+    drop(private);
+    drop(links);
+    use std::os::unix::process::ExitStatusExt;
+    Ok(match (status.code(), status.signal()) {
+        (Some(c), _) => c.clamp(0, 255) as u8,
+        (None, Some(sig)) => (128 + sig).clamp(0, 255) as u8,
+        _ => 1,
+    })
+}
