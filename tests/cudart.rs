@@ -25,6 +25,7 @@ const PROGRAMS: &[&str] = &[
     "sticky",
     "threads",
     "no_mediator",
+    "device_mgmt",
 ];
 
 fn workspace() -> PathBuf {

@@ -13,7 +13,9 @@ use vgpu_streams::rt;
 use vgpu_streams::{
     Context, CudaError, Device, MemcpyKind, EVENT_DISABLE_TIMING, STREAM_LEGACY_DEFAULT, STREAM_NON_BLOCKING, STREAM_PER_THREAD,
 };
-use vgpu_tests::{mediator, pattern, HANG};
+use vgpu_tests::{mediator, pattern, session_where, stat, HANG};
+use vgpu_transport::sync::Ordering;
+use vgpu_transport::wire::Call;
 
 /// The process-wide context can connect once per process, so every `rt` check runs in this one
 /// test, against one mediator that the test owns (and stops at its end).
@@ -29,6 +31,12 @@ fn rt_runtime_semantics() {
     rt_errors_codes_last_error_and_deferred_errors();
     rt_per_thread_streams_are_independent_but_sync_with_the_legacy_stream();
     rt_pinned_registered_2d_memset_peer_and_local_calls();
+    rt_a_sync_right_after_async_d2h_sees_the_bytes();
+    rt_device_ranges_are_checked_at_the_call();
+    rt_pointer_attributes();
+    rt_device_flags_pick_the_spin_policy();
+    // Last: it frees everything the process has.
+    rt_device_reset_frees_everything(&m);
     drop(m);
 }
 
@@ -170,12 +178,18 @@ fn rt_errors_codes_last_error_and_deferred_errors() {
     rt::event_record(b, 0).unwrap();
     rt::event_synchronize(b).unwrap();
     assert_eq!(rt::event_elapsed_time(a, b), Err(CudaError::InvalidResourceHandle));
-    // Deferred: a memset on a pointer the host rejects returns Ok (fire-and-forget) and
-    // surfaces once at the next sync on this thread's stream.
+    // A device range outside every allocation is rejected at the call, as CUDA does
+    // (NEEDS.md item 7), and nothing is left for the next sync.
     let _ = rt::get_last_error();
     let s = rt::stream_create(0, 0).unwrap();
-    assert_eq!(rt::memset_async(0xd000_dead_0000, 0, 16, s), Ok(()));
-    assert_eq!(rt::stream_synchronize(s), Err(CudaError::InvalidValue));
+    assert_eq!(rt::memset_async(0xd000_dead_0000, 0, 16, s), Err(CudaError::InvalidValue));
+    assert_eq!(rt::get_last_error(), CudaError::InvalidValue);
+    assert_eq!(rt::stream_synchronize(s), Ok(()));
+    // Deferred: a fire-and-forget command the host rejects (sent past the guest's checks, on
+    // the context's own client) returns at once and surfaces once at the next sync.
+    let client = Context::global().expect("context").client();
+    client.fire(Call::Memset, 0, [0xd000_dead_0000, 0, 16, 0, 0, 0]).expect("fire");
+    assert_eq!(rt::device_synchronize(), Err(CudaError::InvalidValue));
     assert_eq!(rt::get_last_error(), CudaError::InvalidValue);
     assert_eq!(rt::stream_synchronize(s), Ok(()), "a deferred error is reported once");
     // A 2D copy whose width exceeds a pitch.
@@ -321,6 +335,212 @@ fn rt_pinned_registered_2d_memset_peer_and_local_calls() {
     rt::free(dev).unwrap();
     rt::free(dev2).unwrap();
     rt::stream_destroy(s).unwrap();
+}
+
+/// A stream sync submitted while the stream's last job (an async pageable D2H) is finishing
+/// must complete after that job: its completion action has put the bytes in place when the
+/// sync returns, every time (the host posts a job's completion before anything it completes
+/// later on an idle stream).
+fn rt_a_sync_right_after_async_d2h_sees_the_bytes() {
+    let s = rt::stream_create(STREAM_NON_BLOCKING, 0).unwrap();
+    let big = rt::malloc(2 * MIB).unwrap();
+    let small = rt::malloc(4096).unwrap();
+    let mut out = vec![0u8; 4096];
+    for i in 0..600u32 {
+        let v = (i % 250) as i32 + 1;
+        rt::memset_async(small, v, 4096, s).unwrap();
+        // Queued behind work that goes to the stream's thread, so the copy runs there too.
+        rt::memset_async(big, v, 2 * MIB, s).unwrap();
+        // SAFETY: `out` is live and untouched until the sync below returns.
+        unsafe { rt::memcpy_async(out.as_mut_ptr(), small as *const u8, 4096, MemcpyKind::DeviceToHost, s) }.unwrap();
+        // Submit the sync at varying moments around the end of the stream's work.
+        let t = std::time::Instant::now();
+        while t.elapsed() < Duration::from_micros(u64::from(i % 60) * 10) {
+            std::hint::spin_loop();
+        }
+        rt::stream_synchronize(s).unwrap();
+        assert!(out[0] == v as u8 && out[4095] == v as u8, "round {i}: the sync returned before the D2H bytes landed");
+        assert_eq!(rt::stream_query(s), Ok(()), "round {i}: the stream is idle after its sync");
+    }
+    rt::free(big).unwrap();
+    rt::free(small).unwrap();
+    rt::stream_destroy(s).unwrap();
+}
+
+/// Device ranges of memsets and copies (1D, 2D, peer) must lie inside one live allocation:
+/// otherwise `InvalidValue` at the call (NEEDS.md item 7), with nothing sent to the host.
+fn rt_device_ranges_are_checked_at_the_call() {
+    let _ = rt::get_last_error();
+    let d = rt::malloc(4096).unwrap();
+    let other = rt::malloc(4096).unwrap();
+    let mut host = vec![0u8; 8192];
+    let bad = Err(CudaError::InvalidValue);
+    assert_eq!(rt::memset(d, 0, 4097), bad, "past the end");
+    assert_eq!(rt::memset(d + 4096, 0, 1), bad, "one past the end");
+    assert_eq!(rt::memset(d.wrapping_sub(1), 0, 2), bad, "before the start");
+    assert_eq!(rt::memset_async(u64::MAX - 4, 0, 16, STREAM_LEGACY_DEFAULT), bad, "wrapping range");
+    assert_eq!(rt::memcpy_peer(other, 0, d + 1, 0, 4096), bad, "D2D source past the end");
+    assert_eq!(rt::memcpy_peer_async(other + 8, 0, d, 0, 4096, STREAM_LEGACY_DEFAULT), bad, "D2D destination past the end");
+    // SAFETY: `host` holds 8192 bytes; every call below is rejected before touching memory, or
+    // copies within it.
+    unsafe {
+        assert_eq!(rt::memcpy(d as *mut u8, host.as_ptr(), 4097, MemcpyKind::HostToDevice), bad);
+        assert_eq!(rt::memcpy(host.as_mut_ptr(), (d + 1) as *const u8, 4096, MemcpyKind::DeviceToHost), bad);
+        assert_eq!(rt::memcpy_async(host.as_mut_ptr(), (d + 2048) as *const u8, 4096, MemcpyKind::DeviceToHost, STREAM_PER_THREAD), bad);
+        // Two rows 4096 apart: the second row lies past the end of the allocation.
+        assert_eq!(rt::memcpy_2d(d as *mut u8, 4096, host.as_ptr(), 64, 64, 2, MemcpyKind::HostToDevice), bad);
+        assert_eq!(rt::memcpy_2d_async(host.as_mut_ptr(), 64, d as *const u8, 4000, 64, 2, MemcpyKind::DeviceToHost, 0), Ok(()));
+        assert_eq!(rt::memcpy_2d(host.as_mut_ptr(), 64, d as *const u8, 4033, 64, 2, MemcpyKind::DeviceToHost), bad);
+    }
+    assert_eq!(rt::get_last_error(), CudaError::InvalidValue);
+    // Nothing was deferred: the rejected calls never reached the host.
+    assert_eq!(rt::device_synchronize(), Ok(()));
+    // The edges themselves are fine.
+    assert_eq!(rt::memset(d, 1, 4096), Ok(()));
+    assert_eq!(rt::memset(d + 4095, 2, 1), Ok(()));
+    assert_eq!(rt::memcpy_peer(other, 0, d, 0, 4096), Ok(()));
+    assert_eq!(rt::device_synchronize(), Ok(()));
+    rt::free(d).unwrap();
+    // A freed allocation is no longer a valid range.
+    assert_eq!(rt::memset(d, 0, 16), bad);
+    rt::free(other).unwrap();
+    let _ = rt::get_last_error();
+}
+
+/// `cudaPointerGetAttributes` (NEEDS.md item 2).
+fn rt_pointer_attributes() {
+    use vgpu_streams::{MemoryType, PointerInfo, INVALID_DEVICE_ID};
+    let d = rt::malloc(1000).unwrap();
+    let dev = |p: u64| PointerInfo { kind: MemoryType::Device, device: 0, device_ptr: p, host_ptr: 0 };
+    let host = |p: u64| PointerInfo { kind: MemoryType::Host, device: 0, device_ptr: 0, host_ptr: p };
+    let unreg = |p: u64| PointerInfo { kind: MemoryType::Unregistered, device: INVALID_DEVICE_ID, device_ptr: 0, host_ptr: p };
+    assert_eq!(rt::pointer_attributes(d), Ok(dev(d)));
+    assert_eq!(rt::pointer_attributes(d + 999), Ok(dev(d + 999)));
+    assert_eq!(rt::pointer_attributes(d + 1000), Ok(unreg(d + 1000)), "one past the end");
+    let pinned = rt::malloc_host(300).unwrap();
+    assert_eq!(rt::pointer_attributes(pinned as u64 + 299), Ok(host(pinned as u64 + 299)));
+    let mut plain = vec![0u8; 4096];
+    let p = plain.as_mut_ptr();
+    assert_eq!(rt::pointer_attributes(p as u64), Ok(unreg(p as u64)));
+    assert_eq!(rt::pointer_attributes(0), Ok(unreg(0)));
+    rt::host_register(p, 4096, 0).unwrap();
+    assert_eq!(rt::pointer_attributes(p as u64 + 4095), Ok(host(p as u64 + 4095)));
+    assert_eq!(rt::pointer_attributes(p as u64 + 4096), Ok(unreg(p as u64 + 4096)));
+    rt::host_unregister(p).unwrap();
+    assert_eq!(rt::pointer_attributes(p as u64), Ok(unreg(p as u64)));
+    rt::free_host(pinned).unwrap();
+    assert_eq!(rt::pointer_attributes(pinned as u64), Ok(unreg(pinned as u64)), "freed pinned memory");
+    rt::free(d).unwrap();
+    assert_eq!(rt::pointer_attributes(d), Ok(unreg(d)), "freed device memory");
+}
+
+/// `cudaSetDeviceFlags` / `cudaGetDeviceFlags` (NEEDS.md item 4): validated as CUDA does, kept
+/// process-wide, and the schedule flag picks how a connection made afterwards waits:
+/// `BlockingSync` never spins, the default spins adaptively.
+fn rt_device_flags_pick_the_spin_policy() {
+    // Private contexts on a mediator of their own (the reset check counts this process's
+    // session on the shared one).
+    let m = mediator();
+    use vgpu_streams::device_flags::{LMEM_RESIZE_TO_MAX, MAP_HOST, SCHEDULE_BLOCKING_SYNC, SCHEDULE_SPIN};
+    let _ = rt::get_last_error();
+    assert_eq!(rt::get_device_flags(), Ok(0));
+    assert_eq!(rt::set_device_flags(3), Err(CudaError::InvalidValue));
+    assert_eq!(rt::get_last_error(), CudaError::InvalidValue);
+    assert_eq!(rt::set_device_flags(0x40), Err(CudaError::InvalidValue));
+    assert_eq!(rt::get_device_flags(), Ok(0), "a rejected value changes nothing");
+    let spins = |ctx: &Arc<Context>| {
+        let s = ctx.client().stats();
+        s.spin_hits.load(Ordering::Relaxed) + s.spin_misses.load(Ordering::Relaxed)
+    };
+    let round_trips = |ctx: &Arc<Context>| {
+        for _ in 0..20 {
+            ctx.client().call_blocking(Call::Nop, 0, [0; 6]).expect("nop");
+        }
+    };
+    rt::set_device_flags(SCHEDULE_BLOCKING_SYNC | MAP_HOST).unwrap();
+    assert_eq!(rt::get_device_flags(), Ok(SCHEDULE_BLOCKING_SYNC | MAP_HOST));
+    let blocking = Context::connect(m.socket()).expect("connect");
+    round_trips(&blocking);
+    assert_eq!(spins(&blocking), 0, "BlockingSync: blocked callers must not spin");
+    rt::set_device_flags(SCHEDULE_SPIN | LMEM_RESIZE_TO_MAX).unwrap();
+    assert_eq!(rt::get_device_flags(), Ok(SCHEDULE_SPIN | LMEM_RESIZE_TO_MAX));
+    let spinning = Context::connect(m.socket()).expect("connect");
+    round_trips(&spinning);
+    assert!(spins(&spinning) > 0, "Spin: blocked callers spin first");
+    rt::set_device_flags(0).unwrap();
+    assert_eq!(rt::get_device_flags(), Ok(0));
+}
+
+/// `cudaDeviceReset` (NEEDS.md item 3): after work on every kind of stream, everything of the
+/// process is freed on the host; old pointers and handles give errors, not crashes; the device
+/// works again, the per-thread streams of this and other threads included.
+fn rt_device_reset_frees_everything(m: &Mediator) {
+    let _ = rt::get_last_error();
+    let d = rt::malloc(8 * MIB).unwrap();
+    let s = rt::stream_create(STREAM_NON_BLOCKING, 0).unwrap();
+    let ev = rt::event_create(0).unwrap();
+    let pinned = rt::malloc_host(4096).unwrap();
+    let mut reg = vec![0u8; 4096];
+    rt::host_register(reg.as_mut_ptr(), reg.len(), 0).unwrap();
+    for st in [s, STREAM_PER_THREAD, STREAM_LEGACY_DEFAULT] {
+        rt::memset_async(d, 3, 8 * MIB, st).unwrap();
+        rt::stream_query(st).ok();
+    }
+    rt::event_record(ev, s).unwrap();
+    // Another thread that outlives the reset, with its own per-thread stream.
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let other = std::thread::spawn(move || {
+        let small = rt::malloc(4096).unwrap();
+        rt::memset_async(small, 1, 4096, STREAM_PER_THREAD).unwrap();
+        rt::stream_synchronize(STREAM_PER_THREAD).unwrap();
+        ready_tx.send(()).unwrap();
+        go_rx.recv_timeout(HANG).unwrap();
+        // After the reset: the old per-thread stream is gone; a new one is made on use.
+        let fresh = rt::malloc(4096).unwrap();
+        rt::memset_async(fresh, 2, 4096, STREAM_PER_THREAD).and_then(|_| rt::stream_synchronize(STREAM_PER_THREAD)).map(|_| fresh)
+    });
+    ready_rx.recv_timeout(HANG).unwrap();
+    let me = std::process::id() as u64;
+    let before = session_where(&stat(m), "guest_pid", me).expect("this process's session");
+    assert!(before["streams"].as_u64().unwrap() >= 3, "{before}");
+
+    rt::device_reset().expect("device reset");
+
+    let (free, total) = rt::mem_get_info().unwrap();
+    assert_eq!(free, total, "every allocation is freed");
+    let after = session_where(&stat(m), "guest_pid", me).expect("session");
+    assert_eq!(after["streams"].as_u64(), Some(0), "every stream is destroyed: {after}");
+    assert_eq!(after["events"].as_u64(), Some(0), "every event is destroyed: {after}");
+    // Old pointers and handles are rejected.
+    assert_eq!(rt::memset(d, 0, 16), Err(CudaError::InvalidValue));
+    assert_eq!(rt::free(d), Err(CudaError::InvalidValue));
+    assert_eq!(rt::free_host(pinned), Err(CudaError::InvalidValue));
+    assert!(!rt::is_pinned(pinned, 1));
+    assert_eq!(rt::host_unregister(reg.as_mut_ptr()), Err(CudaError::HostMemoryNotRegistered));
+    assert_eq!(rt::stream_synchronize(s), Err(CudaError::InvalidResourceHandle));
+    assert_eq!(rt::stream_destroy(s), Err(CudaError::InvalidResourceHandle));
+    assert_eq!(rt::event_query(ev), Err(CudaError::InvalidResourceHandle));
+    let _ = rt::get_last_error();
+    // The device works again: this thread's per-thread stream, another thread's, the legacy one.
+    let d2 = rt::malloc(4096).unwrap();
+    rt::memset_async(d2, 0x42, 4096, STREAM_PER_THREAD).unwrap();
+    rt::stream_synchronize(STREAM_PER_THREAD).unwrap();
+    assert_eq!(rt::stream_query(STREAM_PER_THREAD), Ok(()));
+    assert_eq!(rt::stream_query(STREAM_LEGACY_DEFAULT), Ok(()));
+    let mut out = vec![0u8; 4096];
+    rt::download(d2, &mut out).unwrap();
+    assert!(out.iter().all(|&b| b == 0x42));
+    go_tx.send(()).unwrap();
+    let fresh = other.join().expect("other thread").expect("the other thread's per-thread stream after the reset");
+    let s2 = rt::stream_create(0, 0).unwrap();
+    let p2 = rt::malloc_host(4096).unwrap();
+    assert!(rt::is_pinned(p2, 4096));
+    rt::free_host(p2).unwrap();
+    rt::stream_destroy(s2).unwrap();
+    rt::free(fresh).unwrap();
+    rt::free(d2).unwrap();
+    assert_eq!(rt::get_last_error(), CudaError::Success);
 }
 
 /// No mediator at the socket: `cudaErrorNoDevice`, as a runtime with no usable device.
@@ -469,4 +689,38 @@ fn destroyed_streams_still_count_for_device_sync_and_the_legacy_stream() {
     c.call_blocking(Call::MemFree, 0, [x, 0, 0, 0, 0, 0]).expect("free");
     let sess = vgpu_tests::stat(&m)["sessions"][0].clone();
     assert_eq!(sess["streams"].as_u64(), Some(0), "{sess}");
+}
+
+/// `cudaStreamQuery` right after a sync that returned answers "idle", every time (NEEDS.md
+/// item 8): the host counts a stream's job as finished before it posts the job's completion, so
+/// the query's record on the idle stream runs at once. Each round queues work that goes to the
+/// stream's worker thread (larger than what runs inline), then waits for it by a stream sync, a
+/// device sync or an event sync, then queries the stream (and the legacy stream).
+#[test]
+fn stream_query_right_after_a_sync_is_idle() {
+    let m = mediator();
+    let dev = Device::connect(m.socket()).expect("connect");
+    let (s, nb) = (dev.stream().expect("stream"), dev.stream_with(true, 0).expect("stream"));
+    let buf = dev.alloc::<u8>(2 * MIB).expect("alloc");
+    let ev = dev.event_with(EVENT_DISABLE_TIMING).expect("event");
+    let mut not_ready = Vec::new();
+    for i in 0..300u32 {
+        let st = if i % 2 == 0 { &s } else { &nb };
+        st.memset(&buf, i as u8).expect("memset");
+        match i % 3 {
+            0 => st.synchronize_blocking().expect("stream sync"),
+            1 => dev.synchronize().wait().expect("device sync"),
+            _ => {
+                ev.record(st).expect("record");
+                ev.synchronize_blocking().expect("event sync");
+            }
+        }
+        if !st.query().expect("query") {
+            not_ready.push(i);
+        }
+        if i % 3 == 1 && !dev.default_stream().query().expect("legacy query") {
+            not_ready.push(i + 1000);
+        }
+    }
+    assert!(not_ready.is_empty(), "the query after a completed sync answered NotReady in rounds {not_ready:?}");
 }

@@ -94,12 +94,17 @@ pub unsafe extern "C" fn cudaSetDevice(device: c_int) -> cudaError_t {
 
 #[no_mangle]
 pub unsafe extern "C" fn cudaSetDeviceFlags(flags: c_uint) -> cudaError_t {
-    guard("cudaSetDeviceFlags", || {
-        // cudaDeviceScheduleMask | cudaDeviceMapHost | cudaDeviceLmemResizeToMax
-        if flags & !0x1f != 0 || flags & 0x07 == 0x03 || flags & 0x07 > 0x04 {
-            return Err(fail(cudaErrorInvalidValue));
-        }
-        Err(unsupported("cudaSetDeviceFlags", "device flags are not kept yet (cudart-abi/NEEDS.md item 4)"))
+    guard("cudaSetDeviceFlags", || c(rt::set_device_flags(flags)))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cudaGetDeviceFlags(flags: *mut c_uint) -> cudaError_t {
+    guard("cudaGetDeviceFlags", || {
+        non_null(flags)?;
+        let f = c(rt::get_device_flags())?;
+        // SAFETY: non-null (checked).
+        unsafe { put(flags, f) };
+        Ok(())
     })
 }
 
@@ -167,7 +172,7 @@ pub unsafe extern "C" fn cudaDeviceSynchronize() -> cudaError_t {
 
 #[no_mangle]
 pub unsafe extern "C" fn cudaDeviceReset() -> cudaError_t {
-    guard("cudaDeviceReset", || Err(unsupported("cudaDeviceReset", "vgpu-streams has no reset yet (cudart-abi/NEEDS.md item 3)")))
+    guard("cudaDeviceReset", || c(rt::device_reset()))
 }
 
 /// `cudaLimit` values and the defaults a CUDA 12/13 device starts with.
@@ -416,8 +421,10 @@ pub unsafe extern "C" fn cudaMemcpyPeerAsync(
     })
 }
 
-/// `struct cudaPointerAttributes` (the same 24 bytes in CUDA 12 and 13).
+/// `struct cudaPointerAttributes` of CUDA 12 (24 bytes). CUDA 13 appends `long reserved[8]`
+/// ([`PointerAttributes13`]), which must be zero.
 #[repr(C)]
+#[derive(Clone, Copy, Debug)]
 pub struct PointerAttributes {
     pub type_: c_int,
     pub device: c_int,
@@ -425,26 +432,31 @@ pub struct PointerAttributes {
     pub host_pointer: *mut c_void,
 }
 
+/// `struct cudaPointerAttributes` of CUDA 13 (88 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PointerAttributes13 {
+    pub head: PointerAttributes,
+    pub reserved: [std::ffi::c_long; 8],
+}
+
 const _: () = assert!(std::mem::size_of::<PointerAttributes>() == 24);
+const _: () = assert!(std::mem::offset_of!(PointerAttributes, device) == 4);
+const _: () = assert!(std::mem::offset_of!(PointerAttributes, device_pointer) == 8);
+const _: () = assert!(std::mem::offset_of!(PointerAttributes, host_pointer) == 16);
+const _: () = assert!(std::mem::size_of::<PointerAttributes13>() == 88);
+const _: () = assert!(std::mem::offset_of!(PointerAttributes13, reserved) == 24);
 
-/// `cudaMemoryTypeHost`.
-const MEMORY_TYPE_HOST: c_int = 1;
-
-#[no_mangle]
-pub unsafe extern "C" fn cudaPointerGetAttributes(attributes: *mut PointerAttributes, ptr: *const c_void) -> cudaError_t {
-    guard("cudaPointerGetAttributes", || {
-        non_null(attributes)?;
-        if ptr.is_null() || !rt::is_pinned(ptr.cast(), 1) {
-            // Telling device pointers from unregistered host memory needs the allocation table
-            // of vgpu-streams (cudart-abi/NEEDS.md item 2); answering "unregistered" for a
-            // device pointer would be a wrong answer, so say so instead.
-            return Err(unsupported("cudaPointerGetAttributes", "only pinned host pointers can be classified yet"));
-        }
-        let a =
-            PointerAttributes { type_: MEMORY_TYPE_HOST, device: 0, device_pointer: std::ptr::null_mut(), host_pointer: ptr.cast_mut() };
-        // SAFETY: non-null (checked).
-        unsafe { put(attributes, a) };
-        Ok(())
+/// The attributes of `ptr` as CUDA 12 lays them out: device memory (`cudaMemoryTypeDevice`),
+/// pinned or registered host memory (`cudaMemoryTypeHost`), anything else unregistered host
+/// memory (`cudaMemoryTypeUnregistered`, device `cudaInvalidDeviceId`), as CUDA 11+ answers.
+pub fn pointer_attributes(ptr: *const c_void) -> Result<PointerAttributes, cudaError_t> {
+    let i = c(rt::pointer_attributes(ptr as usize as u64))?;
+    Ok(PointerAttributes {
+        type_: i.kind as c_int,
+        device: i.device,
+        device_pointer: i.device_ptr as usize as *mut c_void,
+        host_pointer: i.host_ptr as usize as *mut c_void,
     })
 }
 

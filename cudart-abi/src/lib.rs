@@ -12,9 +12,9 @@
 //! - [`device`]: device properties and attributes from the host's `DeviceInfo`;
 //! - [`entry`]: the guard every entry point runs in (no panic crosses the C boundary), logging;
 //! - [`api`]: the entry points both versions export. The version-specific ones
-//!   (`cudaGetDeviceProperties[_v2]`, `cudaRuntimeGetVersion`, `cudaDriverGetVersion`) are
-//!   defined by the two cdylib packages on top of [`device::get_properties`] and
-//!   [`api::put_version`].
+//!   (`cudaGetDeviceProperties[_v2]`, `cudaRuntimeGetVersion`, `cudaDriverGetVersion`,
+//!   `cudaPointerGetAttributes`) are defined by the two cdylib packages on top of
+//!   [`device::get_properties`], [`api::put_version`] and [`api::pointer_attributes`].
 //!
 //! No constructor does any work: the first call into [`vgpu_streams::rt`] connects to the mediator.
 

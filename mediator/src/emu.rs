@@ -56,7 +56,55 @@ struct Alloc {
     data: RwLock<memmap2::MmapMut>,
 }
 
-type Job = Box<dyn FnOnce() + Send>;
+/// A job on a stream's worker thread. It returns what to post once the stream counts it as
+/// finished: completions are posted only after the worker has decremented the stream's `pending`
+/// counter, so a guest that saw a completion and submits more work finds the stream idle (a
+/// `StreamSync` followed by `cudaStreamQuery` must answer "idle", NEEDS.md item 8).
+type Job = Box<dyn FnOnce() -> Post + Send>;
+
+/// What a stream job reports: its own completion (`None`: it completed itself, or the session is
+/// ending), and the event-sync waiters its event record released.
+struct Done {
+    reply: Option<(Status, [u64; 2])>,
+    wake: Vec<u64>,
+}
+
+impl Done {
+    fn reply(r: Option<(Status, [u64; 2])>) -> Done {
+        Done { reply: r, wake: Vec::new() }
+    }
+}
+
+/// What a stream worker does after it has counted a job as finished.
+enum Post {
+    /// Post a job's completion (and the event-sync completions it released).
+    Job { done: Completer, seq: u64, out: Done },
+    /// A marker for a legacy-stream dependency: count the latch down.
+    Latch(Arc<Latch>),
+    /// A marker of [`after_streams`]: the last of them completes `seq`.
+    Marker { left: Arc<AtomicUsize>, done: Completer, seq: u64 },
+}
+
+impl Post {
+    fn run(self) {
+        match self {
+            Post::Job { done, seq, out } => {
+                for s in out.wake {
+                    done.finish(s, Status::Ok, [0, 0]);
+                }
+                if let Some((status, result)) = out.reply {
+                    done.finish(seq, status, result);
+                }
+            }
+            Post::Latch(l) => l.count_down(),
+            Post::Marker { left, done, seq } => {
+                if left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    done.finish(seq, Status::Ok, [0, 0]);
+                }
+            }
+        }
+    }
+}
 
 /// Work of at most this many bytes runs on the dispatching thread when its stream is idle.
 pub const INLINE_MAX: u64 = 1 << 20;
@@ -142,28 +190,48 @@ struct StreamWorker {
     thread: JoinHandle<()>,
     /// Created with `NON_BLOCKING`: no implicit synchronisation with stream 0.
     nonblocking: bool,
-    /// Jobs queued and not yet finished. The worker decrements it (Release) after each job; the
-    /// dispatcher reads it (Acquire), so when it sees zero every earlier job's effects are visible
-    /// and running the next one inline keeps the stream's FIFO order.
+    /// Jobs queued and not yet finished. The worker decrements it (Release) after each job and
+    /// before it posts the job's completion; the dispatcher reads it (Acquire), so when it sees
+    /// zero every earlier job's effects are visible and running the next one inline keeps the
+    /// stream's FIFO order, and a command the guest sends after seeing a completion of this stream
+    /// finds the stream idle if nothing else was queued.
     pending: Arc<AtomicUsize>,
+    /// Held by the worker while it counts a job finished and posts what the job reports. A
+    /// dispatcher that sees `pending` at zero takes it once before it treats the stream as idle,
+    /// so anything it then completes (inline work, a sync covering this stream) is posted after
+    /// the stream's last completion: the stream's completion order and "sync after data" hold.
+    posting: Arc<Mutex<()>>,
 }
 
 impl StreamWorker {
     fn spawn(handle: u32, nonblocking: bool) -> std::io::Result<StreamWorker> {
         let (tx, rx) = mpsc::channel::<Job>();
         let pending = Arc::new(AtomicUsize::new(0));
-        let p = pending.clone();
+        let posting = Arc::new(Mutex::new(()));
+        let (p, g) = (pending.clone(), posting.clone());
         let thread = std::thread::Builder::new().name(format!("emu-stream-{handle}")).spawn(move || {
             while let Ok(job) = rx.recv() {
-                job();
+                let post = job();
+                // Count the job finished first, then post: a guest that has seen the completion
+                // finds the stream idle (NEEDS.md item 8). Under `posting`, see `idle`.
+                let _g = lock(&g);
                 p.fetch_sub(1, Ordering::Release);
+                post.run();
             }
         })?;
-        Ok(StreamWorker { tx, thread, nonblocking, pending })
+        Ok(StreamWorker { tx, thread, nonblocking, pending, posting })
     }
 
+    /// Nothing queued on the stream, and the completions of its last job are posted.
     fn idle(&self) -> bool {
-        self.pending.load(Ordering::Acquire) == 0
+        if self.pending.load(Ordering::Acquire) != 0 {
+            return false;
+        }
+        // The worker decrements `pending` under `posting` before it posts: if it is posting
+        // now, wait for it (a few hundred nanoseconds), so what the caller completes next is
+        // posted after the stream's earlier completions.
+        drop(lock(&self.posting));
+        true
     }
 }
 
@@ -275,21 +343,18 @@ impl Emu {
     /// Run `job` in stream `h`'s order; it completes `seq` with the status it returns. Small work
     /// (`cost` bytes <= [`INLINE_MAX`]) on an idle stream runs right here, which saves a thread
     /// hand-off per command; anything else goes to the stream's worker thread.
-    fn enqueue(
-        &self,
-        h: u32,
-        seq: u64,
-        cost: u64,
-        done: &Completer,
-        job: impl FnOnce() -> Option<(Status, [u64; 2])> + Send + 'static,
-    ) -> Option<Completion> {
+    fn enqueue(&self, h: u32, seq: u64, cost: u64, done: &Completer, job: impl FnOnce() -> Done + Send + 'static) -> Option<Completion> {
         let w = match self.stream(h) {
             Ok(w) => w,
             Err(s) => return Some(reply(seq, s, [0, 0])),
         };
         let deps = self.legacy_deps(h, w);
         if deps.is_empty() && cost <= INLINE_MAX && w.idle() {
-            return job().map(|(status, result)| reply(seq, status, result));
+            let out = job();
+            for s in out.wake {
+                done.finish(s, Status::Ok, [0, 0]);
+            }
+            return out.reply.map(|(status, result)| reply(seq, status, result));
         }
         // Legacy default stream: wait, on this stream's thread, until every dependency stream has
         // run what was queued on it before this command (a marker job at its queue's end).
@@ -298,7 +363,7 @@ impl Emu {
             for d in &deps {
                 let l2 = l.clone();
                 d.pending.fetch_add(1, Ordering::Relaxed);
-                if d.tx.send(Box::new(move || l2.count_down())).is_err() {
+                if d.tx.send(Box::new(move || Post::Latch(l2))).is_err() {
                     d.pending.fetch_sub(1, Ordering::Relaxed);
                     l.count_down();
                 }
@@ -310,10 +375,8 @@ impl Emu {
             if let Some(l) = latch {
                 l.wait();
             }
-            // `None`: the job completed `seq` itself (or the session is ending).
-            if let Some((status, result)) = job() {
-                done.finish(seq, status, result);
-            }
+            // A reply of `None`: the job completed `seq` itself (or the session is ending).
+            Post::Job { done, seq, out: job() }
         });
         if w.tx.send(job).is_err() {
             w.pending.fetch_sub(1, Ordering::Relaxed);
@@ -518,9 +581,8 @@ impl Emu {
                     st.recorded += 1;
                     st.recorded
                 };
-                let done2 = done.clone();
                 let gate = self.gate.clone();
-                self.queue(cmd, 0, done, move || {
+                let r = self.enqueue(cmd.stream, seq, 0, done, move || {
                     let wake: Vec<u64> = {
                         let mut st = lock(&ev.st);
                         if gen >= st.done {
@@ -532,12 +594,12 @@ impl Emu {
                         st.waiters = rest;
                         ready.into_iter().map(|(_, s)| s).collect()
                     };
-                    for s in wake {
-                        done2.finish(s, Status::Ok, [0, 0]);
-                    }
+                    // Stream waits on other threads may go on at once; event syncs are
+                    // completed once this stream counts the record as finished.
                     gate.notify();
-                    Status::Ok
-                })
+                    Done { reply: Some((Status::Ok, [0, 0])), wake }
+                });
+                completion_result(r)
             }
             Call::EventQuery => {
                 let ev = self.event(a[0])?;
@@ -663,11 +725,7 @@ impl Emu {
         done: &Completer,
         job: impl FnOnce() -> Option<(Status, [u64; 2])> + Send + 'static,
     ) -> Result<Option<[u64; 2]>, Status> {
-        match self.enqueue(cmd.stream, cmd.seq, u64::MAX, done, job) {
-            None => Ok(None),
-            Some(c) if c.status == Status::Ok as u32 => Ok(Some(c.result)),
-            Some(c) => Err(Status::from_u32(c.status)),
-        }
+        completion_result(self.enqueue(cmd.stream, cmd.seq, u64::MAX, done, move || Done::reply(job())))
     }
 
     fn queue(
@@ -677,11 +735,16 @@ impl Emu {
         done: &Completer,
         job: impl FnOnce() -> Status + Send + 'static,
     ) -> Result<Option<[u64; 2]>, Status> {
-        match self.enqueue(cmd.stream, cmd.seq, cost, done, move || Some((job(), [0, 0]))) {
-            None => Ok(None),
-            Some(c) if c.status == Status::Ok as u32 => Ok(Some(c.result)),
-            Some(c) => Err(Status::from_u32(c.status)),
-        }
+        completion_result(self.enqueue(cmd.stream, cmd.seq, cost, done, move || Done::reply(Some((job(), [0, 0])))))
+    }
+}
+
+/// `enqueue`'s answer as `exec`'s: `None` (completed later), or the inline completion.
+fn completion_result(c: Option<Completion>) -> Result<Option<[u64; 2]>, Status> {
+    match c {
+        None => Ok(None),
+        Some(c) if c.status == Status::Ok as u32 => Ok(Some(c.result)),
+        Some(c) => Err(Status::from_u32(c.status)),
     }
 }
 
@@ -696,11 +759,7 @@ fn after_streams<'a>(streams: impl Iterator<Item = &'a StreamWorker> + Clone, se
     let mut sent = 0;
     for w in &busy {
         let (l, d) = (left.clone(), done.clone());
-        let job: Job = Box::new(move || {
-            if l.fetch_sub(1, Ordering::AcqRel) == 1 {
-                d.finish(seq, Status::Ok, [0, 0]);
-            }
-        });
+        let job: Job = Box::new(move || Post::Marker { left: l, done: d, seq });
         w.pending.fetch_add(1, Ordering::Relaxed);
         if w.tx.send(job).is_ok() {
             sent += 1;

@@ -80,6 +80,9 @@ pub struct Context {
     host_tx: Mutex<Option<mpsc::Sender<HostJob>>>,
     next_token: AtomicU64,
     sticky: Mutex<Option<CudaError>>,
+    /// Incremented by [`Context::reset`]: per-thread default streams of an earlier generation
+    /// are gone (freed by the reset) and are created again on their thread's next use.
+    generation: AtomicU64,
     /// D2H copies into pageable memory wait for completion (CUDA's documented host behaviour)
     /// instead of completing in the reactor (`VGPU_SYNC_PAGEABLE_D2H=1`).
     pub(crate) sync_pageable_d2h: bool,
@@ -147,7 +150,11 @@ impl Context {
     fn open(socket: &Path) -> std::result::Result<Arc<Context>, (CudaError, String)> {
         // `VGPU_WINDOW_MIB` asks the mediator for a larger data window (pinned memory lives there).
         let window_len = std::env::var("VGPU_WINDOW_MIB").ok().and_then(|v| v.parse::<u64>().ok()).map_or(0, |m| m.saturating_mul(1 << 20));
-        let cfg = ClientConfig { window_len, ..ClientConfig::default() };
+        let mut cfg = ClientConfig { window_len, ..ClientConfig::default() };
+        // `cudaSetDeviceFlags` before the first connection picks how blocked callers wait.
+        if let Some(spin) = crate::device_flags::spin_policy(crate::device_flags::get()) {
+            cfg.spin = spin;
+        }
         let client = Client::connect(socket, cfg).map_err(|e| (CudaError::from_transport(&e), e.to_string()))?;
         let window_len = client.region().layout().window_len;
         let window_base =
@@ -170,6 +177,7 @@ impl Context {
             host_tx: Mutex::new(None),
             next_token: AtomicU64::new(1),
             sticky: Mutex::new(None),
+            generation: AtomicU64::new(0),
             sync_pageable_d2h: std::env::var_os("VGPU_SYNC_PAGEABLE_D2H").is_some_and(|v| v == "1"),
         });
         debug!(target: "vgpu::streams", id = ctx.id, window_len, pinned = rest_len, "context connected");
@@ -279,13 +287,21 @@ impl Context {
     /// orders against stream 0 (legacy semantics). It is created on the thread's first use and
     /// destroyed when the thread exits.
     pub(crate) fn per_thread_stream(self: &Arc<Self>) -> Result<(RawStream, u32)> {
+        let gen = self.generation.load(Ordering::Acquire);
+        // An entry of an earlier generation names a stream that a reset destroyed: forget it
+        // (its drop sees the generation changed and destroys nothing).
+        let stale = PER_THREAD.with(|p| {
+            let mut p = p.borrow_mut();
+            p.iter().position(|e| e.ctx == self.id && e.gen != gen).map(|i| p.swap_remove(i))
+        });
+        drop(stale);
         if let Some(r) = PER_THREAD.with(|p| p.borrow().iter().find(|e| e.ctx == self.id).map(|e| e.raw)) {
             let host = lock(&self.streams).get(&r).map(|e| e.host).ok_or(CudaError::InvalidResourceHandle)?;
             return Ok((r, host));
         }
         let raw = self.stream_create(0, 0)?;
         let host = lock(&self.streams).get(&raw).map(|e| e.host).ok_or(CudaError::InvalidResourceHandle)?;
-        PER_THREAD.with(|p| p.borrow_mut().push(PerThread { ctx: self.id, raw, weak: Arc::downgrade(self) }));
+        PER_THREAD.with(|p| p.borrow_mut().push(PerThread { ctx: self.id, gen, raw, weak: Arc::downgrade(self) }));
         debug!(target: "vgpu::streams", raw, host, "per-thread default stream created");
         Ok((raw, host))
     }
@@ -433,6 +449,53 @@ impl Context {
         self.fire(Call::EventDestroy, 0, [ev.host, 0, 0, 0, 0, 0])
     }
 
+    /// `cudaDeviceReset`: wait for all work, then free every allocation, stream (the per-thread
+    /// ones included), event and pinned buffer of this context and forget every registration.
+    /// The connection stays (the session is the process's device); everything the program held
+    /// becomes invalid: old device pointers and pinned pointers are rejected (`InvalidValue`),
+    /// old stream and event handles give `InvalidResourceHandle`, and each thread's per-thread
+    /// stream is created again on its next use. Errors of earlier asynchronous work are
+    /// discarded, as the reset discards the context they belong to. A sticky error (the
+    /// mediator is gone) stays: a reset cannot bring the device back.
+    pub fn reset(&self) -> Result<()> {
+        self.sticky()?;
+        self.close_open_chunk();
+        // All work finishes first (host functions included: their streams wait on their tokens).
+        self.call(Call::DeviceSync, 0, [0; 6])?;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let streams: Vec<StreamEntry> = lock(&self.streams).drain().map(|(_, e)| e).collect();
+        let events: Vec<EventEntry> = lock(&self.events).drain().map(|(_, e)| e).collect();
+        let allocs: Vec<u64> = std::mem::take(&mut *lock(&self.allocs)).into_keys().collect();
+        let legacy_query = std::mem::take(&mut *lock(&self.legacy_query_event));
+        let (n_streams, n_events, n_allocs) = (streams.len(), events.len(), allocs.len());
+        let mut r = Ok(());
+        for e in &streams {
+            if e.query_event != 0 {
+                r = r.and(self.fire(Call::EventDestroy, 0, [e.query_event, 0, 0, 0, 0, 0]));
+            }
+            r = r.and(self.fire(Call::StreamDestroy, 0, [e.host as u64, 0, 0, 0, 0, 0]));
+        }
+        for h in events.iter().map(|e| e.host).chain((legacy_query != 0).then_some(legacy_query)) {
+            r = r.and(self.fire(Call::EventDestroy, 0, [h, 0, 0, 0, 0, 0]));
+        }
+        for p in allocs {
+            r = r.and(self.fire(Call::MemFree, 0, [p, 0, 0, 0, 0, 0]));
+        }
+        // Pinned memory: no command uses it any more (all work is done), so the whole pinned
+        // part of the window is free again.
+        let (rest_off, rest_len) = self.client.staging().rest(self.window_len);
+        *lock(&self.pinned) = PinnedHeap::new(rest_off, rest_len);
+        lock(&self.registered).clear();
+        r?;
+        // One round trip after the frees: they have all been executed when it returns.
+        self.call(Call::DeviceSync, 0, [0; 6])?;
+        if let Some(e) = self.client.take_deferred_error() {
+            debug!(target: "vgpu::streams", "an error of work before the reset is discarded: {e}");
+        }
+        debug!(target: "vgpu::streams", id = self.id, n_streams, n_events, n_allocs, "device reset");
+        Ok(())
+    }
+
     /// The host-function dispatcher is told to stop (for private contexts going away).
     fn stop_host_thread(&self) {
         lock(&self.host_tx).take();
@@ -475,6 +538,8 @@ fn event_raw(host: u64) -> RawEvent {
 
 struct PerThread {
     ctx: u64,
+    /// The context's generation when the stream was created.
+    gen: u64,
     raw: RawStream,
     weak: Weak<Context>,
 }
@@ -482,7 +547,10 @@ struct PerThread {
 impl Drop for PerThread {
     fn drop(&mut self) {
         if let Some(c) = self.weak.upgrade() {
-            let _ = c.stream_destroy(self.raw);
+            // After a reset the stream is gone already (and its handle is not ours any more).
+            if c.generation.load(Ordering::Acquire) == self.gen {
+                let _ = c.stream_destroy(self.raw);
+            }
         }
     }
 }

@@ -15,7 +15,8 @@
 //!   per-thread last error ([`error`]).
 //! - Data paths ([`memory`]): staged pageable copies, pinned memory carved from the data
 //!   window (zero-copy), registered memory treated as pageable.
-//! - [`rt`]: CUDA-Runtime-shaped synchronous functions for the `extern "C"` facade.
+//! - [`rt`]: CUDA-Runtime-shaped synchronous functions for the `extern "C"` facade;
+//!   [`device_flags`]: `cudaSetDeviceFlags` values, kept process-wide.
 //! - The async Rust API: [`Device`], [`Stream`], [`Event`], [`DeviceBuffer`], [`PinnedBuffer`];
 //!   `.await` on stream and event completion from any executor.
 //!
@@ -25,6 +26,7 @@
 
 mod api;
 pub mod context;
+pub mod device_flags;
 pub mod error;
 pub mod memory;
 pub mod rt;
@@ -32,6 +34,7 @@ pub mod rt;
 pub use api::{Device, DeviceBuffer, Event, PinnedBuffer, Pod, Stream, SyncFuture};
 pub use context::{default_socket, Context};
 pub use error::{CudaError, Result};
+pub use memory::{MemoryType, PointerInfo, INVALID_DEVICE_ID};
 pub use vgpu_transport::wire::DeviceInfo;
 
 /// A `cudaStream_t` value, as an integer.

@@ -87,6 +87,36 @@ impl PinnedHeap {
     }
 }
 
+/// `cudaMemoryType`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(i32)]
+pub enum MemoryType {
+    /// Host memory CUDA does not know (plain `malloc`, the stack, ...).
+    Unregistered = 0,
+    /// Pinned (`cudaMallocHost`, `cudaHostAlloc`) or registered (`cudaHostRegister`) host memory.
+    Host = 1,
+    /// Device memory from `cudaMalloc`.
+    Device = 2,
+    /// Managed memory (never returned: `cudaMallocManaged` is not supported).
+    Managed = 3,
+}
+
+/// `cudaInvalidDeviceId`: the `device` CUDA reports for unregistered host memory.
+pub const INVALID_DEVICE_ID: i32 = -2;
+
+/// What `cudaPointerGetAttributes` reports (`struct cudaPointerAttributes`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PointerInfo {
+    pub kind: MemoryType,
+    /// 0 for device, pinned and registered memory; [`INVALID_DEVICE_ID`] for unregistered memory.
+    pub device: i32,
+    /// The device address of the memory (device pointers only; 0 otherwise: pinned memory has
+    /// no device alias here).
+    pub device_ptr: u64,
+    /// The host address of the memory (0 for device pointers).
+    pub host_ptr: u64,
+}
+
 /// One piece of a copy: a device address, a host address, a length.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Seg {
@@ -121,7 +151,39 @@ impl Context {
     }
 
     pub(crate) fn is_device(&self, p: u64) -> bool {
-        lock(&self.allocs).range(..=p).next_back().is_some_and(|(&b, &l)| p < b + l.max(1))
+        self.allocation_of(p).is_some()
+    }
+
+    /// The live allocation `(base, len)` that contains address `p`.
+    pub(crate) fn allocation_of(&self, p: u64) -> Option<(u64, u64)> {
+        lock(&self.allocs).range(..=p).next_back().filter(|(&b, &l)| p < b + l.max(1)).map(|(&b, &l)| (b, l))
+    }
+
+    /// `Ok` if `[p, p+len)` lies inside one live allocation of this context; `InvalidValue`
+    /// otherwise, as CUDA answers a memset or copy with a bad device range at the call. (The
+    /// host checks every range again: it never trusts the guest.)
+    pub(crate) fn check_device_range(&self, p: u64, len: u64) -> Result<()> {
+        let end = p.checked_add(len).ok_or(CudaError::InvalidValue)?;
+        match self.allocation_of(p) {
+            Some((b, l)) if end <= b + l => Ok(()),
+            _ => Err(CudaError::InvalidValue),
+        }
+    }
+
+    /// What `cudaPointerGetAttributes` reports for `p`: a device pointer inside a live
+    /// allocation, pinned memory (`cudaMallocHost`/`cudaHostAlloc`), registered host memory
+    /// (`cudaHostRegister`), or anything else as unregistered host memory (CUDA 11+).
+    pub(crate) fn pointer_info(&self, p: u64) -> PointerInfo {
+        if self.is_device(p) {
+            return PointerInfo { kind: MemoryType::Device, device: 0, device_ptr: p, host_ptr: 0 };
+        }
+        let host = usize::try_from(p).ok();
+        let registered = host.is_some_and(|h| lock(&self.registered).range(..=h).next_back().is_some_and(|(&s, &l)| h < s + l));
+        if host.is_some_and(|h| self.pinned_offset(h, 1).is_some()) || registered {
+            // No device alias: mapped pinned memory is not supported (canMapHostMemory = 0).
+            return PointerInfo { kind: MemoryType::Host, device: 0, device_ptr: 0, host_ptr: p };
+        }
+        PointerInfo { kind: MemoryType::Unregistered, device: INVALID_DEVICE_ID, device_ptr: 0, host_ptr: p }
     }
 
     pub(crate) fn malloc(&self, size: usize) -> Result<u64> {
@@ -425,7 +487,16 @@ impl Context {
         if n == 0 {
             return self.sticky();
         }
-        match self.resolve_kind(kind, dst, src) {
+        let kind = self.resolve_kind(kind, dst, src);
+        self.sticky()?;
+        // Device ranges are checked here, synchronously, as CUDA does.
+        if matches!(kind, MemcpyKind::HostToDevice | MemcpyKind::DeviceToDevice) {
+            self.check_device_range(dst, n as u64)?;
+        }
+        if matches!(kind, MemcpyKind::DeviceToHost | MemcpyKind::DeviceToDevice) {
+            self.check_device_range(src, n as u64)?;
+        }
+        match kind {
             MemcpyKind::HostToHost => {
                 self.sticky()?;
                 if wait {
@@ -485,11 +556,20 @@ impl Context {
         // are not inside an allocation, and host ranges are the caller's promise.
         let span =
             |pitch: usize, base: u64| (height - 1).checked_mul(pitch).and_then(|o| base.checked_add(o as u64)?.checked_add(width as u64));
-        if span(dpitch, dst).is_none() || span(spitch, src).is_none() {
+        let (Some(dst_end), Some(src_end)) = (span(dpitch, dst), span(spitch, src)) else {
             return Err(CudaError::InvalidValue);
+        };
+        let kind = self.resolve_kind(kind, dst, src);
+        // Every row of a device side lies between its first byte and the last row's end, so one
+        // check of that span covers them all.
+        if matches!(kind, MemcpyKind::HostToDevice | MemcpyKind::DeviceToDevice) {
+            self.check_device_range(dst, dst_end - dst)?;
+        }
+        if matches!(kind, MemcpyKind::DeviceToHost | MemcpyKind::DeviceToDevice) {
+            self.check_device_range(src, src_end - src)?;
         }
         let rows = |d: u64, s: u64| (0..height).map(move |r| (d + (r * dpitch) as u64, s + (r * spitch) as u64));
-        match self.resolve_kind(kind, dst, src) {
+        match kind {
             MemcpyKind::HostToDevice => {
                 let segs: Vec<Seg> = rows(dst, src).map(|(d, s)| Seg { dev: d, host: s as usize, len: width }).collect();
                 // SAFETY: forwarded caller guarantee.
@@ -519,6 +599,8 @@ impl Context {
         if n == 0 {
             return self.sticky();
         }
+        self.sticky()?;
+        self.check_device_range(p, n as u64)?;
         self.fire(Call::Memset, host_stream, [p, (value as u32 & 0xff) as u64, n as u64, 0, 0, 0])
     }
 }

@@ -4,7 +4,8 @@
 //! Which calls cost what:
 //! - local (no round trip): [`get_device`], [`set_device`], [`get_last_error`],
 //!   [`peek_at_last_error`], [`stream_is_capturing`], [`stream_get_flags`],
-//!   [`stream_get_priority`], [`device_info`] after the first fetch, pinned allocation;
+//!   [`stream_get_priority`], [`device_info`] after the first fetch, pinned allocation,
+//!   [`pointer_attributes`], [`get_device_flags`], the device-range checks of memsets and copies;
 //! - fire-and-forget (an enqueue): [`memset`], [`memset_async`], [`memcpy_async`] (H2D from pinned
 //!   or once staged, D2D, D2H), [`event_record`], [`stream_wait_event`], [`launch_host_func`],
 //!   [`stream_destroy`], [`event_destroy`];
@@ -52,6 +53,37 @@ pub fn device_info() -> Result<DeviceInfo> {
 /// `cudaDeviceSynchronize`.
 pub fn device_synchronize() -> Result<()> {
     with(|c| c.device_synchronize())
+}
+
+/// `cudaDeviceReset`: waits for all work, then frees every allocation, stream, event and pinned
+/// buffer of the process and forgets host registrations (see [`Context`]'s `reset`). Old
+/// pointers and handles are rejected afterwards (`InvalidValue`, `InvalidResourceHandle`);
+/// per-thread streams are created again on their next use. The device flags stay.
+pub fn device_reset() -> Result<()> {
+    with(|c| c.reset())
+}
+
+/// `cudaSetDeviceFlags`: validated as CUDA does ([`crate::device_flags::validate`]) and kept
+/// process-wide. The schedule flag picks how blocked callers of a connection made afterwards
+/// wait (`BlockingSync`: no spinning; `Spin`: adaptive spinning; otherwise the default), so it
+/// takes effect when set before the first device call, as programs do; set later, it is
+/// recorded and reported by [`get_device_flags`] only. Connects, as CUDA initialises the device.
+pub fn set_device_flags(flags: u32) -> Result<()> {
+    record(crate::device_flags::validate(flags)).inspect(|_| crate::device_flags::set(flags))?;
+    with(|c| c.sticky())
+}
+
+/// `cudaGetDeviceFlags`: the flags last set (0 by default; `cudaDeviceMapHost` is not implied,
+/// since pinned memory has no device alias here).
+pub fn get_device_flags() -> Result<u32> {
+    with(|c| c.sticky().map(|_| crate::device_flags::get()))
+}
+
+/// `cudaPointerGetAttributes`: device pointers inside a live allocation (`Device`), pinned or
+/// registered host memory (`Host`), anything else, null included, unregistered host memory
+/// (`Unregistered`, device [`crate::INVALID_DEVICE_ID`]), as CUDA 11 and later answer. Local.
+pub fn pointer_attributes(ptr: u64) -> Result<crate::PointerInfo> {
+    with(|c| c.sticky().map(|_| c.pointer_info(ptr)))
 }
 
 /// `cudaMemGetInfo`: `(free, total)`.
@@ -375,6 +407,7 @@ pub fn event_elapsed_time(start: RawEvent, end: RawEvent) -> Result<f32> {
 /// Copy helper for tests and tools: device → `dst`, synchronous (legacy stream).
 pub fn download(src: u64, dst: &mut [u8]) -> Result<()> {
     with(|c| {
+        c.check_device_range(src, dst.len() as u64)?;
         // SAFETY: `dst` is a live exclusive slice for the whole call and the copy waits.
         unsafe { c.d2h(&[Seg { dev: src, host: dst.as_mut_ptr() as usize, len: dst.len() }], 0, true)? };
         c.deferred()

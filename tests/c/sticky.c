@@ -9,13 +9,18 @@
 int main(void) {
   void *d = NULL;
   OK(cudaMalloc(&d, 1 << 20));
-  /* Past the end of the allocation. CUDA returns the error from the call itself; vgpu may defer
-   * it to the next synchronising call (cudart-abi/NEEDS.md item 7). Either way it surfaces once. */
-  cudaError_t e1 = cudaMemset(d, 0, 2 << 20);
-  cudaError_t e2 = cudaDeviceSynchronize();
-  printf("memset past the end: %s, then %s\n", cudaGetErrorName(e1), cudaGetErrorName(e2));
-  CHECK((e1 == cudaErrorInvalidValue && e2 == cudaSuccess) || (e1 == cudaSuccess && e2 != cudaSuccess));
-  cudaError_t bad = e1 != cudaSuccess ? e1 : e2;
+  /* Past the end of the allocation: CUDA returns the error from the call itself, and nothing
+   * is left for the next synchronising call. */
+  EXPECT(cudaMemset(d, 0, 2 << 20), cudaErrorInvalidValue);
+  OK(cudaDeviceSynchronize());
+  EXPECT(cudaMemsetAsync((char *)d + 1, 0, 1 << 20, 0), cudaErrorInvalidValue);
+  EXPECT(cudaMemcpy(d, d, (1 << 20) + 1, cudaMemcpyDeviceToDevice), cudaErrorInvalidValue);
+  char host[64];
+  EXPECT(cudaMemcpy(host, (char *)d - 64, 64, cudaMemcpyDeviceToHost), cudaErrorInvalidValue);
+  static char rows[64 * 1025]; /* 1025 rows of 64 bytes, 1024 bytes apart on the device: past the end */
+  EXPECT(cudaMemcpy2D(d, 1024, rows, 64, 64, 1025, cudaMemcpyHostToDevice), cudaErrorInvalidValue);
+  OK(cudaDeviceSynchronize());
+  cudaError_t bad = cudaErrorInvalidValue;
   CHECK(cudaPeekAtLastError() == bad);
   CHECK(cudaPeekAtLastError() == bad);
   CHECK(cudaGetLastError() == bad);

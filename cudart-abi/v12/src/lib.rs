@@ -2,15 +2,15 @@
 //!
 //! Everything common lives in `vgpu-cudart` (its `#[no_mangle]` functions are linked in and
 //! exported through `exports.txt`); this crate adds what differs by version: the 1032-byte
-//! `cudaDeviceProp` and the version numbers CUDA 12.9 reports.
+//! `cudaDeviceProp`, the `cudaPointerAttributes` layout and the version numbers CUDA 12.9 reports.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![allow(non_snake_case, clippy::missing_safety_doc)]
 
-use std::ffi::c_int;
+use std::ffi::{c_int, c_void};
 
 use vgpu_cudart::cudaError_t;
-use vgpu_cudart::entry::guard;
+use vgpu_cudart::entry::{guard, non_null};
 use vgpu_cudart::props::DeviceProp12;
 
 pub use vgpu_cudart::api;
@@ -42,4 +42,16 @@ pub unsafe extern "C" fn cudaDriverGetVersion(version: *mut c_int) -> cudaError_
     // version, which every driver able to run it is at least.
     // SAFETY: the program passes an `int*` (or null, which is checked).
     guard("cudaDriverGetVersion", || unsafe { api::put_version(version, RUNTIME_VERSION) })
+}
+
+/// `cudaPointerGetAttributes` with CUDA 12's 24-byte `cudaPointerAttributes`.
+#[no_mangle]
+pub unsafe extern "C" fn cudaPointerGetAttributes(attributes: *mut api::PointerAttributes, ptr: *const c_void) -> cudaError_t {
+    guard("cudaPointerGetAttributes", || {
+        non_null(attributes)?;
+        let a = api::pointer_attributes(ptr)?;
+        // SAFETY: non-null (checked); the program passes a CUDA 12 `cudaPointerAttributes*`.
+        unsafe { attributes.write_unaligned(a) };
+        Ok(())
+    })
 }
