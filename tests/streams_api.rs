@@ -22,8 +22,11 @@ use vgpu_transport::wire::Call;
 #[test]
 fn rt_runtime_semantics() {
     let m: Mediator = mediator();
-    // Set before the first use of the process-wide context, which reads it once.
+    // Set before the first use of the process-wide context, which reads them once. This test
+    // exercises the asynchronous pageable D2H mode; the C suite covers the default (CUDA's
+    // documented blocking behaviour, tests/c/async_d2h.c).
     std::env::set_var("VGPU_SOCKET", m.socket());
+    std::env::set_var("VGPU_ASYNC_PAGEABLE_D2H", "1");
     assert_eq!(rt::blocking_round_trips(), 0, "nothing connects before the first call");
     assert_eq!(rt::get_device_count(), Ok(1));
     rt_async_pageable_d2h_lands_before_the_sync_returns();

@@ -83,8 +83,10 @@ pub struct Context {
     /// Incremented by [`Context::reset`]: per-thread default streams of an earlier generation
     /// are gone (freed by the reset) and are created again on their thread's next use.
     generation: AtomicU64,
-    /// D2H copies into pageable memory wait for completion (CUDA's documented host behaviour)
-    /// instead of completing in the reactor (`VGPU_SYNC_PAGEABLE_D2H=1`).
+    /// D2H copies into pageable memory wait for completion, CUDA's documented host behaviour
+    /// ("returns only once the copy has completed"). `VGPU_ASYNC_PAGEABLE_D2H=1` lets them
+    /// complete in the reactor instead (one round trip fewer per copy; correct only for programs
+    /// that synchronise before reading the buffer, as ggml does).
     pub(crate) sync_pageable_d2h: bool,
 }
 
@@ -178,7 +180,7 @@ impl Context {
             next_token: AtomicU64::new(1),
             sticky: Mutex::new(None),
             generation: AtomicU64::new(0),
-            sync_pageable_d2h: std::env::var_os("VGPU_SYNC_PAGEABLE_D2H").is_some_and(|v| v == "1"),
+            sync_pageable_d2h: std::env::var_os("VGPU_ASYNC_PAGEABLE_D2H").is_none_or(|v| v != "1"),
         });
         debug!(target: "vgpu::streams", id = ctx.id, window_len, pinned = rest_len, "context connected");
         Ok(ctx)

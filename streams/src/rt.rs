@@ -180,11 +180,11 @@ pub unsafe fn memcpy_on(dst: *mut u8, src: *const u8, count: usize, kind: Memcpy
 }
 
 /// `cudaMemcpyAsync`. H2D from pageable memory returns once the bytes are staged; from pinned
-/// memory at once (zero-copy). D2H into pageable memory returns at once: the reactor copies the
-/// bytes into `dst` before the copy counts as done, so they are there when a later sync of the
-/// stream (or an event recorded after it) returns; `dst` must stay valid until then.
-/// (`VGPU_SYNC_PAGEABLE_D2H=1` makes pageable D2H wait instead, CUDA's documented host
-/// behaviour, for programs that read the buffer without a sync.)
+/// memory at once (zero-copy). D2H into pageable memory returns once the bytes are in `dst`,
+/// CUDA's documented behaviour (the reactor copies them out of the window before the copy counts
+/// as done). With `VGPU_ASYNC_PAGEABLE_D2H=1` it returns at once instead and the bytes are there
+/// when a later sync of the stream (or an event recorded after it) returns; `dst` must then stay
+/// valid until that sync.
 ///
 /// # Safety
 /// Host ranges must be valid for `count` bytes until the copy completes.

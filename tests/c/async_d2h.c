@@ -43,6 +43,29 @@ int main(void) {
     free(dst);
   }
 
+  /* CUDA documents that an async D2H copy into pageable memory returns only once the copy has
+   * completed: the bytes are readable with no sync at all, even behind queued work. */
+  {
+    size_t n = (5u << 20) + 3;
+    unsigned char *src = malloc(n), *dst = calloc(n, 1);
+    fill(src, n, 42);
+    void *d = NULL, *big = NULL;
+    OK(cudaMalloc(&d, n));
+    OK(cudaMalloc(&big, 64u << 20));
+    OK(cudaMemcpy(d, src, n, cudaMemcpyHostToDevice));
+    for (int i = 0; i < 8; i++) OK(cudaMemsetAsync(big, i, 64u << 20, s));
+    OK(cudaMemcpyAsync(dst, d, n, cudaMemcpyDeviceToHost, s));
+    if (memcmp(src, dst, n) != 0) {
+      fprintf(stderr, "pageable async D2H returned before its bytes were in place\n");
+      return 1;
+    }
+    OK(cudaStreamSynchronize(s));
+    OK(cudaFree(big));
+    OK(cudaFree(d));
+    free(src);
+    free(dst);
+  }
+
   /* 2D: 37 rows of 100 bytes, host pitch 128, device pitch 256, back to host pitch 112. */
   const size_t w = 100, hgt = 37, hp = 128, dp = 256, hp2 = 112;
   unsigned char *src = malloc(hp * hgt), *dst = calloc(hp2 * hgt, 1);
