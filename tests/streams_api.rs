@@ -39,6 +39,7 @@ fn rt_runtime_semantics() {
     rt_pointer_attributes();
     rt_device_flags_pick_the_spin_policy();
     // Last: it frees everything the process has.
+    rt_blocked_stream_does_not_starve_others_of_window_space();
     rt_device_reset_frees_everything(&m);
     drop(m);
 }
@@ -726,4 +727,54 @@ fn stream_query_right_after_a_sync_is_idle() {
         }
     }
     assert!(not_ready.is_empty(), "the query after a completed sync answered NotReady in rounds {not_ready:?}");
+}
+
+/// A stream held back (here by a host function that waits for the test) with more pageable H2D
+/// copies queued on it than there are staging chunks must not starve other streams: the host
+/// takes each queued copy's bytes out of the window at once (a bounce buffer) and the chunks come
+/// back, so a copy on another stream goes through while the first stream is still held.
+fn rt_blocked_stream_does_not_starve_others_of_window_space() {
+    const PIECES: usize = 12;
+    let a = rt::stream_create(1, 0).expect("stream a");
+    let dev_a = rt::malloc(PIECES * MIB).expect("malloc a");
+    let dev_b = rt::malloc(MIB).expect("malloc b");
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    rt::launch_host_func(
+        a,
+        Box::new(move || {
+            let _ = held.recv_timeout(HANG);
+        }),
+    )
+    .expect("launch_host_func");
+    let pieces: Vec<Vec<u8>> = (0..PIECES).map(|i| pattern(500 + i as u64, MIB)).collect();
+    let other = pattern(999, MIB);
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let (p2, o2) = (pieces.clone(), other.clone());
+    let worker = std::thread::spawn(move || {
+        for (i, piece) in p2.iter().enumerate() {
+            // SAFETY: `piece` is live for the call, which stages its bytes before returning.
+            unsafe { rt::memcpy_async((dev_a + (i * MIB) as u64) as *mut u8, piece.as_ptr(), MIB, MemcpyKind::HostToDevice, a) }
+                .expect("H2D on the held stream");
+        }
+        // SAFETY: `o2` is live for the synchronous copy.
+        unsafe { rt::memcpy(dev_b as *mut u8, o2.as_ptr(), MIB, MemcpyKind::HostToDevice) }.expect("H2D on the default stream");
+        let _ = done.send(());
+    });
+    // Well under HANG, after which the host function gives up holding the stream by itself.
+    let got = finished.recv_timeout(std::time::Duration::from_secs(8));
+    let _ = release.send(());
+    assert!(got.is_ok(), "copies queued on a held stream starved the other streams of window space");
+    worker.join().expect("copy thread");
+    rt::stream_synchronize(a).expect("sync a");
+    let mut back = vec![0u8; PIECES * MIB];
+    rt::download(dev_a, &mut back).expect("download a");
+    for (i, piece) in pieces.iter().enumerate() {
+        assert!(&back[i * MIB..(i + 1) * MIB] == piece.as_slice(), "piece {i} of the held stream differs");
+    }
+    let mut b = vec![0u8; MIB];
+    rt::download(dev_b, &mut b).expect("download b");
+    assert!(b == other);
+    rt::free(dev_a).expect("free");
+    rt::free(dev_b).expect("free");
+    rt::stream_destroy(a).expect("destroy");
 }

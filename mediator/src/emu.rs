@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use tracing::{debug, warn};
 use vgpu_transport::region::Region;
-use vgpu_transport::sync::stat::AtomicUsize;
+use vgpu_transport::sync::stat::{AtomicU64, AtomicUsize};
 use vgpu_transport::sync::Ordering;
 use vgpu_transport::wire::{event_flags, stream_flags, Call, Command, Completion, DeviceInfo, Status};
 use vgpu_transport::{Completer, Executor, ServerStats};
@@ -108,6 +108,8 @@ impl Post {
 
 /// Work of at most this many bytes runs on the dispatching thread when its stream is idle.
 pub const INLINE_MAX: u64 = 1 << 20;
+/// Most bytes of queued host-to-device writes a session may hold in host bounce buffers.
+pub const BOUNCE_MAX: u64 = 256 << 20;
 
 /// A count-down latch: `wait` returns once `count_down` was called `n` times.
 struct Latch {
@@ -268,6 +270,8 @@ pub struct Emu {
     epoch: Instant,
     gate: Arc<Gate>,
     tokens: Tokens,
+    /// Bytes of queued host-to-device writes held in host bounce buffers (see MemcpyHtoD).
+    bounced: Arc<AtomicU64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -293,6 +297,7 @@ impl Emu {
             epoch: Instant::now(),
             gate: Arc::new(Gate::new()),
             tokens: Arc::new(Mutex::new(HashMap::new())),
+            bounced: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -461,6 +466,35 @@ impl Emu {
                 let (alloc, at) = self.resolve(dst, len).ok_or(Status::InvalidDevicePointer)?;
                 let region = region.clone();
                 self.stats.bytes_h2d.fetch_add(len, Ordering::Relaxed);
+                // A write that must wait in its stream (busy, or behind the legacy default
+                // stream) takes its bytes out of the window now, into a host bounce buffer, and
+                // completes at once: the guest gets its window range back instead of holding it
+                // until the stream gets there, so a stream blocked on another stream's event can
+                // never starve that stream of window space. The device write keeps its place in
+                // the stream. Bounded per session; past the bound the window range stays held.
+                let w = self.stream(cmd.stream)?;
+                let runs_now = len <= INLINE_MAX && w.idle() && self.legacy_deps(cmd.stream, w).is_empty();
+                if !runs_now && self.bounced.load(Ordering::Relaxed) + len <= BOUNCE_MAX {
+                    let mut buf = Vec::new();
+                    if buf.try_reserve_exact(len as usize).is_ok() {
+                        buf.resize(len as usize, 0u8);
+                        region.read_window(off, &mut buf).map_err(|_| Status::InvalidWindowRange)?;
+                        self.bounced.fetch_add(len, Ordering::Relaxed);
+                        let bounced = self.bounced.clone();
+                        let c = self.enqueue(cmd.stream, cmd.seq, len, done, move || {
+                            let mut d = alloc.data.write().unwrap_or_else(|e| e.into_inner());
+                            d[at..at + buf.len()].copy_from_slice(&buf);
+                            bounced.fetch_sub(buf.len() as u64, Ordering::Relaxed);
+                            // Completed at consume (below), so nothing to post now.
+                            Done::reply(None)
+                        });
+                        return match c {
+                            // Queued (or, had the stream just gone idle, already written).
+                            None => Ok(Some([0, 0])),
+                            Some(c) => completion_result(Some(c)),
+                        };
+                    }
+                }
                 self.queue(cmd, len, done, move || {
                     let mut d = alloc.data.write().unwrap_or_else(|e| e.into_inner());
                     match region.read_window(off, &mut d[at..at + len as usize]) {
