@@ -475,6 +475,9 @@ impl Emu {
                 let w = self.stream(cmd.stream)?;
                 let runs_now = len <= INLINE_MAX && w.idle() && self.legacy_deps(cmd.stream, w).is_empty();
                 if !runs_now && self.bounced.load(Ordering::Relaxed) + len <= BOUNCE_MAX {
+                    // A fallible reservation (a guest must not be able to abort the worker with a
+                    // huge length), then zero-fill: `vec![0; n]` would abort on failure instead.
+                    #[allow(clippy::slow_vector_initialization)]
                     let mut buf = Vec::new();
                     if buf.try_reserve_exact(len as usize).is_ok() {
                         buf.resize(len as usize, 0u8);
