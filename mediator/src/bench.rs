@@ -5,9 +5,13 @@
 //! - null-call round trip with adaptive spinning vs. the same anchor;
 //! - async throughput (256 in flight);
 //! - H2D/D2H through the window, 4 KiB to 256 MiB, vs. a plain `memcpy` of the same size;
-//! - TCP loopback 64-byte request/response, for scale (what a socket-based remoting pays).
+//! - TCP loopback 64-byte request/response, for scale (what a socket-based remoting pays);
+//! - the runtime layer (`vgpu_streams::rt`, what `libcudart` calls), each beside its anchor: see
+//!   [`rt`].
 //!
 //! Mediators run as real child processes, exactly as guests see them.
+
+mod rt;
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -206,6 +210,9 @@ pub fn run(quick: bool, as_json: bool) -> Result<(), String> {
     let ops = if quick { 300_000 } else { 2_000_000 };
     let max_size: usize = if quick { 64 << 20 } else { 256 << 20 };
     let mut out = Map::new();
+    // First, while this process has no other thread: the runtime figures' mediator, and the
+    // environment the process-wide context reads when it connects (it sets variables).
+    let rt_mediator = rt::prepare(max_size)?;
 
     let two_cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) >= 2;
     let placements: &[(Placement, &str)] = if two_cpus {
@@ -296,6 +303,8 @@ pub fn run(quick: bool, as_json: bool) -> Result<(), String> {
     drop(c);
     drop(m);
 
+    rt::run(&mut out, quick, lat_iters, max_size)?;
+
     let f = |k: &str| out.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
     let ratios = json!({
         "interrupt_vs_eventfd": f("null_call_interrupt_p50_us") / f("eventfd_pingpong_p50_us"),
@@ -316,6 +325,8 @@ pub fn run(quick: bool, as_json: bool) -> Result<(), String> {
     } else {
         print!("{}", render(&v));
     }
+    // The process-wide context stays connected until exit; its mediator stops when we do.
+    rt_mediator.stop_at_exit();
     Ok(())
 }
 
@@ -388,6 +399,7 @@ fn render(v: &Value) -> String {
         r("h2d_64mib_vs_memcpy"),
         r("d2h_64mib_vs_memcpy")
     ));
-    s.push_str(&format!("elapsed {:.1} s on {} cores\n", f("elapsed_s"), v["cores"]));
+    rt::render(v, &mut s);
+    s.push_str(&format!("\nelapsed {:.1} s on {} cores\n", f("elapsed_s"), v["cores"]));
     s
 }

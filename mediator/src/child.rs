@@ -15,15 +15,28 @@ impl Mediator {
     /// Start `exe serve` on a fresh socket in a private temporary folder and wait until it
     /// accepts connections.
     pub fn start(exe: &Path, executor: &str, spin_us: u64) -> Result<Mediator, String> {
+        Mediator::spawn(exe, executor, spin_us, false)
+    }
+
+    fn spawn(exe: &Path, executor: &str, spin_us: u64, bound: bool) -> Result<Mediator, String> {
         let dir = std::env::temp_dir().join(format!("vgpu-{}-{}", std::process::id(), unique()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let socket = dir.join("vgpu.sock");
-        let child = Command::new(exe)
-            .args(["serve", "--executor", executor, "--spin-us", &spin_us.to_string(), "--socket"])
-            .arg(&socket)
-            .stdin(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("starting {}: {e}", exe.display()))?;
+        let mut cmd = Command::new(exe);
+        cmd.args(["serve", "--executor", executor, "--spin-us", &spin_us.to_string(), "--socket"]).arg(&socket).stdin(Stdio::null());
+        if bound {
+            use std::os::unix::process::CommandExt;
+            // It outlives our output: keep its routine messages out of the terminal.
+            if std::env::var_os("VGPU_LOG").is_none() {
+                cmd.env("VGPU_LOG", "warn");
+            }
+            // SAFETY: the closure runs in the forked child before exec and only makes one
+            // async-signal-safe system call (prctl).
+            unsafe {
+                cmd.pre_exec(|| nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from));
+            }
+        }
+        let child = cmd.spawn().map_err(|e| format!("starting {}: {e}", exe.display()))?;
         let mut m = Mediator { child, socket, dir };
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::os::unix::net::UnixStream::connect(&m.socket).is_err() {
@@ -44,6 +57,23 @@ impl Mediator {
     pub fn start_self(executor: &str, spin_us: u64) -> Result<Mediator, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         Mediator::start(&exe, executor, spin_us)
+    }
+
+    /// Start the current executable as a mediator that also stops (SIGTERM) when the thread that
+    /// started it exits: for a process-wide guest context, which stays connected until the
+    /// process exits, pair it with [`Mediator::stop_at_exit`] so the guest never sees its
+    /// mediator go first.
+    pub fn start_self_bound(executor: &str, spin_us: u64) -> Result<Mediator, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        Mediator::spawn(&exe, executor, spin_us, true)
+    }
+
+    /// Leave a mediator from [`Mediator::start_self_bound`] running until this process exits
+    /// (the kernel then sends it SIGTERM); its folder is removed now (a connected guest no
+    /// longer needs the socket's path).
+    pub fn stop_at_exit(self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        std::mem::forget(self);
     }
 
     pub fn socket(&self) -> &Path {

@@ -473,15 +473,11 @@ impl Emu {
                 // never starve that stream of window space. The device write keeps its place in
                 // the stream. Bounded per session; past the bound the window range stays held.
                 let w = self.stream(cmd.stream)?;
-                let runs_now = len <= INLINE_MAX && w.idle() && self.legacy_deps(cmd.stream, w).is_empty();
-                if !runs_now && self.bounced.load(Ordering::Relaxed) + len <= BOUNCE_MAX {
-                    // A fallible reservation (a guest must not be able to abort the worker with a
-                    // huge length), then zero-fill: `vec![0; n]` would abort on failure instead.
-                    #[allow(clippy::slow_vector_initialization)]
-                    let mut buf = Vec::new();
-                    if buf.try_reserve_exact(len as usize).is_ok() {
-                        buf.resize(len as usize, 0u8);
-                        region.read_window(off, &mut buf).map_err(|_| Status::InvalidWindowRange)?;
+                // Only writes that wait behind other work: an idle stream runs the write now (or
+                // next, on its thread), straight from the window.
+                let waits = !w.idle() || !self.legacy_deps(cmd.stream, w).is_empty();
+                if waits && self.bounced.load(Ordering::Relaxed) + len <= BOUNCE_MAX {
+                    if let Some(buf) = region.read_window_vec(off, len).map_err(|_| Status::InvalidWindowRange)? {
                         self.bounced.fetch_add(len, Ordering::Relaxed);
                         let bounced = self.bounced.clone();
                         let c = self.enqueue(cmd.stream, cmd.seq, len, done, move || {

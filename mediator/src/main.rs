@@ -39,7 +39,7 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Measure the transport against its anchors (eventfd, TCP loopback, memcpy).
+    /// Measure the transport and the CUDA runtime layer against their anchors (eventfd, TCP loopback, memcpy, ...).
     Bench {
         /// A shorter run (under 30 s).
         #[arg(long)]

@@ -253,7 +253,7 @@ impl Context {
         self.sticky()?;
         self.close_open_chunk();
         let staging = self.client.staging();
-        let off = self.check(staging.acquire(|| self.client.check_alive()))?;
+        let off = self.check(self.client.acquire_staging())?;
         let size = std::mem::size_of::<DeviceInfo>();
         let r = self.call(Call::DeviceInfo, 0, [off, staging.chunk_len(), 0, 0, 0, 0]).and_then(|_| {
             let mut bytes = vec![0u8; size];

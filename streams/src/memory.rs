@@ -315,7 +315,7 @@ impl Context {
                     if let Some((c, _)) = cur.take() {
                         c.put(staging);
                     }
-                    match self.check(staging.acquire(|| self.client.check_alive())) {
+                    match self.check(self.client.acquire_staging()) {
                         Ok(off) => cur = Some((Arc::new(ChunkRef { off, left: AtomicUsize::new(1) }), 0)),
                         Err(e) => {
                             result = Err(e);
@@ -403,7 +403,7 @@ impl Context {
                     if let Some((c, _)) = cur.take() {
                         c.put(staging);
                     }
-                    match self.check(staging.acquire(|| self.client.check_alive())) {
+                    match self.check(self.client.acquire_staging()) {
                         Ok(off) => cur = Some((Arc::new(ChunkRef { off, left: AtomicUsize::new(1) }), 0)),
                         Err(e) => {
                             result = Err(e);

@@ -276,6 +276,37 @@ impl Client {
         lock_std(&self.inner.deferred).take()
     }
 
+    /// Take a free staging chunk. If none is free, spin for a while taking the completion role
+    /// (draining completions, whose actions give chunks back) before sleeping until one is
+    /// released: a bulk-copy loop gets its next chunk without a thread wake-up per chunk.
+    pub fn acquire_staging(&self) -> Result<u64> {
+        let i = &self.inner;
+        if let Some(o) = i.staging.try_acquire() {
+            return Ok(o);
+        }
+        if i.spin_max_ns > 0 {
+            if let Some(mut cq) = try_lock(&i.cq) {
+                let deadline = Instant::now() + Duration::from_nanos(BULK_SPIN_NS);
+                cq.disarm();
+                let got = loop {
+                    i.drain(&mut cq);
+                    if let Some(o) = i.staging.try_acquire() {
+                        break Some(o);
+                    }
+                    if i.is_down() || Instant::now() >= deadline {
+                        break None;
+                    }
+                    std::hint::spin_loop();
+                };
+                i.rearm(&mut cq);
+                if let Some(o) = got {
+                    return Ok(o);
+                }
+            }
+        }
+        i.staging.acquire(|| i.check_alive())
+    }
+
     /// Copy `src` to device address `dst` through the window, pipelined over staging chunks,
     /// ordered on `stream`. Returns when the host has consumed every byte.
     pub fn copy_to_device(&self, dst: u64, src: &[u8], stream: u32) -> Result<()> {

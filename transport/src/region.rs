@@ -210,6 +210,25 @@ impl Region {
         Ok(())
     }
 
+    /// Copy `len` window bytes at `off` into a new vector. The allocation is fallible (a peer
+    /// cannot abort this process with a huge length): `None` if it fails.
+    pub fn read_window_vec(&self, off: u64, len: u64) -> Result<Option<Vec<u8>>> {
+        let abs = self.window_range(off, len).ok_or(Error::WindowRange { off, len })?;
+        let n = len as usize;
+        let mut v: Vec<u8> = Vec::new();
+        if v.try_reserve_exact(n).is_err() {
+            return Ok(None);
+        }
+        // SAFETY: `abs..abs+n` is inside the mapping (checked above) and `v` has capacity for
+        // `n` bytes that cannot overlap the mapping; after the copy those `n` bytes are
+        // initialised, so `set_len(n)` exposes only initialised bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.map.as_ptr().add(abs), v.as_mut_ptr(), n);
+            v.set_len(n);
+        }
+        Ok(Some(v))
+    }
+
     /// Fill `len` window bytes at `off` with `byte`.
     pub fn fill_window(&self, off: u64, byte: u8, len: u64) -> Result<()> {
         let abs = self.window_range(off, len).ok_or(Error::WindowRange { off, len })?;
