@@ -249,6 +249,8 @@ fn rt_per_thread_streams_are_independent_but_sync_with_the_legacy_stream() {
     // stays NotReady until the host function returns and the memset behind it ran.
     let ev = rt::event_create(EVENT_DISABLE_TIMING).unwrap();
     rt::event_record(ev, STREAM_LEGACY_DEFAULT).unwrap();
+    // A negative check: give a wrong implementation time to complete the record (there is no
+    // event for "did not happen"), then see that it did not.
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(rt::event_query(ev), Err(CudaError::NotReady), "the legacy stream did not wait for the per-thread stream");
     release_tx.send(()).unwrap();

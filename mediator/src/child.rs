@@ -102,6 +102,7 @@ impl Drop for Mediator {
                 if let Ok(Some(_)) = self.child.try_wait() {
                     break;
                 }
+                // std has no timed wait for a child; poll its exit against the deadline.
                 std::thread::sleep(Duration::from_millis(5));
             }
             let _ = self.child.kill();
