@@ -27,6 +27,17 @@ else
   echo "warning: could not fetch the CUDA headers (no PyPI?); tests/cudart.rs will skip the C suite" >&2
 fi
 
+step "nvcc for the fatbin/cubin parser tests (scripts/setup-nvcc.sh: PyPI wheels, nothing committed)"
+if VGPU_NVCC=$(bash scripts/setup-nvcc.sh); then
+  export VGPU_NVCC
+  echo "$VGPU_NVCC"
+elif [[ -n "${CI:-}" ]]; then
+  echo "setup-nvcc.sh failed: CI must run the fatbin tests against real nvcc output" >&2
+  exit 1
+else
+  echo "warning: could not fetch nvcc (no PyPI?); fatbin/tests/nvcc.rs will skip" >&2
+fi
+
 step "cargo test (unit + integration against real mediator processes)"
 run_tests cargo test --workspace
 

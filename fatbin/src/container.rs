@@ -1,0 +1,330 @@
+//! The fat binary wrapper (`__fatBinC_Wrapper_t`) and the fatbin container (magic `0xBA55ED50`).
+
+use std::borrow::Cow;
+use std::fmt;
+use std::io::Read;
+
+use crate::{Error, Reader, Result};
+
+/// Magic of `__fatBinC_Wrapper_t`, the struct whose address nvcc passes to `__cudaRegisterFatBinary`.
+pub const WRAPPER_MAGIC: u32 = 0x4662_43b1;
+/// Size of the wrapper on a 64-bit target: magic, version, data pointer, filename_or_fatbins pointer.
+pub const WRAPPER_LEN: usize = 24;
+/// Magic of the fatbin container.
+pub const FATBIN_MAGIC: u32 = 0xBA55_ED50;
+/// Size of the container header: magic, version, header size, size of the entries.
+pub const FATBIN_HEADER_LEN: usize = 16;
+/// Smallest entry header (the fields this crate reads); PTX entries carry 80.
+const ENTRY_HEADER_MIN: u64 = 64;
+
+/// Entry flag: 64-bit address space.
+pub const FLAG_64BIT: u64 = 0x1;
+/// Entry flag: compiled with debug information (`-G`).
+pub const FLAG_DEBUG: u64 = 0x2;
+/// Entry flag: payload compressed with LZ4 (fatbinary of CUDA 11.x-12.x). Not decompressed here.
+pub const FLAG_COMPRESSED_LZ4: u64 = 0x2000;
+/// Entry flag: payload is one Zstandard frame (fatbinary of CUDA 13, the default for PTX).
+pub const FLAG_COMPRESSED_ZSTD: u64 = 0x8000;
+/// Largest decompressed entry this crate will produce (a defence against decompression bombs).
+pub const MAX_DECOMPRESSED_LEN: u64 = 256 << 20;
+
+/// `__fatBinC_Wrapper_t`, read from the bytes at the address given to `__cudaRegisterFatBinary`.
+///
+/// The pointers are addresses in the registering process; turning [`Wrapper::data`] into bytes is
+/// the caller's job (read [`FATBIN_HEADER_LEN`] bytes there, then [`Fatbin::total_len`] bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wrapper {
+    /// 1: `data` points at a fatbin container; 2: also `filename_or_fatbins` (relocatable device
+    /// code, `-rdc`).
+    pub version: u32,
+    /// Address of the fatbin container.
+    pub data: u64,
+    /// Address of the file name or of a null-terminated list of prelinked fatbins (version 2).
+    pub filename_or_fatbins: u64,
+}
+
+impl Wrapper {
+    /// Parses the wrapper from (at least) its 24 bytes.
+    pub fn parse(bytes: &[u8]) -> Result<Self> {
+        let r = Reader::new(bytes, "fatbin wrapper");
+        let magic = r.u32(0)?;
+        if magic != WRAPPER_MAGIC {
+            return Err(Error::BadMagic { what: "fatbin wrapper", found: magic, expected: WRAPPER_MAGIC });
+        }
+        let version = r.u32(4)?;
+        if !(1..=2).contains(&version) {
+            return Err(Error::Invalid { what: "fatbin wrapper", reason: format!("unknown version {version}") });
+        }
+        Ok(Self { version, data: r.u64(8)?, filename_or_fatbins: r.u64(16)? })
+    }
+}
+
+/// What an entry holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// PTX text (needs a JIT to run).
+    Ptx,
+    /// A cubin: an ELF file of SASS for one architecture.
+    Elf,
+    /// A kind this crate does not know (e.g. LTO IR).
+    Other(u16),
+}
+
+impl EntryKind {
+    fn from_raw(raw: u16) -> Self {
+        match raw {
+            1 => Self::Ptx,
+            2 => Self::Elf,
+            other => Self::Other(other),
+        }
+    }
+}
+
+impl fmt::Display for EntryKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ptx => f.write_str("PTX"),
+            Self::Elf => f.write_str("ELF"),
+            Self::Other(k) => write!(f, "kind-{k}"),
+        }
+    }
+}
+
+/// One entry of a fatbin container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry<'a> {
+    /// Position in the container (0-based).
+    pub index: usize,
+    /// Byte offset of the entry header within the container.
+    pub offset: u64,
+    /// PTX, ELF or other.
+    pub kind: EntryKind,
+    /// The `XX` of `sm_XX` / `compute_XX`, e.g. 80, 90, 120.
+    pub arch: u32,
+    /// Version of the image format: PTX ISA version for PTX (e.g. 9.0), cubin ABI for ELF.
+    pub image_version: (u16, u16),
+    /// The raw flags (see the `FLAG_*` constants).
+    pub flags: u64,
+    /// The identifier string, when the entry has one.
+    pub identifier: Option<String>,
+    /// Size of the image once decompressed (the payload size when not compressed).
+    pub uncompressed_len: u64,
+    /// The payload as stored (compressed or not; trailing padding removed when compressed).
+    pub payload: &'a [u8],
+    module: String,
+}
+
+impl<'a> Entry<'a> {
+    /// Whether the payload is compressed (by either scheme).
+    pub fn is_compressed(&self) -> bool {
+        self.flags & (FLAG_COMPRESSED_LZ4 | FLAG_COMPRESSED_ZSTD) != 0
+    }
+
+    /// Size of the payload as stored.
+    pub fn stored_len(&self) -> u64 {
+        self.payload.len() as u64
+    }
+
+    /// The module name errors about this entry use.
+    pub fn module(&self) -> &str {
+        &self.module
+    }
+
+    fn compressed(&self, reason: String) -> Error {
+        Error::Compressed { module: self.module.clone(), kind: self.kind, arch: self.arch, reason }
+    }
+
+    /// The image: the payload itself, or its decompression (Zstandard). LZ4-compressed entries
+    /// give [`Error::Compressed`] naming the module and the reason.
+    pub fn data(&self) -> Result<Cow<'a, [u8]>> {
+        if self.flags & FLAG_COMPRESSED_LZ4 != 0 {
+            return Err(self.compressed(
+                "LZ4 compression (fatbinary of CUDA 11-12) is not supported; rebuild with `-Xfatbin -compress-all=false` or CUDA 13".into(),
+            ));
+        }
+        if self.flags & FLAG_COMPRESSED_ZSTD == 0 {
+            return Ok(Cow::Borrowed(self.payload));
+        }
+        if self.uncompressed_len > MAX_DECOMPRESSED_LEN {
+            return Err(self.compressed(format!(
+                "declared decompressed size {} exceeds the limit of {MAX_DECOMPRESSED_LEN} bytes",
+                self.uncompressed_len
+            )));
+        }
+        let mut src = self.payload;
+        let decoder =
+            ruzstd::decoding::StreamingDecoder::new(&mut src).map_err(|e| self.compressed(format!("bad Zstandard frame: {e}")))?;
+        // Read at most one byte more than declared, so that a longer output is detected without
+        // ever holding more than the limit.
+        let mut out = Vec::new();
+        decoder
+            .take(self.uncompressed_len + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| self.compressed(format!("corrupt Zstandard data: {e}")))?;
+        if out.len() as u64 != self.uncompressed_len {
+            return Err(self.compressed(format!(
+                "decompressed to {}{} bytes, header says {}",
+                out.len(),
+                if out.len() as u64 > self.uncompressed_len { "+" } else { "" },
+                self.uncompressed_len
+            )));
+        }
+        Ok(Cow::Owned(out))
+    }
+}
+
+/// A parsed fatbin container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fatbin<'a> {
+    /// Container version (1 in every file seen).
+    pub version: u16,
+    /// The entries, in file order.
+    pub entries: Vec<Entry<'a>>,
+    /// Bytes the container occupies (header plus entries); input past that is ignored.
+    pub len: u64,
+    name: Option<String>,
+}
+
+impl<'a> Fatbin<'a> {
+    /// Total size of the container that starts with `header` (at least its 16 bytes), so a caller
+    /// holding only a pointer knows how many bytes to read.
+    pub fn total_len(header: &[u8]) -> Result<u64> {
+        let r = Reader::new(header, "fatbin header");
+        let magic = r.u32(0)?;
+        if magic != FATBIN_MAGIC {
+            return Err(Error::BadMagic { what: "fatbin header", found: magic, expected: FATBIN_MAGIC });
+        }
+        let header_len = u64::from(r.u16(6)?);
+        if header_len < FATBIN_HEADER_LEN as u64 {
+            return Err(Error::Invalid { what: "fatbin header", reason: format!("header size {header_len} < 16") });
+        }
+        header_len
+            .checked_add(r.u64(8)?)
+            .ok_or_else(|| Error::Invalid { what: "fatbin header", reason: "header size plus entries size overflows".into() })
+    }
+
+    /// Parses a container; `data` may extend past it (e.g. a whole `.nv_fatbin` section).
+    pub fn parse(data: &'a [u8]) -> Result<Self> {
+        let len = Self::total_len(data)?;
+        let r = Reader::new(data, "fatbin header");
+        let version = r.u16(4)?;
+        let header_len = u64::from(r.u16(6)?);
+        // The whole container must be present.
+        let body = Reader::new(data, "fatbin entries").bytes(0, len)?;
+        let r = Reader::new(body, "fatbin entry");
+        let mut entries = Vec::new();
+        let mut off = header_len;
+        while off < len {
+            let kind = EntryKind::from_raw(r.u16(off)?);
+            let ehdr = u64::from(r.u32(off + 4)?);
+            if ehdr < ENTRY_HEADER_MIN {
+                return Err(Error::Invalid {
+                    what: "fatbin entry",
+                    reason: format!("entry {} at offset {off}: header size {ehdr} < {ENTRY_HEADER_MIN}", entries.len()),
+                });
+            }
+            r.bytes(off, ehdr)?;
+            let payload_len = r.u64(off + 8)?;
+            let compressed_len = u64::from(r.u32(off + 16)?);
+            let minor = r.u16(off + 24)?;
+            let major = r.u16(off + 26)?;
+            let arch = r.u32(off + 28)?;
+            let id_off = u64::from(r.u32(off + 32)?);
+            let id_len = u64::from(r.u32(off + 36)?);
+            let flags = r.u64(off + 40)?;
+            let uncompressed = r.u64(off + 56)?;
+            let payload_off = off + ehdr;
+            let mut payload = Reader::new(body, "fatbin entry payload").bytes(payload_off, payload_len)?;
+            let compressed = flags & (FLAG_COMPRESSED_LZ4 | FLAG_COMPRESSED_ZSTD) != 0;
+            if compressed {
+                if compressed_len > payload_len {
+                    return Err(Error::Invalid {
+                        what: "fatbin entry",
+                        reason: format!("entry {}: compressed size {compressed_len} exceeds payload size {payload_len}", entries.len()),
+                    });
+                }
+                // In bounds: checked just above.
+                payload = &payload[..compressed_len as usize];
+            }
+            let identifier = if id_off != 0 && id_len != 0 {
+                let raw = Reader::new(body, "fatbin entry identifier").bytes(
+                    off.checked_add(id_off).ok_or(Error::Invalid { what: "fatbin entry", reason: "identifier offset overflows".into() })?,
+                    id_len,
+                )?;
+                let raw = raw.split(|&b| b == 0).next().unwrap_or(raw);
+                Some(String::from_utf8_lossy(raw).into_owned())
+            } else {
+                None
+            };
+            let index = entries.len();
+            let module = identifier.clone().unwrap_or_else(|| format!("entry {index}"));
+            entries.push(Entry {
+                index,
+                offset: off,
+                kind,
+                arch,
+                image_version: (major, minor),
+                flags,
+                identifier,
+                uncompressed_len: if compressed { uncompressed } else { payload_len },
+                payload,
+                module,
+            });
+            off = payload_off
+                .checked_add(payload_len)
+                .ok_or(Error::Invalid { what: "fatbin entry", reason: "payload size overflows".into() })?;
+        }
+        if off != len {
+            return Err(Error::Invalid {
+                what: "fatbin entries",
+                reason: format!("last entry ends at {off}, past the container end {len}"),
+            });
+        }
+        Ok(Self { version, entries, len, name: None })
+    }
+
+    /// Names the module (e.g. after the library or the registration that holds it) for errors
+    /// about entries without an identifier of their own.
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        for e in &mut self.entries {
+            if e.identifier.is_none() {
+                e.module = format!("{name} (entry {})", e.index);
+            }
+        }
+        self.name = Some(name);
+        self
+    }
+
+    fn module(&self) -> String {
+        self.name.clone().unwrap_or_else(|| "<unnamed fatbin>".into())
+    }
+
+    /// The cubin that runs on compute capability `major.minor` and is closest to it: same major
+    /// version, highest minor not above `minor` (SASS runs on later minors of its major only).
+    /// Among equals, a 64-bit one. Its image may still be compressed: see [`Entry::data`].
+    pub fn best_cubin(&self, major: u32, minor: u32) -> Result<&Entry<'a>> {
+        let best = self
+            .entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::Elf && e.arch / 10 == major && e.arch % 10 <= minor)
+            .max_by_key(|e| (e.arch, e.flags & FLAG_64BIT, std::cmp::Reverse(e.index)));
+        best.ok_or_else(|| {
+            let list = |kind: EntryKind, prefix: &str| {
+                let v: Vec<String> = self.entries.iter().filter(|e| e.kind == kind).map(|e| format!("{prefix}_{}", e.arch)).collect();
+                if v.is_empty() {
+                    "none".to_string()
+                } else {
+                    v.join(", ")
+                }
+            };
+            Error::NoCompatibleCubin {
+                module: self.module(),
+                major,
+                minor,
+                cubins: list(EntryKind::Elf, "sm"),
+                ptx: list(EntryKind::Ptx, "compute"),
+            }
+        })
+    }
+}
