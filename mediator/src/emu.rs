@@ -747,6 +747,9 @@ impl Emu {
                 region.write_window(off, bytes).map_err(|_| Status::InvalidWindowRange)?;
                 Ok(Some([0, 0]))
             }
+            // TEMPORARY (issue 4 in progress): kernel, module and graph calls land with the emu
+            // kernel work; until then they are refused, never faked.
+            _ => Err(Status::NotSupported),
         }
     }
 

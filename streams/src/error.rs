@@ -232,6 +232,16 @@ impl CudaError {
             Status::InvalidHandle | Status::EventNoTiming => CudaError::InvalidResourceHandle,
             Status::OutOfMemory | Status::QuotaExceeded => CudaError::MemoryAllocation,
             Status::NotSupported => CudaError::NotSupported,
+            Status::InvalidConfiguration => CudaError::InvalidConfiguration,
+            Status::NotFound => CudaError::InvalidDeviceFunction,
+            Status::InvalidImage => CudaError::InvalidKernelImage,
+            Status::NoKernelImage => CudaError::NoKernelImageForDevice,
+            Status::LaunchOutOfResources => CudaError::LaunchOutOfResources,
+            Status::CaptureUnsupported => CudaError::StreamCaptureUnsupported,
+            Status::CaptureInvalidated => CudaError::StreamCaptureInvalidated,
+            // The CUresult in the completion's aux word gives the precise error where the
+            // caller has it; without it, the generic launch failure.
+            Status::DeviceError => CudaError::LaunchFailure,
             Status::LinkDown => CudaError::DevicesUnavailable,
             Status::UnknownCall | Status::SeqInUse | Status::Protocol | Status::Unknown => CudaError::Unknown,
         }

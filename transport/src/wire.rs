@@ -8,7 +8,7 @@
 /// Region magic, at offset 0 of the region: `"VGPUREG1"` read as a little-endian u64.
 pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"VGPUREG1");
 /// Protocol version. Any change to this file that a peer could observe bumps it.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Feature bits this build understands. None are defined in version 1.
 pub const FEATURES_SUPPORTED: u32 = 0;
 
@@ -54,6 +54,15 @@ pub mod hdr {
     pub const HOST_STATE: usize = 772; // u32
     /// Block 6, host-written: incremented by the host at least every 100 ms while it serves.
     pub const HEARTBEAT: usize = 776; // u64
+
+    /// Block 7, guest-written (ivshmem mode): the guest's session epoch, non-zero and new for
+    /// each guest process session. Stored with Release after [`GUEST_PID`].
+    pub const GUEST_EPOCH: usize = 896; // u64
+    /// Block 7, guest-written (ivshmem mode): the guest process id (informational, for logs).
+    pub const GUEST_PID: usize = 904; // u32
+    /// Block 8, host-written (ivshmem mode): the epoch the host serves; it stores the guest's
+    /// epoch here (Release) once it has reset the session for it.
+    pub const HOST_EPOCH: usize = 1024; // u64
 }
 
 /// Interrupt vectors a host provides. Vector 0 wakes the guest's reactor thread; vector 1 wakes
@@ -191,6 +200,63 @@ calls! {
     StreamWaitToken = 20,
     /// `args[0]` = a token of a live [`Call::StreamWaitToken`]: its stream may go on.
     SignalToken = 21,
+    /// Module upload, one part. `args[0]` = upload id (non-zero, chosen by the guest, live until
+    /// its ModuleLoad), `args[1]` = window offset, `args[2]` = length of this part, `args[3]` =
+    /// offset of the part within the image, `args[4]` = total image length (<= [`MAX_MODULE_LEN`]).
+    /// The host copies the bytes before it completes. Parts may come in any order; overlapping
+    /// parts or a total that differs from the first part's is InvalidArgument.
+    ModuleData = 22,
+    /// `args[0]` = upload id of a complete upload, or 0 to load by hash alone; `args[1]` = content
+    /// hash ([`module_hash`]) of the image; `args[2]` = image length. The image is a fatbin
+    /// container as nvcc registers it (`__fatBinC_Wrapper_t::data`, the whole container).
+    /// The host checks the hash of uploaded bytes (a mismatch is InvalidArgument), then loads the
+    /// module, using its cross-session cache keyed by hash. Loading by hash answers NotFound when
+    /// the host does not hold that image; the guest then uploads it. Result 0 = module handle.
+    /// InvalidImage: not a fatbin, or corrupt; NoKernelImage: no image this device can run.
+    ModuleLoad = 23,
+    /// `args[0]` = module handle. Functions and symbols of the module become invalid.
+    ModuleUnload = 24,
+    /// `args[0]` = module, `args[1]` = window offset, `args[2]` = length of the window buffer
+    /// (>= [`FUNC_INFO_MAX`] recommended). On entry the buffer holds the function's NUL-terminated
+    /// device (mangled) name; the host overwrites it with a [`FuncInfo`] followed by
+    /// `FuncInfo::num_params` [`ParamInfo`] entries. Result 0 = function handle, result 1 = bytes
+    /// written (a buffer too small for the table is InvalidArgument). NotFound: no such function.
+    FuncGet = 25,
+    /// Stream-ordered, fire-and-forget. `args[0]` = function handle, `args[1]` = grid
+    /// ([`launch::pack_grid`]), `args[2]` = block and flags ([`launch::pack_block`]), `args[3]` =
+    /// dynamic shared memory bytes, `args[4]` = window offset of the parameter buffer, `args[5]` =
+    /// its length (must equal `FuncInfo::param_bytes`). The host copies the parameters when it
+    /// takes the command. Completes when the launch is enqueued on the device (cuda) or validated
+    /// and recorded (emu, which answers NotSupported: it cannot compute the kernel's results).
+    /// Errors of the kernel's own execution surface as DeviceError at the next synchronising call.
+    Launch = 26,
+    /// `args[0]` = module, `args[1]` = window offset, `args[2]` = length of the NUL-terminated
+    /// device name of a `__device__`/`__constant__` variable, `args[3]` = its size as registered.
+    /// Result 0 = device address, result 1 = size. NotFound: no such variable.
+    SymbolGet = 27,
+    /// `args[0]` = function, `args[1]` = attribute ([`func_attr`]), `args[2]` = value (i32 bits).
+    FuncSetAttr = 28,
+    /// `args[0]` = function, `args[1]` = threads per block, `args[2]` = dynamic shared bytes,
+    /// `args[3]` = flags (cudaOccupancy*). Result 0 = active blocks per multiprocessor.
+    Occupancy = 29,
+    /// Stream-ordered. `args[0]` = capture mode (0 global, 1 thread-local, 2 relaxed). Stream-ordered
+    /// commands on the stream after this one are captured into a graph, not executed, until
+    /// StreamEndCapture. CaptureUnsupported on the legacy default stream.
+    StreamBeginCapture = 30,
+    /// Stream-ordered. Ends the capture. Result 0 = graph handle. CaptureInvalidated if an
+    /// operation that cannot be captured was submitted meanwhile (the graph is discarded).
+    StreamEndCapture = 31,
+    /// `args[0]` = graph, `args[1]` = flags (cudaGraphInstantiateFlag*). Result 0 = exec handle.
+    GraphInstantiate = 32,
+    /// `args[0]` = exec, `args[1]` = graph. Result 0 = a cudaGraphExecUpdateResult (0 = success;
+    /// otherwise the exec is unchanged and the guest may re-instantiate).
+    GraphExecUpdate = 33,
+    /// Stream-ordered, fire-and-forget. `args[0]` = exec handle.
+    GraphLaunch = 34,
+    /// `args[0]` = graph handle.
+    GraphDestroy = 35,
+    /// `args[0]` = exec handle. Pending launches of it finish first.
+    GraphExecDestroy = 36,
 }
 
 impl Call {
@@ -207,7 +273,17 @@ impl Call {
                 | Call::EventRecord
                 | Call::StreamWaitEvent
                 | Call::StreamWaitToken
+                | Call::Launch
+                | Call::StreamBeginCapture
+                | Call::StreamEndCapture
+                | Call::GraphLaunch
         )
+    }
+
+    /// Whether a capturing stream records this call into its graph instead of running it.
+    /// Other stream-ordered calls on a capturing stream invalidate the capture.
+    pub fn capturable(self) -> bool {
+        matches!(self, Call::Launch | Call::MemcpyDtoD | Call::Memset | Call::MemcpyHtoD | Call::MemcpyDtoH | Call::GraphLaunch)
     }
 
     /// Whether the call copies or fills device memory (its cost grows with its length).
@@ -224,6 +300,14 @@ impl Call {
             Call::StreamWaitToken | Call::SignalToken => 1,
             Call::StreamCreate | Call::EventElapsed | Call::DeviceInfo | Call::StreamWaitEvent => 2,
             Call::MemcpyHtoD | Call::MemcpyDtoH | Call::MemcpyDtoD | Call::Memset => 3,
+            Call::ModuleData => 5,
+            Call::ModuleLoad | Call::FuncGet | Call::FuncSetAttr => 3,
+            Call::ModuleUnload | Call::GraphDestroy | Call::GraphExecDestroy | Call::GraphLaunch => 1,
+            Call::Launch => 6,
+            Call::SymbolGet | Call::Occupancy => 4,
+            Call::StreamBeginCapture => 1,
+            Call::StreamEndCapture => 0,
+            Call::GraphInstantiate | Call::GraphExecUpdate => 2,
         }
     }
 }
@@ -285,12 +369,118 @@ statuses! {
     EventNoTiming = 10,
     /// A per-session limit on handles was reached.
     QuotaExceeded = 11,
+    /// Grid or block dimensions out of range, or too many threads per block
+    /// (cudaErrorInvalidConfiguration).
+    InvalidConfiguration = 12,
+    /// A module hash, function or symbol name the host does not know.
+    NotFound = 13,
+    /// The module image is not a fatbin the host can parse (cudaErrorInvalidKernelImage).
+    InvalidImage = 14,
+    /// The module has no image this device can run (cudaErrorNoKernelImageForDevice).
+    NoKernelImage = 15,
+    /// More shared memory, registers or threads than the function can launch with
+    /// (cudaErrorLaunchOutOfResources).
+    LaunchOutOfResources = 16,
+    /// The operation is not permitted on a capturing stream, or capture is not allowed on this
+    /// stream (cudaErrorStreamCaptureUnsupported).
+    CaptureUnsupported = 17,
+    /// The capture was invalidated by an earlier operation (cudaErrorStreamCaptureInvalidated).
+    CaptureInvalidated = 18,
+    /// The device reported an error; `Completion::aux` carries the driver's CUresult (for
+    /// example 700, an illegal address), which the guest maps to the cudaError of the same value.
+    DeviceError = 19,
     /// Generated by the guest, never sent: the link to the host is gone.
     LinkDown = 0xffff_0001,
     /// Generated by the guest, never sent: the host violated the protocol.
     Protocol = 0xffff_0002,
     /// Any value this version does not know.
     Unknown = 0xffff_ffff,
+}
+
+/// Largest module image a host accepts.
+pub const MAX_MODULE_LEN: u64 = 1 << 30;
+
+/// The content hash of a module image: XXH3-64 with seed 0 (xxhash-rust's `xxh3_64`).
+pub fn module_hash(image: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(image)
+}
+
+/// Written by FuncGet, followed by `num_params` [`ParamInfo`]. 64 bytes. The fields are those of
+/// `cudaFuncAttributes` the host knows; the guest fills the rest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct FuncInfo {
+    pub num_params: u32,
+    /// Size in bytes of the packed parameter buffer a Launch must carry.
+    pub param_bytes: u32,
+    pub max_threads_per_block: u32,
+    /// Static shared memory per block.
+    pub shared_size_bytes: u32,
+    pub const_size_bytes: u32,
+    pub local_size_bytes: u32,
+    pub num_regs: u32,
+    /// Virtual architecture of the PTX the image was built from, times 10 plus minor (e.g. 90).
+    pub ptx_version: u32,
+    /// Architecture of the binary the host loaded, same encoding (e.g. 90 for sm_90).
+    pub binary_version: u32,
+    pub cache_mode_ca: u32,
+    pub max_dynamic_shared_size_bytes: u32,
+    pub preferred_shmem_carveout: i32,
+    pub _reserved: [u32; 4],
+}
+
+/// One kernel parameter: its offset and size in the packed parameter buffer. 8 bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct ParamInfo {
+    pub offset: u32,
+    pub size: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<FuncInfo>() == 64);
+const _: () = assert!(std::mem::size_of::<ParamInfo>() == 8);
+
+/// Most parameters a function may have (CUDA allows 32764 bytes of parameters).
+pub const MAX_PARAMS: usize = 4096;
+/// A FuncGet buffer this large always holds the answer.
+pub const FUNC_INFO_MAX: usize = std::mem::size_of::<FuncInfo>() + MAX_PARAMS * std::mem::size_of::<ParamInfo>();
+/// Most parameter bytes a Launch may carry.
+pub const MAX_PARAM_BYTES: u64 = 32764;
+
+/// Function attributes for FuncSetAttr (the `cudaFuncAttribute` values).
+pub mod func_attr {
+    pub const MAX_DYNAMIC_SHARED_MEMORY_SIZE: u64 = 8;
+    pub const PREFERRED_SHARED_MEMORY_CARVEOUT: u64 = 9;
+    pub const CLUSTER_DIM_MUST_BE_SET: u64 = 10;
+    pub const REQUIRED_CLUSTER_WIDTH: u64 = 11;
+    pub const REQUIRED_CLUSTER_HEIGHT: u64 = 12;
+    pub const REQUIRED_CLUSTER_DEPTH: u64 = 13;
+    pub const NON_PORTABLE_CLUSTER_SIZE_ALLOWED: u64 = 14;
+    pub const CLUSTER_SCHEDULING_POLICY_PREFERENCE: u64 = 15;
+}
+
+/// Packing of Launch's grid and block arguments.
+pub mod launch {
+    /// Launch flag: cooperative launch (cudaLaunchCooperativeKernel).
+    pub const COOPERATIVE: u64 = 1;
+    pub const KNOWN_FLAGS: u64 = COOPERATIVE;
+
+    /// `x | y << 32 | z << 48`; `None` if y or z exceed 16 bits (CUDA's limit is 65535).
+    pub fn pack_grid(x: u32, y: u32, z: u32) -> Option<u64> {
+        (y <= 0xffff && z <= 0xffff).then(|| x as u64 | (y as u64) << 32 | (z as u64) << 48)
+    }
+    pub fn unpack_grid(v: u64) -> (u32, u32, u32) {
+        (v as u32, (v >> 32) as u32 & 0xffff, (v >> 48) as u32)
+    }
+    /// `x | y << 16 | z << 32 | flags << 48`; `None` if a dimension exceeds 16 bits.
+    pub fn pack_block(x: u32, y: u32, z: u32, flags: u64) -> Option<u64> {
+        (x <= 0xffff && y <= 0xffff && z <= 0xffff && flags <= 0xffff)
+            .then(|| x as u64 | (y as u64) << 16 | (z as u64) << 32 | flags << 48)
+    }
+    /// `(x, y, z, flags)`.
+    pub fn unpack_block(v: u64) -> (u32, u32, u32, u64) {
+        (v as u32 & 0xffff, (v >> 16) as u32 & 0xffff, (v >> 32) as u32 & 0xffff, v >> 48)
+    }
 }
 
 /// Written by DeviceInfo into the data window. 512 bytes.
