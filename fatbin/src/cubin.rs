@@ -1,6 +1,6 @@
 //! The cubin ELF: kernels and their `.nv.info` attributes (EIATTR records), parameter layouts.
 
-use object::elf::{FileHeader64, SHT_SYMTAB, STT_FUNC};
+use object::elf::{FileHeader64, SHT_NOBITS, SHT_SYMTAB, STT_FUNC, STT_OBJECT};
 use object::read::elf::{FileHeader, SectionHeader, Sym};
 use object::Endianness;
 
@@ -14,6 +14,10 @@ const STO_CUDA_ENTRY: u8 = 0x10;
 /// The `.nv.info` attributes this crate names; any other is kept as [`NvInfoAttr::Other`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NvInfoAttr {
+    /// `EIATTR_MAX_THREADS` (0x05): 3 u32, the block size bound of `__launch_bounds__`.
+    MaxThreads,
+    /// `EIATTR_REQNTID` (0x10): 3 u32, the block size the kernel requires (PTX `.reqntid`).
+    Reqntid,
     /// `EIATTR_PARAM_CBANK` (0x0a): symbol index of the kernel's constant bank section, then u16
     /// offset of the parameters within that bank and u16 their size.
     ParamCbank,
@@ -38,6 +42,8 @@ pub enum NvInfoAttr {
 impl NvInfoAttr {
     fn from_raw(raw: u8) -> Self {
         match raw {
+            0x05 => Self::MaxThreads,
+            0x10 => Self::Reqntid,
             0x0a => Self::ParamCbank,
             0x11 => Self::FrameSize,
             0x12 => Self::MinStackSize,
@@ -170,6 +176,41 @@ pub struct Kernel<'a> {
     pub info: Vec<NvInfoRecord<'a>>,
     /// The parameter layout from those records.
     pub params: ParamLayout,
+    /// Static shared memory per block: the size of `.nv.shared.<name>` (0 when absent).
+    pub shared_static: u64,
+    /// `EIATTR_MAX_THREADS` (`__launch_bounds__(n)` gives `[n, 1, 1]`), when present.
+    pub max_threads: Option<[u32; 3]>,
+    /// `EIATTR_REQNTID` (a required block size), when present.
+    pub reqntid: Option<[u32; 3]>,
+    /// `EIATTR_MAXREG_COUNT` (the register limit the kernel was built with), when present.
+    pub max_registers: Option<u32>,
+    /// `EIATTR_FRAME_SIZE` in the global `.nv.info`: local memory (stack frame) bytes per thread.
+    pub frame_size: Option<u32>,
+}
+
+/// Where a module-scope variable lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GlobalKind {
+    /// `__device__`: `.nv.global` (zero-initialised) or `.nv.global.init`.
+    Device,
+    /// `__constant__`: a constant bank section `.nv.constant<N>` (N > 0, bank 3 on sm_80/sm_90).
+    Constant,
+}
+
+/// A `__device__` or `__constant__` variable: an `STT_OBJECT` symbol in `.nv.global`,
+/// `.nv.global.init` or `.nv.constant<N>` (N > 0).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Global<'a> {
+    /// The symbol name (mangled for C++ names at namespace scope), as `__cudaRegisterVar` names it.
+    pub name: String,
+    /// Size in bytes (`st_size`).
+    pub size: u64,
+    /// Device or constant memory.
+    pub kind: GlobalKind,
+    /// The section that holds it.
+    pub section: String,
+    /// Initial bytes (`size` of them), or `None` for a zero-initialised variable (`SHT_NOBITS`).
+    pub init: Option<&'a [u8]>,
 }
 
 /// A parsed cubin.
@@ -179,6 +220,41 @@ pub struct Cubin<'a> {
     pub kernels: Vec<Kernel<'a>>,
     /// `e_flags` of the ELF header (encodes the SASS architecture).
     pub e_flags: u32,
+    /// `__device__` and `__constant__` variables, in symbol table order.
+    pub globals: Vec<Global<'a>>,
+    /// The virtual architecture the SASS was generated from (`.note.nv.cuinfo`, e.g. 80 for
+    /// `compute_80`), when the note is present.
+    pub virtual_arch: Option<u32>,
+    /// The toolkit version of `.note.nv.cuinfo` (major * 10 + minor, e.g. 130), when present.
+    pub toolkit_version: Option<u32>,
+}
+
+/// Reads a `[u32; 3]` record (`EIATTR_MAX_THREADS`, `EIATTR_REQNTID`).
+fn dims(rec: &NvInfoRecord<'_>, what: &'static str) -> Result<[u32; 3]> {
+    let r = Reader::new(rec.data, what);
+    Ok([r.u32(0)?, r.u32(4)?, r.u32(8)?])
+}
+
+/// `.note.nv.cuinfo`: one ELF note (name "NVIDIA Corp"), whose descriptor is u16 *version*,
+/// u16 virtual architecture, u32 toolkit version. `None` for anything else.
+fn cuinfo(note: &[u8]) -> Option<(u32, u32)> {
+    let r = Reader::new(note, ".note.nv.cuinfo");
+    let namesz = u64::from(r.u32(0).ok()?);
+    let descsz = u64::from(r.u32(4).ok()?);
+    let desc = 12 + namesz.div_ceil(4) * 4;
+    if descsz < 8 {
+        return None;
+    }
+    Some((u32::from(r.u16(desc + 2).ok()?), r.u32(desc + 4).ok()?))
+}
+
+/// The kind of a section that holds variables, from its name.
+fn global_section(name: &[u8]) -> Option<GlobalKind> {
+    if name == b".nv.global" || name == b".nv.global.init" {
+        return Some(GlobalKind::Device);
+    }
+    let bank = name.strip_prefix(b".nv.constant")?;
+    (!bank.is_empty() && bank != b"0" && bank.iter().all(u8::is_ascii_digit)).then_some(GlobalKind::Constant)
 }
 
 fn elf(e: object::read::Error) -> Error {
@@ -198,24 +274,39 @@ impl<'a> Cubin<'a> {
 
         // Per-kernel sections by name, and the global .nv.info.
         let mut infos = std::collections::HashMap::new();
+        let mut shared = std::collections::HashMap::new();
         let mut registers = std::collections::HashMap::new();
+        let mut frames = std::collections::HashMap::new();
+        let mut note = None;
         for section in sections.iter() {
             let name = sections.section_name(endian, section).map_err(elf)?;
             if name == b".nv.info" {
                 let body = section.data(endian, data).map_err(elf)?;
                 for rec in parse_nv_info(body)? {
-                    if rec.attr == NvInfoAttr::Regcount {
-                        let r = Reader::new(rec.data, "EIATTR_REGCOUNT");
-                        registers.insert(r.u32(0)? as usize, r.u32(4)?);
+                    if rec.attr == NvInfoAttr::Regcount || rec.attr == NvInfoAttr::FrameSize {
+                        let r = Reader::new(rec.data, "EIATTR_REGCOUNT/EIATTR_FRAME_SIZE");
+                        let map = if rec.attr == NvInfoAttr::Regcount { &mut registers } else { &mut frames };
+                        map.insert(r.u32(0)? as usize, r.u32(4)?);
                     }
                 }
             } else if let Some(kernel) = name.strip_prefix(b".nv.info.") {
                 infos.insert(kernel.to_vec(), section.data(endian, data).map_err(elf)?);
+            } else if let Some(kernel) = name.strip_prefix(b".nv.shared.") {
+                shared.insert(kernel.to_vec(), section.sh_size(endian));
+            } else if name == b".note.nv.cuinfo" {
+                note = cuinfo(section.data(endian, data).map_err(elf)?);
             }
         }
 
         let mut kernels = Vec::new();
+        let mut globals = Vec::new();
         for (index, sym) in symbols.iter().enumerate() {
+            if sym.st_type() == STT_OBJECT {
+                if let Some(g) = Self::global(sym, &sections, &symbols, endian, data)? {
+                    globals.push(g);
+                }
+                continue;
+            }
             if sym.st_type() != STT_FUNC || sym.st_other() & STO_CUDA_ENTRY == 0 {
                 continue;
             }
@@ -226,6 +317,15 @@ impl<'a> Cubin<'a> {
                 None => Vec::new(),
             };
             let params = ParamLayout::from_records(&name, &info)?;
+            let (mut max_threads, mut reqntid, mut max_registers) = (None, None, None);
+            for rec in &info {
+                match rec.attr {
+                    NvInfoAttr::MaxThreads => max_threads = Some(dims(rec, "EIATTR_MAX_THREADS")?),
+                    NvInfoAttr::Reqntid => reqntid = Some(dims(rec, "EIATTR_REQNTID")?),
+                    NvInfoAttr::MaxregCount => max_registers = Some(u32::from(rec.value)),
+                    _ => {}
+                }
+            }
             kernels.push(Kernel {
                 name,
                 symbol_index: index,
@@ -233,9 +333,51 @@ impl<'a> Cubin<'a> {
                 registers: registers.get(&index).copied(),
                 info,
                 params,
+                shared_static: shared.get(raw_name).copied().unwrap_or(0),
+                max_threads,
+                reqntid,
+                max_registers,
+                frame_size: frames.get(&index).copied(),
             });
         }
-        Ok(Self { kernels, e_flags: hdr.e_flags(endian) })
+        Ok(Self { kernels, e_flags: hdr.e_flags(endian), globals, virtual_arch: note.map(|n| n.0), toolkit_version: note.map(|n| n.1) })
+    }
+
+    /// The variable an `STT_OBJECT` symbol names, if it lives in a variable section.
+    fn global(
+        sym: &<FileHeader64<Endianness> as FileHeader>::Sym,
+        sections: &object::read::elf::SectionTable<'a, FileHeader64<Endianness>>,
+        symbols: &object::read::elf::SymbolTable<'a, FileHeader64<Endianness>>,
+        endian: Endianness,
+        data: &'a [u8],
+    ) -> Result<Option<Global<'a>>> {
+        let shndx = sym.st_shndx(endian);
+        if shndx == 0 || shndx >= object::elf::SHN_LORESERVE {
+            return Ok(None);
+        }
+        let section = sections.section(object::SectionIndex(usize::from(shndx))).map_err(elf)?;
+        let Some(kind) = global_section(sections.section_name(endian, section).map_err(elf)?) else {
+            return Ok(None);
+        };
+        let section_name = String::from_utf8_lossy(sections.section_name(endian, section).map_err(elf)?).into_owned();
+        let name = String::from_utf8_lossy(symbols.symbol_name(endian, sym).map_err(elf)?).into_owned();
+        let (value, size) = (sym.st_value(endian), sym.st_size(endian));
+        let end = value.checked_add(size).filter(|&e| e <= section.sh_size(endian)).ok_or_else(|| Error::Invalid {
+            what: "cubin variable",
+            reason: format!("{name}: {value}+{size} is past the end of {section_name}"),
+        })?;
+        let init = if section.sh_type(endian) == SHT_NOBITS {
+            None
+        } else {
+            let body = section.data(endian, data).map_err(elf)?;
+            Some(Reader::new(body, "cubin variable").bytes(value, end - value)?)
+        };
+        Ok(Some(Global { name, size, kind, section: section_name, init }))
+    }
+
+    /// The variable with this name.
+    pub fn global_named(&self, name: &str) -> Option<&Global<'a>> {
+        self.globals.iter().find(|g| g.name == name)
     }
 
     /// The kernel with this (mangled) name.
