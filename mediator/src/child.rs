@@ -15,15 +15,23 @@ impl Mediator {
     /// Start `exe serve` on a fresh socket in a private temporary folder and wait until it
     /// accepts connections.
     pub fn start(exe: &Path, executor: &str, spin_us: u64) -> Result<Mediator, String> {
-        Mediator::spawn(exe, executor, spin_us, false)
+        Mediator::spawn(exe, executor, spin_us, false, &[])
     }
 
-    fn spawn(exe: &Path, executor: &str, spin_us: u64, bound: bool) -> Result<Mediator, String> {
+    /// [`start`](Self::start) with more `vgpu serve` arguments (e.g. `--launch-log PATH`).
+    pub fn start_with_args(exe: &Path, executor: &str, spin_us: u64, extra: &[std::ffi::OsString]) -> Result<Mediator, String> {
+        Mediator::spawn(exe, executor, spin_us, false, extra)
+    }
+
+    fn spawn(exe: &Path, executor: &str, spin_us: u64, bound: bool, extra: &[std::ffi::OsString]) -> Result<Mediator, String> {
         let dir = std::env::temp_dir().join(format!("vgpu-{}-{}", std::process::id(), unique()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let socket = dir.join("vgpu.sock");
         let mut cmd = Command::new(exe);
-        cmd.args(["serve", "--executor", executor, "--spin-us", &spin_us.to_string(), "--socket"]).arg(&socket).stdin(Stdio::null());
+        cmd.args(["serve", "--executor", executor, "--spin-us", &spin_us.to_string(), "--socket"])
+            .arg(&socket)
+            .args(extra)
+            .stdin(Stdio::null());
         if bound {
             use std::os::unix::process::CommandExt;
             // It outlives our output: keep its routine messages out of the terminal.
@@ -65,7 +73,7 @@ impl Mediator {
     /// mediator go first.
     pub fn start_self_bound(executor: &str, spin_us: u64) -> Result<Mediator, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        Mediator::spawn(&exe, executor, spin_us, true)
+        Mediator::spawn(&exe, executor, spin_us, true, &[])
     }
 
     /// Leave a mediator from [`Mediator::start_self_bound`] running until this process exits

@@ -9,6 +9,9 @@
 //!   concurrently, so completions of different streams arrive in any order.
 //! - Events capture a stream position and a timestamp; sync waits are completions deferred until
 //!   the recorded work has run.
+//! - Modules, functions, launches, symbols, stream capture and graphs are in `emu/kernels.rs`: launches
+//!   are validated against the cubin's parameter layout and attributes and recorded (tracing,
+//!   statistics, the launch log), and complete with NotSupported: the emulator runs no kernel.
 //!
 //! Every guest-supplied field is validated at dispatch, before any work is queued: window ranges
 //! against the window, device ranges against this session's live allocations, handles against
@@ -27,6 +30,8 @@ use vgpu_transport::sync::Ordering;
 use vgpu_transport::wire::{event_flags, stream_flags, Call, Command, Completion, DeviceInfo, Status};
 use vgpu_transport::{Completer, Executor, ServerStats};
 
+mod kernels;
+
 /// First device address handed out. Non-canonical on x86-64 (bit 47 set, bits 48..63 clear).
 pub const EMU_BASE: u64 = 0x0000_d000_0000_0000;
 /// Allocation alignment (what `cudaMalloc` guarantees is at least 256).
@@ -42,17 +47,40 @@ pub struct EmuLimits {
     pub max_streams: usize,
     pub max_events: usize,
     pub max_allocations: usize,
+    /// Modules loaded at once.
+    pub max_modules: usize,
+    /// Function handles (FuncGet) at once.
+    pub max_functions: usize,
+    /// Graphs and graph execs at once (each).
+    pub max_graphs: usize,
+    /// Nodes of one graph (or capture).
+    pub max_graph_nodes: usize,
+    /// Bytes all graphs, execs and captures of the session hold (parameters plus 64 per node).
+    pub max_graph_bytes: u64,
 }
 
 impl Default for EmuLimits {
     fn default() -> Self {
-        EmuLimits { mem_total: 16 << 30, max_streams: 1024, max_events: 1 << 16, max_allocations: 1 << 20 }
+        EmuLimits {
+            mem_total: 16 << 30,
+            max_streams: 1024,
+            max_events: 1 << 16,
+            max_allocations: 1 << 20,
+            max_modules: 1024,
+            max_functions: 1 << 16,
+            max_graphs: 4096,
+            max_graph_nodes: 1 << 16,
+            max_graph_bytes: 256 << 20,
+        }
     }
 }
 
 struct Alloc {
     base: u64,
     len: u64,
+    /// 0: a MemAlloc allocation; otherwise the module whose `__device__`/`__constant__`
+    /// variable this is (freed by ModuleUnload only, never by MemFree).
+    owner: u64,
     data: RwLock<memmap2::MmapMut>,
 }
 
@@ -272,6 +300,8 @@ pub struct Emu {
     tokens: Tokens,
     /// Bytes of queued host-to-device writes held in host bounce buffers (see MemcpyHtoD).
     bounced: Arc<AtomicU64>,
+    /// Modules, functions, launches, captures and graphs.
+    kern: kernels::Kernels,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -298,7 +328,16 @@ impl Emu {
             gate: Arc::new(Gate::new()),
             tokens: Arc::new(Mutex::new(HashMap::new())),
             bounced: Arc::new(AtomicU64::new(0)),
+            kern: kernels::Kernels::new(stats.session_id.load(Ordering::Relaxed)),
         })
+    }
+
+    /// Use `cache` for modules loaded by hash (and to keep uploaded ones), and append every
+    /// launch to `log` (`vgpu serve --module-cache`, `--launch-log`).
+    pub fn with_kernels(mut self, cache: Arc<crate::modules::ModuleCache>, log: Option<Arc<crate::modules::LaunchLog>>) -> Emu {
+        self.kern.cache = cache;
+        self.kern.log = log;
+        self
     }
 
     /// The allocation containing `[ptr, ptr+len)`, and the offset of `ptr` in it.
@@ -309,6 +348,10 @@ impl Emu {
     }
 
     fn alloc(&mut self, size: u64) -> Result<u64, Status> {
+        self.alloc_owned(size, 0)
+    }
+
+    fn alloc_owned(&mut self, size: u64, owner: u64) -> Result<u64, Status> {
         if size == 0 {
             return Err(Status::InvalidArgument);
         }
@@ -322,7 +365,7 @@ impl Emu {
         })?;
         let base = self.next_addr;
         self.next_addr = base + size.div_ceil(ALIGN) * ALIGN + GUARD;
-        self.allocs.insert(base, Arc::new(Alloc { base, len: size, data: RwLock::new(map) }));
+        self.allocs.insert(base, Arc::new(Alloc { base, len: size, owner, data: RwLock::new(map) }));
         self.in_use += size;
         self.stats.mem_in_use.store(self.in_use, Ordering::Relaxed);
         self.stats.mem_peak.fetch_max(self.in_use, Ordering::Relaxed);
@@ -331,6 +374,14 @@ impl Emu {
     }
 
     fn free(&mut self, ptr: u64) -> Status {
+        if self.allocs.get(&ptr).is_some_and(|a| a.owner != 0) {
+            // A module variable: not the guest's to free.
+            return Status::InvalidDevicePointer;
+        }
+        self.free_owned(ptr)
+    }
+
+    fn free_owned(&mut self, ptr: u64) -> Status {
         match self.allocs.remove(&ptr) {
             Some(a) => {
                 self.in_use -= a.len;
@@ -447,6 +498,11 @@ impl Emu {
     fn exec(&mut self, cmd: &Command, call: Call, done: &Completer) -> Result<Option<[u64; 2]>, Status> {
         if !self.draining.is_empty() {
             self.prune_draining();
+        }
+        if call.stream_ordered() && self.kern.capturing(cmd.stream) {
+            if let Some(r) = self.capture(cmd, call, done) {
+                return r;
+            }
         }
         let a = cmd.args;
         let seq = cmd.seq;
@@ -572,6 +628,7 @@ impl Emu {
                     return Err(Status::InvalidHandle);
                 }
                 let w = self.streams.remove(&h).ok_or(Status::InvalidHandle)?;
+                self.kern.end_capture_of(h);
                 self.stats.streams.store(self.streams.len() as u64 - 1, Ordering::Relaxed);
                 let r = after_streams(std::iter::once(&w), seq, done);
                 if w.idle() && r.is_some() {
@@ -747,9 +804,21 @@ impl Emu {
                 region.write_window(off, bytes).map_err(|_| Status::InvalidWindowRange)?;
                 Ok(Some([0, 0]))
             }
-            // TEMPORARY (issue 4 in progress): kernel, module and graph calls land with the emu
-            // kernel work; until then they are refused, never faked.
-            _ => Err(Status::NotSupported),
+            Call::ModuleData
+            | Call::ModuleLoad
+            | Call::ModuleUnload
+            | Call::FuncGet
+            | Call::Launch
+            | Call::SymbolGet
+            | Call::FuncSetAttr
+            | Call::Occupancy
+            | Call::StreamBeginCapture
+            | Call::StreamEndCapture
+            | Call::GraphInstantiate
+            | Call::GraphExecUpdate
+            | Call::GraphLaunch
+            | Call::GraphDestroy
+            | Call::GraphExecDestroy => self.exec_kernel(cmd, call, done),
         }
     }
 
@@ -841,6 +910,7 @@ impl Executor for Emu {
             let _ = t.join();
         }
         self.events.clear();
+        self.kern.clear();
         self.allocs.clear();
         self.in_use = 0;
         self.stats.mem_in_use.store(0, Ordering::Relaxed);

@@ -5,8 +5,11 @@
 //!
 //! - [`serve`]: the control plane (tokio): accepts guests, spawns one worker per session,
 //!   answers `vgpu stat`;
-//! - [`worker`]: one session: handshake, [`vgpu_transport::Server`] loop, executor;
+//! - [`worker`]: one session: handshake, [`vgpu_transport::Server`] loop, executor; or one VM
+//!   on the `ivshmem` link, serving its guest sessions by epoch;
+//! - [`ivshmem`]: the ivshmem-server protocol (the mediator is peer 0 of QEMU's `ivshmem-doorbell`);
 //! - [`emu`]: the CPU executor;
+//! - [`cuda`]: the GPU executor (CUDA driver API, loaded at run time);
 //! - [`bench`] and [`demo`]: measurements and the README's first command;
 //! - [`run`]: `vgpu run -- APP`, a CUDA program on our `libcudart.so.12`/`.13`.
 
@@ -14,8 +17,11 @@
 
 pub mod bench;
 pub mod child;
+pub mod cuda;
 pub mod demo;
 pub mod emu;
+pub mod ivshmem;
+pub mod modules;
 pub mod run;
 pub mod serve;
 pub mod worker;

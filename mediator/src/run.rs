@@ -10,6 +10,7 @@
 //!    both are also in `LD_PRELOAD`, which wins even over an `RPATH` pointing at a bundled real
 //!    libcudart. Each library's exports are versioned `libcudart.so.12` / `.13`, so a program's
 //!    `sym@libcudart.so.12` references bind to the matching one.
+//!    A private mediator gets `--launch-log $VGPU_LAUNCH_LOG` when that variable is set.
 //! 3. The program runs with `VGPU_SOCKET` set (and `VGPU_MEDIATOR_PID` when the mediator is a
 //!    private one); `vgpu run` exits with its status (128 + signal number if a signal ended it),
 //!    or with 125 and a message naming the fix when it cannot start it (libraries not built, no
@@ -110,11 +111,20 @@ pub fn run(opts: RunOpts) -> Result<u8, String> {
     let wanted = opts.socket.clone().unwrap_or_else(crate::default_socket);
     let mut private = None;
     let socket = if std::os::unix::net::UnixStream::connect(&wanted).is_ok() {
+        if std::env::var_os("VGPU_LAUNCH_LOG").is_some_and(|l| !l.is_empty()) {
+            tracing::warn!(target: "vgpu::run", "VGPU_LAUNCH_LOG applies to a mediator vgpu run starts; the one at {} logs launches only if it was started with --launch-log", wanted.display());
+        }
         wanted
     } else if opts.socket.is_some() || std::env::var_os("VGPU_SOCKET").is_some() {
         return Err(format!("no vgpu mediator answers at {} (start one with `vgpu serve --socket {0}`, or leave --socket and VGPU_SOCKET unset to let vgpu run start its own)", wanted.display()));
     } else {
-        let m = Mediator::start(&exe, &opts.executor, 50)?;
+        // VGPU_LAUNCH_LOG: the private mediator appends every kernel launch there.
+        let mut extra = Vec::new();
+        if let Some(log) = std::env::var_os("VGPU_LAUNCH_LOG").filter(|l| !l.is_empty()) {
+            extra.push("--launch-log".into());
+            extra.push(log);
+        }
+        let m = Mediator::start_with_args(&exe, &opts.executor, 50, &extra)?;
         let s = m.socket().to_path_buf();
         tracing::info!(target: "vgpu::run", "started a private mediator (executor {}) at {}", opts.executor, s.display());
         private = Some(m);

@@ -22,9 +22,53 @@ use crate::ExecutorKind;
 #[derive(Clone, Debug)]
 pub struct ServeOpts {
     pub socket: PathBuf,
+    /// ivshmem-server sockets, one VM each.
+    pub ivshmem: Vec<IvshmemSocket>,
     pub executor: ExecutorKind,
     pub spin: Duration,
     pub limits: EmuLimits,
+    /// `--launch-log`, `--module-cache`: passed to every worker.
+    pub kernels: crate::modules::KernelOpts,
+}
+
+/// One `--ivshmem SOCKET` with its region size.
+#[derive(Clone, Debug)]
+pub struct IvshmemSocket {
+    pub path: PathBuf,
+    pub size: u64,
+}
+
+/// Pair `--ivshmem` sockets with `--size` values: none given means the default for all, one
+/// means that size for all, otherwise one per socket, in order.
+pub fn ivshmem_sockets(paths: Vec<PathBuf>, sizes: &[String]) -> Result<Vec<IvshmemSocket>, String> {
+    let sizes: Vec<u64> = sizes.iter().map(|s| crate::ivshmem::parse_size(s)).collect::<Result<_, _>>()?;
+    if sizes.len() > 1 && sizes.len() != paths.len() {
+        return Err(format!(
+            "{} --size values for {} --ivshmem sockets: give one size for all, or one per socket",
+            sizes.len(),
+            paths.len()
+        ));
+    }
+    if !sizes.is_empty() && paths.is_empty() {
+        return Err("--size applies to --ivshmem sockets; none was given".into());
+    }
+    let mut seen = std::collections::HashSet::new();
+    paths
+        .into_iter()
+        .enumerate()
+        .map(|(i, path)| {
+            let size = match sizes.len() {
+                0 => crate::ivshmem::DEFAULT_SIZE,
+                1 => sizes[0],
+                _ => sizes[i],
+            };
+            crate::ivshmem::check_size(size)?;
+            if !seen.insert(path.clone()) {
+                return Err(format!("--ivshmem {} given twice", path.display()));
+            }
+            Ok(IvshmemSocket { path, size })
+        })
+        .collect()
 }
 
 struct StatsPage {
@@ -48,6 +92,8 @@ impl StatsPage {
 
 struct Session {
     id: u64,
+    /// `None`: a direct session; `Some(socket)`: a VM on that ivshmem socket.
+    ivshmem: Option<PathBuf>,
     guest_pid: u32,
     worker_pid: u32,
     started: Instant,
@@ -84,6 +130,10 @@ fn stats_json(s: &ServerStats) -> Value {
         "allocations": l(&s.allocations),
         "streams": l(&s.streams),
         "events": l(&s.events),
+        "launches": l(&s.launches),
+        "modules_loaded": l(&s.modules_loaded),
+        "modules_cached": l(&s.modules_cached),
+        "graph_launches": l(&s.graph_launches),
     })
 }
 
@@ -93,9 +143,19 @@ impl Table {
             .sessions
             .iter()
             .map(|s| {
-                let mut v = stats_json(s.stats.get());
+                let st = s.stats.get();
+                let mut v = stats_json(st);
                 v["id"] = json!(s.id);
                 v["guest_pid"] = json!(s.guest_pid);
+                v["link"] = json!(if s.ivshmem.is_some() { "ivshmem" } else { "direct" });
+                if let Some(p) = &s.ivshmem {
+                    // A VM: its current guest process (from the region, informational) and the
+                    // guest sessions (epochs) served so far.
+                    v["ivshmem_socket"] = json!(p.display().to_string());
+                    v["guest_pid"] = json!(st.guest_pid.load(Ordering::Relaxed));
+                    v["epoch"] = json!(st.epoch.load(Ordering::Relaxed));
+                    v["guest_sessions"] = json!(st.guest_sessions.load(Ordering::Relaxed));
+                }
                 v["worker_pid"] = json!(s.worker_pid);
                 v["age_s"] = json!(s.started.elapsed().as_secs_f64());
                 v["state"] = json!(match &s.ended {
@@ -118,18 +178,28 @@ impl Table {
 }
 
 /// Run the control plane until SIGINT/SIGTERM.
-pub async fn serve(opts: ServeOpts) -> Result<(), String> {
-    if opts.executor == ExecutorKind::Cuda {
-        return Err("the cuda executor is not built yet in this release; run `vgpu serve --executor emu` (or `auto`)".into());
-    }
-    if opts.executor == ExecutorKind::Auto {
-        info!(target: "vgpu::serve", "executor auto: this build has no cuda executor yet, using emu");
+pub async fn serve(mut opts: ServeOpts) -> Result<(), String> {
+    // `cuda` needs a driver and a device (the error names the fix); `auto` becomes `cuda` or
+    // `emu` here, once, and the workers get the resolved kind.
+    opts.executor = crate::cuda::select(opts.executor)?;
+    // ivshmem sockets first: once the control socket answers, every VM socket listens (a
+    // script may start QEMU as soon as `vgpu stat` works).
+    let mut vm_listeners = Vec::new();
+    for v in &opts.ivshmem {
+        remove_stale(&v.path)?;
+        let l = UnixListener::bind(&v.path).map_err(|e| format!("cannot listen on {}: {e}", v.path.display()))?;
+        info!(target: "vgpu::serve", socket = %v.path.display(), size = v.size, "ivshmem: listening for a VM");
+        vm_listeners.push((l, v.clone()));
     }
     remove_stale(&opts.socket)?;
     let listener = UnixListener::bind(&opts.socket).map_err(|e| format!("cannot listen on {}: {e}", opts.socket.display()))?;
     info!(target: "vgpu::serve", socket = %opts.socket.display(), executor = opts.executor.name(), "listening");
     let table = Arc::new(Mutex::new(Table::default()));
     let opts = Arc::new(opts);
+    let generation = host_generation();
+    for (l, v) in vm_listeners {
+        tokio::spawn(serve_vms(l, v, generation, table.clone(), opts.clone()));
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
     loop {
         tokio::select! {
@@ -148,7 +218,11 @@ pub async fn serve(opts: ServeOpts) -> Result<(), String> {
             _ = term.recv() => break,
         }
     }
+    stop_vm_workers(&table).await;
     let _ = std::fs::remove_file(&opts.socket);
+    for v in &opts.ivshmem {
+        let _ = std::fs::remove_file(&v.path);
+    }
     info!(target: "vgpu::serve", "shut down");
     Ok(())
 }
@@ -202,9 +276,16 @@ async fn handle(mut conn: UnixStream, table: Arc<Mutex<Table>>, opts: Arc<ServeO
     drop(stats_fd);
     let worker_pid = child.id().unwrap_or(0);
     info!(target: "vgpu::serve", session = id, guest_pid, worker_pid, "session started");
-    lock(&table).sessions.push(Session { id, guest_pid, worker_pid, started: Instant::now(), ended: None, stats });
+    lock(&table).sessions.push(Session { id, ivshmem: None, guest_pid, worker_pid, started: Instant::now(), ended: None, stats });
     let status = child.wait().await.map_err(|e| e.to_string())?;
-    let mut t = lock(&table);
+    session_ended(&table, id, status);
+    info!(target: "vgpu::serve", session = id, %status, "session ended");
+    Ok(())
+}
+
+/// Mark a session's worker as gone (its memory went with it) and keep the table short.
+fn session_ended(table: &Mutex<Table>, id: u64, status: std::process::ExitStatus) {
+    let mut t = lock(table);
     if let Some(s) = t.sessions.iter_mut().find(|s| s.id == id) {
         // The worker process is gone, and with it every byte of the session's memory.
         let st = s.stats.get();
@@ -221,7 +302,119 @@ async fn handle(mut conn: UnixStream, table: Arc<Mutex<Table>>, opts: Arc<ServeO
         let drop_ids: Vec<u64> = ended[..ended.len() - 64].to_vec();
         t.sessions.retain(|s| !drop_ids.contains(&s.id));
     }
-    info!(target: "vgpu::serve", session = id, %status, "session ended");
+}
+
+/// Ask every VM worker to stop (SIGTERM: it marks its region Closed, so the guests fail their
+/// calls at once) and give them up to 2 s; whatever is left dies with this process (the
+/// workers' parent-death signal).
+async fn stop_vm_workers(table: &Mutex<Table>) {
+    let live =
+        |t: &Table| -> Vec<u32> { t.sessions.iter().filter(|s| s.ivshmem.is_some() && s.ended.is_none()).map(|s| s.worker_pid).collect() };
+    for pid in live(&lock(table)) {
+        if pid != 0 {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline && !live(&lock(table)).is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `HOST_GENERATION` of this mediator instance: its start time in nanoseconds, odd (never 0).
+fn host_generation() -> u64 {
+    let ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    (ns ^ ((std::process::id() as u64) << 48)) | 1
+}
+
+/// How long a new connection waits for the previous VM's worker to finish detaching.
+const VM_HANDOVER_GRACE: Duration = Duration::from_secs(2);
+
+/// Accept VMs on one ivshmem socket: one at a time. A connection while a VM is attached is
+/// refused (closed) unless that VM detaches within [`VM_HANDOVER_GRACE`].
+async fn serve_vms(listener: UnixListener, vm: IvshmemSocket, generation: u64, table: Arc<Mutex<Table>>, opts: Arc<ServeOpts>) {
+    let busy = Arc::new(vgpu_transport::sync::stat::AtomicUsize::new(0));
+    loop {
+        let conn = match listener.accept().await {
+            Ok((c, _)) => c,
+            Err(e) => {
+                warn!(target: "vgpu::serve", socket = %vm.path.display(), "accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (t, o, v, b) = (table.clone(), opts.clone(), vm.clone(), busy.clone());
+        tokio::spawn(async move {
+            // A VM that just hung up is still attached until its worker has noticed and exited
+            // (milliseconds): a peer that reconnects at once (a restarted QEMU, the next guest
+            // test process) waits for that instead of being refused. A VM still attached after
+            // the grace period is a second VM, and is refused.
+            let deadline = Instant::now() + VM_HANDOVER_GRACE;
+            while b.swap(1, Ordering::AcqRel) != 0 {
+                if Instant::now() >= deadline {
+                    warn!(target: "vgpu::serve", socket = %v.path.display(), "refusing a second connection: a VM is already attached to this socket (one socket per VM)");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if let Err(e) = handle_vm(conn, &v, generation, t, o).await {
+                warn!(target: "vgpu::serve", socket = %v.path.display(), "VM: {e}");
+            }
+            b.store(0, Ordering::Release);
+        });
+    }
+}
+
+async fn handle_vm(
+    conn: UnixStream,
+    vm: &IvshmemSocket,
+    generation: u64,
+    table: Arc<Mutex<Table>>,
+    opts: Arc<ServeOpts>,
+) -> Result<(), String> {
+    let id = {
+        let mut t = lock(&table);
+        t.next_id += 1;
+        t.next_id
+    };
+    let stats_fd = vgpu_transport::region::create_memfd("vgpu-stats", 4096).map_err(|e| e.to_string())?;
+    let map = memmap2::MmapOptions::new().len(4096).map_raw(&stats_fd).map_err(|e| e.to_string())?;
+    let stats = StatsPage { ptr: map.as_ptr().cast(), _map: map };
+    let std_conn = conn.into_std().map_err(|e| e.to_string())?;
+    std_conn.set_nonblocking(false).map_err(|e| e.to_string())?;
+    let conn_fd = OwnedFd::from(std_conn);
+    let args = vec![
+        "ivshmem-worker".to_string(),
+        "--session".into(),
+        id.to_string(),
+        "--executor".into(),
+        opts.executor.name().into(),
+        "--spin-us".into(),
+        opts.spin.as_micros().to_string(),
+        "--mem-bytes".into(),
+        opts.limits.mem_total.to_string(),
+        "--size".into(),
+        vm.size.to_string(),
+        "--generation".into(),
+        generation.to_string(),
+    ];
+    let mut child = spawn_with_fds(&[args, opts.kernels.worker_args()].concat(), &conn_fd, &stats_fd)?;
+    drop(conn_fd);
+    drop(stats_fd);
+    let worker_pid = child.id().unwrap_or(0);
+    info!(target: "vgpu::serve", session = id, worker_pid, socket = %vm.path.display(), "VM attached");
+    lock(&table).sessions.push(Session {
+        id,
+        ivshmem: Some(vm.path.clone()),
+        guest_pid: 0,
+        worker_pid,
+        started: Instant::now(),
+        ended: None,
+        stats,
+    });
+    let status = child.wait().await.map_err(|e| e.to_string())?;
+    session_ended(&table, id, status);
+    info!(target: "vgpu::serve", session = id, %status, socket = %vm.path.display(), "VM detached; its region and sessions are released");
     Ok(())
 }
 
@@ -232,22 +425,33 @@ fn spawn_worker(
     conn: &OwnedFd,
     stats: &OwnedFd,
 ) -> Result<tokio::process::Child, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("locating the vgpu binary: {e}"))?;
     let hex: String = hello.iter().map(|b| format!("{b:02x}")).collect();
+    let args = vec![
+        "worker".to_string(),
+        "--session".into(),
+        id.to_string(),
+        "--executor".into(),
+        opts.executor.name().into(),
+        "--spin-us".into(),
+        opts.spin.as_micros().to_string(),
+        "--mem-bytes".into(),
+        opts.limits.mem_total.to_string(),
+        "--hello".into(),
+        hex,
+    ];
+    spawn_with_fds(&[args, opts.kernels.worker_args()].concat(), conn, stats)
+}
+
+/// Start `vgpu ARGS` with `conn` at [`CONN_FD`] and `stats` at [`STATS_FD`].
+fn spawn_with_fds(args: &[String], conn: &OwnedFd, stats: &OwnedFd) -> Result<tokio::process::Child, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("locating the vgpu binary: {e}"))?;
     let mut cmd = tokio::process::Command::new(exe);
-    cmd.arg("worker")
-        .arg("--session")
-        .arg(id.to_string())
-        .arg("--executor")
-        .arg(opts.executor.name())
-        .arg("--spin-us")
-        .arg(opts.spin.as_micros().to_string())
-        .arg("--mem-bytes")
-        .arg(opts.limits.mem_total.to_string())
-        .arg("--hello")
-        .arg(hex)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(false);
+    cmd.args(args).stdin(std::process::Stdio::null()).kill_on_drop(false);
+    if std::env::var_os("CUDA_DEVICE_MAX_CONNECTIONS").is_none() {
+        // cuda executor: see `cuda::MAX_CONNECTIONS` (read by the driver at cuInit, so it is set
+        // for the worker process from its start).
+        cmd.env("CUDA_DEVICE_MAX_CONNECTIONS", crate::cuda::MAX_CONNECTIONS);
+    }
     let (c, s) = (conn.as_raw_fd(), stats.as_raw_fd());
     // SAFETY: the closure runs in the forked child before exec and only calls fcntl/dup2, which
     // are async-signal-safe. It moves the two fds out of the way (>= 10) first so that placing
@@ -292,16 +496,33 @@ pub fn render_stat(v: &Value) -> String {
         human_bytes(v["mem_in_use"].as_u64().unwrap_or(0))
     );
     out.push_str(&format!(
-        "{:>4} {:>8} {:<22} {:>10} {:>9} {:>10} {:>10} {:>9} {:>10} {:>10} {:>10}\n",
-        "id", "guest", "state", "commands", "blocking", "irq raised", "irq supp.", "spins", "h2d", "d2h", "mem"
+        "{:>4} {:>8} {:<22} {:>10} {:>9} {:>10} {:>10} {:>9} {:>10} {:>10} {:>10} {:>9} {:>14} {:>8}\n",
+        "id",
+        "guest",
+        "state",
+        "commands",
+        "blocking",
+        "irq raised",
+        "irq supp.",
+        "spins",
+        "h2d",
+        "d2h",
+        "mem",
+        "launches",
+        "modules/cached",
+        "graphs"
     ));
     for s in v["sessions"].as_array().into_iter().flatten() {
         let n = |k: &str| s[k].as_u64().unwrap_or(0);
         out.push_str(&format!(
-            "{:>4} {:>8} {:<22} {:>10} {:>9} {:>10} {:>10} {:>9} {:>10} {:>10} {:>10}\n",
+            "{:>4} {:>8} {:<22} {:>10} {:>9} {:>10} {:>10} {:>9} {:>10} {:>10} {:>10} {:>9} {:>14} {:>8}\n",
             n("id"),
             n("guest_pid"),
-            s["state"].as_str().unwrap_or("?"),
+            match s["link"].as_str() {
+                // A VM: how many guest processes (epochs) it has served.
+                Some("ivshmem") => format!("{} vm/{}", s["state"].as_str().unwrap_or("?"), n("guest_sessions")),
+                _ => s["state"].as_str().unwrap_or("?").to_string(),
+            },
             n("commands"),
             n("blocking_round_trips"),
             n("interrupts_raised"),
@@ -310,6 +531,9 @@ pub fn render_stat(v: &Value) -> String {
             human_bytes(n("bytes_h2d")),
             human_bytes(n("bytes_d2h")),
             human_bytes(n("mem_in_use")),
+            n("launches"),
+            format!("{}/{}", n("modules_loaded"), n("modules_cached")),
+            n("graph_launches"),
         ));
     }
     out

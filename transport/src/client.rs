@@ -67,8 +67,23 @@ impl Default for ClientConfig {
 pub trait LinkWatch: Send + Sync + 'static {
     /// An fd that becomes readable (or hangs up) when the host may be gone.
     fn fd(&self) -> Option<RawFd>;
-    /// Decide: `Err(reason)` if the host is gone. Called when `fd` fires and every 100 ms.
+    /// Decide: `Err(reason)` if the host is gone. Called when `fd` fires and every
+    /// [`interval`](Self::interval).
     fn check(&self) -> std::result::Result<(), String>;
+    /// Decide from the region header (links without a hang-up signal: the ivshmem heartbeat).
+    /// Called with [`check`](Self::check).
+    fn check_region(&self, _region: &Region) -> std::result::Result<(), String> {
+        Ok(())
+    }
+    /// How often the reactor calls the checks when nothing else wakes it.
+    fn interval(&self) -> Duration {
+        Duration::from_millis(100)
+    }
+    /// The client is being dropped: release the session in the header if the link has such a
+    /// notion (ivshmem: `GUEST_EPOCH` back to 0). Returns whether to ring the host about it.
+    fn on_close(&self, _region: &Region) -> bool {
+        false
+    }
 }
 
 /// Client-side counters (process-local).
@@ -430,7 +445,9 @@ fn to_result(inner: &Inner, call: Call, o: Outcome) -> Result<[u64; 2]> {
         Status::LinkDown | Status::Protocol => Err(inner.down_error()),
         // Our sequence numbers are never reused while in flight, so this is the host's fault.
         Status::SeqInUse => Err(Error::Protocol(format!("the host answered {call:?} with SeqInUse"))),
-        status => Err(Error::Call { call, status }),
+        // A DeviceError's code travels in result[0] inside the guest (see `deliver`).
+        Status::DeviceError => Err(Error::Call { call, status: Status::DeviceError, code: o.result[0] as u32 }),
+        status => Err(Error::Call { call, status, code: 0 }),
     }
 }
 
@@ -580,7 +597,10 @@ impl Inner {
         if let Some(a) = self.take_action(c.seq) {
             a(&self.region, &self.staging, c.status == Status::Ok as u32);
         }
-        match self.slots.complete(c.seq, c.status, c.result) {
+        // A failed command has no results; a DeviceError's CUresult (in `aux`) takes result[0]'s
+        // place so the slot carries it to the caller or the deferred error.
+        let result = if c.status == Status::DeviceError as u32 { [c.aux as u64, 0] } else { c.result };
+        match self.slots.complete(c.seq, c.status, result) {
             Ok(Delivered::ToWaiter) => {}
             Ok(Delivered::Detached(o)) => {
                 if o.status != Status::Ok as u32 && o.status != Status::NotReady as u32 {
@@ -748,6 +768,7 @@ fn reactor(inner: StdArc<Inner>, watch: Box<dyn LinkWatch>, wake: StdArc<crate::
     };
     let mut events = Events::with_capacity(8);
     let mut last_check = Instant::now();
+    let interval = watch.interval();
     loop {
         // If a blocked caller holds the completion role, it drains, and it re-arms and re-checks
         // before it lets go, so skipping here loses nothing.
@@ -763,14 +784,14 @@ fn reactor(inner: StdArc<Inner>, watch: Box<dyn LinkWatch>, wake: StdArc<crate::
         if inner.shutdown.load(Ordering::SeqCst) || inner.is_down() {
             break;
         }
-        if let Err(e) = poll.poll(&mut events, Some(Duration::from_millis(100))) {
+        if let Err(e) = poll.poll(&mut events, Some(interval)) {
             if e.kind() != std::io::ErrorKind::Interrupted {
                 let mut cq = lock(&inner.cq);
                 inner.fail(&mut cq, Error::LinkDown(format!("reactor poll: {e}")));
                 break;
             }
         }
-        let mut check = last_check.elapsed() >= Duration::from_millis(100);
+        let mut check = last_check.elapsed() >= interval;
         for ev in events.iter() {
             match ev.token() {
                 IRQ => {
@@ -786,7 +807,7 @@ fn reactor(inner: StdArc<Inner>, watch: Box<dyn LinkWatch>, wake: StdArc<crate::
             last_check = Instant::now();
             inner.publish_guest_stats();
             let host_state = inner.region.atomic_u32(hdr::HOST_STATE).load(Ordering::Acquire);
-            let verdict = match watch.check() {
+            let verdict = match watch.check().and_then(|()| watch.check_region(&inner.region)) {
                 Err(why) => Err(why),
                 Ok(()) if host_state == crate::wire::HostState::ProtocolError as u32 => {
                     Err("the host reported a protocol error".to_string())
@@ -803,12 +824,18 @@ fn reactor(inner: StdArc<Inner>, watch: Box<dyn LinkWatch>, wake: StdArc<crate::
                 };
                 // Mark down first: a caller sleeping in the completion role sees it within 100 ms
                 // and lets go of the role, so taking the lock below cannot wait longer than that.
+                // Poking vector 1's fd (a spurious interrupt is harmless, rule 4) wakes such a
+                // caller at once, so on the ivshmem link every caller fails well within 1 s.
                 inner.slots.close();
+                let _ = nix::unistd::write(&inner.irq_waiter, &1u64.to_ne_bytes());
                 let mut cq = lock(&inner.cq);
                 inner.fail(&mut cq, err);
                 break;
             }
         }
+    }
+    if inner.shutdown.load(Ordering::SeqCst) && watch.on_close(&inner.region) {
+        inner.doorbell.notify();
     }
     // Whatever ended the reactor, nobody may wait on it any more.
     let mut cq = lock(&inner.cq);

@@ -10,7 +10,8 @@
 //! - [`slots`]: in-flight slots and their generations;
 //! - [`client`] (guest half) and [`server`] (host half);
 //! - [`link`]: how a region, a doorbell and an interrupt are obtained (`direct`: memfd + eventfds
-//!   over a Unix socket).
+//!   over a Unix socket; `ivshmem`: a PCI BAR through VFIO, or a peer on the ivshmem server);
+//!   [`connect_from_env`] picks one.
 //! - [`sync`]: the only source of atomics, swapped for loom's under `--cfg vgpu_loom`.
 
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -28,15 +29,17 @@ pub mod window;
 pub mod wire;
 
 pub use client::{Client, ClientConfig, OnComplete, SpinPolicy};
+pub use link::{connect_from_env, LinkChoice};
 pub use server::{Completer, Executor, Server, ServerConfig, ServerStats};
 pub use wire::{Call, Command, Completion, Status};
 
 /// Errors of the transport layer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
-    /// The host completed the call with a non-Ok status.
-    #[error("{call:?} failed on the host: {}", status.name())]
-    Call { call: Call, status: Status },
+    /// The host completed the call with a non-Ok status. `code` is the device's own error code
+    /// (a CUresult) for [`Status::DeviceError`], from the completion's `aux` word; 0 otherwise.
+    #[error("{call:?} failed on the host: {}{}", status.name(), if *code != 0 { format!(" (device error {code})") } else { String::new() })]
+    Call { call: Call, status: Status, code: u32 },
     /// The host is gone (mediator died, worker killed, socket closed, heartbeat stopped).
     #[error("the vgpu host is gone: {0}")]
     LinkDown(String),

@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use memmap2::MmapRaw;
 
 use crate::sync::shm::{AtomicU32, AtomicU64};
-use crate::wire::{hdr, Layout, HEADER_SIZE, PROTOCOL_VERSION, REGION_MAGIC};
+use crate::wire::{hdr, Layout, FEATURES_SUPPORTED, HEADER_SIZE, PROTOCOL_VERSION, REGION_MAGIC};
 use crate::{Error, Result};
 
 /// A mapped region. Cloned as `Arc<Region>` by the halves that use it.
@@ -84,12 +84,41 @@ impl Region {
 
     /// Guest side: map a region and check its header (magic, version, layout) before any use.
     pub fn open_guest(fd: impl AsFd, len: u64) -> Result<Region> {
+        Region::open_guest_at(fd, 0, len)
+    }
+
+    /// Guest side: map `len` bytes of `fd` starting at byte `offset` (page-aligned) and check the
+    /// header. For mappings that are not a memfd: a VFIO device fd, whose BAR2 (the ivshmem
+    /// shared memory) lives at the offset `VFIO_DEVICE_GET_REGION_INFO` reports, or a UIO map.
+    pub fn open_guest_at(fd: impl AsFd, offset: u64, len: u64) -> Result<Region> {
+        if len < HEADER_SIZE as u64 {
+            return Err(Error::Setup(format!("region of {len} bytes is smaller than its header")));
+        }
+        let len_usize = usize::try_from(len).map_err(|_| Error::Setup("region too large".into()))?;
+        let map = memmap2::MmapOptions::new()
+            .offset(offset)
+            .len(len_usize)
+            .map_raw(fd.as_fd().as_raw_fd())
+            .map_err(|e| Error::Setup(format!("mmap of the {len} byte region at offset {offset:#x}: {e}")))?;
+        Region::open_guest_map(map)
+    }
+
+    /// Guest side: take an existing shared read-write mapping (it must stay mapped as long as the
+    /// region lives: it is moved in) and check the header.
+    pub fn open_guest_map(map: MmapRaw) -> Result<Region> {
+        let len = map.len() as u64;
         if len < HEADER_SIZE as u64 {
             return Err(Error::Setup(format!("region of {len} bytes is smaller than its header")));
         }
         let probe = Layout { region_len: HEADER_SIZE as u64, sq_off: 0, sq_depth: 0, cq_off: 0, cq_depth: 0, window_off: 0, window_len: 0 };
-        let r = Region::map_fd(fd, len, probe)?;
+        let r = Region { len: map.len(), map, layout: probe };
         let magic = r.atomic_u64(hdr::MAGIC).load(std::sync::atomic::Ordering::Acquire);
+        if magic == 0 {
+            return Err(Error::Setup(
+                "the shared region is all zero: no vgpu mediator has initialised it (start `vgpu serve --ivshmem SOCKET` before the VM)"
+                    .into(),
+            ));
+        }
         if magic != REGION_MAGIC {
             return Err(Error::Version(format!("region magic is {magic:#018x}, expected {REGION_MAGIC:#018x}")));
         }
@@ -97,6 +126,12 @@ impl Region {
         if v != PROTOCOL_VERSION {
             return Err(Error::Version(format!(
                 "region speaks protocol v{v}, this guest speaks v{PROTOCOL_VERSION}: install matching vgpu versions on host and guest"
+            )));
+        }
+        let f = r.read_u32(hdr::FEATURES);
+        if f & !FEATURES_SUPPORTED != 0 {
+            return Err(Error::Version(format!(
+                "the region grants feature bits {f:#x}, this guest (protocol v{PROTOCOL_VERSION}) knows only {FEATURES_SUPPORTED:#x}: install matching vgpu versions on host and guest"
             )));
         }
         let layout = Layout {
@@ -288,6 +323,6 @@ mod tests {
         let (host, fd) = create(layout, 1).unwrap();
         host.write_u32(hdr::VERSION, 99);
         let e = Region::open_guest(&fd, layout.region_len).unwrap_err().to_string();
-        assert!(e.contains("v99") && e.contains("v1"), "{e}");
+        assert!(e.contains("v99") && e.contains(&format!("v{PROTOCOL_VERSION}")), "{e}");
     }
 }

@@ -6,11 +6,17 @@
 //! command is copied out by value before it is looked at; unknown call ids, unknown flag bits and
 //! sequence numbers already in flight get error completions. What a call's arguments mean is
 //! checked by the [`Executor`].
+//!
+//! Two ways to serve: [`Server::run`] serves one session until its guest hangs up (the `direct`
+//! link); [`Server::run_epochs`] serves the successive guest sessions of one VM on one region (the
+//! `ivshmem` link, `docs/protocol.md` §13): a new `GUEST_EPOCH` tears the previous session down
+//! (its completer closed so nothing of it reaches the ring again, its executor shut down and
+//! dropped), resets the host's indices and publishes `HOST_EPOCH`; the heartbeat ticks all along.
 
 use std::sync::Arc as StdArc;
 use std::time::{Duration, Instant};
 
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::notify::{EventFd, Notify};
 use crate::region::Region;
@@ -48,7 +54,19 @@ pub struct ServerStats {
     pub state: AtomicU64,
     pub pid: AtomicU64,
     pub session_id: AtomicU64,
-    pub _reserved: [AtomicU64; 9],
+    /// Kernel launches taken (validated and recorded on emu, enqueued on cuda).
+    pub launches: AtomicU64,
+    /// Modules loaded, and of them the ones found in the cross-session cache.
+    pub modules_loaded: AtomicU64,
+    pub modules_cached: AtomicU64,
+    /// Graph launches taken.
+    pub graph_launches: AtomicU64,
+    /// ivshmem link: the guest epoch being served (0: none), guest sessions served so far on
+    /// this VM, and the pid the current guest process wrote (informational).
+    pub epoch: AtomicU64,
+    pub guest_sessions: AtomicU64,
+    pub guest_pid: AtomicU64,
+    pub _reserved: [AtomicU64; 2],
 }
 
 const _: () = assert!(std::mem::size_of::<ServerStats>() == 256);
@@ -82,10 +100,13 @@ pub trait Executor: Send {
 struct CompleterInner {
     cq: Mutex<Producer<RegionRing<Completion>>>,
     /// One per interrupt vector; the guest's `WANTS_INTERRUPT` value picks one.
-    interrupts: Vec<Box<dyn Notify>>,
+    interrupts: StdArc<Vec<Box<dyn Notify>>>,
     inflight: Box<[AtomicU64]>,
     stats: &'static ServerStats,
     broken: crate::sync::stat::AtomicUsize,
+    /// Set (under the `cq` lock) when the session this completer belongs to is torn down: from
+    /// then on nothing is written, published or signalled, whichever thread still holds a clone.
+    closed: crate::sync::stat::AtomicUsize,
 }
 
 /// Posts completions from any thread. Cheap to clone.
@@ -110,6 +131,9 @@ impl Completer {
     pub fn post(&self, cs: &[Completion]) {
         let kick = {
             let mut cq = lock(&self.inner.cq);
+            if self.is_closed() {
+                return;
+            }
             for c in cs {
                 self.write(&mut cq, c, true);
             }
@@ -138,7 +162,7 @@ impl Completer {
     pub fn flush(&self) {
         let kick = {
             let mut cq = lock(&self.inner.cq);
-            if !cq.has_unpublished() {
+            if !cq.has_unpublished() || self.is_closed() {
                 return;
             }
             cq.publish_and_flag()
@@ -148,6 +172,11 @@ impl Completer {
 
     fn write(&self, cq: &mut Producer<RegionRing<Completion>>, c: &Completion, claimed: bool) {
         let i = &self.inner;
+        if self.is_closed() {
+            // The session was torn down (ivshmem epoch reset): a late completion of the old
+            // session must never reach the ring the next session uses.
+            return;
+        }
         if c.status != Status::Ok as u32 && c.status != Status::NotReady as u32 {
             i.stats.errors.fetch_add(1, Ordering::Relaxed);
         }
@@ -181,6 +210,32 @@ impl Completer {
     pub fn stats(&self) -> &'static ServerStats {
         self.inner.stats
     }
+
+    fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire) != 0
+    }
+
+    /// End this completer's session: once this returns, no thread can write, publish or raise
+    /// an interrupt through any clone of it (every such path checks the mark under the lock
+    /// taken here).
+    fn close(&self) {
+        let _cq = lock(&self.inner.cq);
+        self.inner.closed.store(1, Ordering::Release);
+    }
+
+    fn new(region: &StdArc<Region>, interrupts: StdArc<Vec<Box<dyn Notify>>>, stats: &'static ServerStats) -> Completer {
+        let depth = region.layout().sq_depth;
+        Completer {
+            inner: StdArc::new(CompleterInner {
+                cq: Mutex::new(Producer::new(completion_ring(region))),
+                interrupts,
+                inflight: (0..depth).map(|_| AtomicU64::new(0)).collect(),
+                stats,
+                broken: crate::sync::stat::AtomicUsize::new(0),
+                closed: crate::sync::stat::AtomicUsize::new(0),
+            }),
+        }
+    }
 }
 
 /// Why [`Server::run`] returned.
@@ -199,7 +254,10 @@ pub struct Server {
     region: StdArc<Region>,
     sq: Consumer<RegionRing<Command>>,
     completer: Completer,
+    interrupts: StdArc<Vec<Box<dyn Notify>>>,
     doorbell: EventFd,
+    /// Further doorbells (ivshmem: one eventfd per vector the guest may ring).
+    extra_doorbells: Vec<EventFd>,
     hangup: Option<std::os::fd::OwnedFd>,
     cfg: ServerConfig,
     stats: &'static ServerStats,
@@ -207,11 +265,29 @@ pub struct Server {
     stop: StdArc<EventFd>,
     poll: mio::Poll,
     events: mio::Events,
+    /// Epoch mode ([`run_epochs`](Self::run_epochs)): the guest epoch being served, 0 for none.
+    epoch: u64,
 }
 
 const DOORBELL: mio::Token = mio::Token(0);
 const STOP: mio::Token = mio::Token(1);
 const HANGUP: mio::Token = mio::Token(2);
+/// Tokens from here on are the extra doorbells.
+const EXTRA_DOORBELL: usize = 3;
+
+/// How often the heartbeat is bumped (the protocol requires at most 100 ms).
+const BEAT: Duration = Duration::from_millis(50);
+
+/// What one serving loop ended with.
+enum Step {
+    /// The link is over (guest gone, stopped, epoll failed).
+    Exit(Exit, HostState),
+    /// The guest broke the protocol; the session (not necessarily the link) is over. The flag
+    /// says whether the violation was counted in the statistics already.
+    Broken(String, bool),
+    /// Epoch mode: the guest wrote a new `GUEST_EPOCH` (0: it closed its session).
+    NewEpoch(u64),
+}
 
 impl Server {
     /// `doorbell` is the host's read side of the guest's doorbell; `interrupts` poke the guest (one
@@ -240,23 +316,17 @@ impl Server {
         if interrupts.is_empty() {
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "a server needs at least one interrupt"));
         }
-        let depth = region.layout().sq_depth;
-        let completer = Completer {
-            inner: StdArc::new(CompleterInner {
-                cq: Mutex::new(Producer::new(completion_ring(&region))),
-                interrupts,
-                inflight: (0..depth).map(|_| AtomicU64::new(0)).collect(),
-                stats,
-                broken: crate::sync::stat::AtomicUsize::new(0),
-            }),
-        };
+        let interrupts = StdArc::new(interrupts);
+        let completer = Completer::new(&region, interrupts.clone(), stats);
         region.atomic_u32(hdr::HOST_STATE).store(HostState::Serving as u32, Ordering::Release);
         stats.state.store(1, Ordering::Relaxed);
         Ok(Server {
             sq: Consumer::new(submission_ring(&region)),
             region,
             completer,
+            interrupts,
             doorbell,
+            extra_doorbells: Vec::new(),
             hangup,
             cfg,
             stats,
@@ -264,7 +334,16 @@ impl Server {
             stop,
             poll,
             events: mio::Events::with_capacity(4),
+            epoch: 0,
         })
+    }
+
+    /// Also wake on `fd` as a doorbell (ivshmem: the guest may ring any of its vectors).
+    pub fn add_doorbell(&mut self, fd: EventFd) -> std::io::Result<()> {
+        let token = mio::Token(EXTRA_DOORBELL + self.extra_doorbells.len());
+        self.poll.registry().register(&mut mio::unix::SourceFd(&fd.raw()), token, mio::Interest::READABLE)?;
+        self.extra_doorbells.push(fd);
+        Ok(())
     }
 
     /// A handle that makes [`run`](Self::run) return `Exit::Stopped`.
@@ -309,28 +388,218 @@ impl Server {
 
     /// Serve until the guest goes away, breaks the protocol, or [`stopper`](Self::stopper) fires.
     pub fn run(&mut self, exec: &mut dyn Executor) -> Exit {
+        match self.serve(exec, false) {
+            Step::Exit(exit, state) => self.end(exec, state, exit),
+            Step::Broken(e, _) => self.end(exec, HostState::ProtocolError, Exit::ProtocolError(e)),
+            Step::NewEpoch(_) => unreachable!("epochs are only watched in epoch mode"),
+        }
+    }
+
+    /// The guest's current `GUEST_EPOCH` (ivshmem sessions).
+    fn guest_epoch(&self) -> u64 {
+        self.region.atomic_u64(hdr::GUEST_EPOCH).load(Ordering::Acquire)
+    }
+
+    /// Serve successive guest sessions on one region, told apart by the guest's epoch (the
+    /// ivshmem link, where the region, doorbell and interrupts outlive every guest process).
+    ///
+    /// Whenever the guest's `GUEST_EPOCH` differs from the epoch being served, the current
+    /// session is torn down completely (its completer closed, so nothing of it can reach the
+    /// ring again; the executor shut down, its threads joined, and dropped), the host's ring
+    /// indices are reset, a new executor comes from `new_exec`, and only then is the epoch
+    /// published in `HOST_EPOCH` (Release). An epoch of 0 means no session. The heartbeat keeps
+    /// ticking the whole time, sessions or not. Returns when the VM goes away (the `hangup`
+    /// socket) or [`stopper`](Self::stopper) fires.
+    pub fn run_epochs(&mut self, new_exec: &mut dyn FnMut() -> Result<Box<dyn Executor>, String>) -> Exit {
+        self.epoch = 0;
+        self.region.atomic_u64(hdr::HOST_EPOCH).store(0, Ordering::Release);
+        let mut exec: Option<Box<dyn Executor>> = None;
+        loop {
+            let step = match exec.as_deref_mut() {
+                Some(e) => self.serve(e, true),
+                None => self.idle(),
+            };
+            match step {
+                Step::Exit(exit, state) => {
+                    self.region.atomic_u32(hdr::HOST_STATE).store(state as u32, Ordering::Release);
+                    if let Some(e) = exec.take() {
+                        self.teardown(e);
+                    }
+                    self.stats.epoch.store(0, Ordering::Relaxed);
+                    self.stats.state.store(2, Ordering::Relaxed);
+                    return exit;
+                }
+                Step::Broken(e, counted) => {
+                    // The guest's epoch moving on explains a reset ring (a new guest process
+                    // zeroes its indices before it publishes its epoch); anything else is a
+                    // real violation. Either way this session is over; the link is not.
+                    if !self.epoch_moves_on() {
+                        if !counted {
+                            self.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                        warn!(target: "vgpu::server", epoch = self.epoch, "guest broke the protocol: {e}; ending its session");
+                    }
+                    self.region.atomic_u32(hdr::HOST_STATE).store(HostState::ProtocolError as u32, Ordering::Release);
+                    if let Some(x) = exec.take() {
+                        self.teardown(x);
+                    }
+                }
+                Step::NewEpoch(e) => {
+                    if let Some(x) = exec.take() {
+                        info!(target: "vgpu::server", old = self.epoch, new = e, "guest epoch changed; tearing the previous session down");
+                        self.teardown(x);
+                    }
+                    self.epoch = e;
+                    self.stats.epoch.store(e, Ordering::Relaxed);
+                    if e == 0 {
+                        self.region.atomic_u64(hdr::HOST_EPOCH).store(0, Ordering::Release);
+                        continue;
+                    }
+                    let x = match new_exec() {
+                        Ok(x) => x,
+                        Err(err) => {
+                            // HOST_EPOCH stays behind: the guest's handshake times out and
+                            // names the mediator; a later epoch tries again.
+                            warn!(target: "vgpu::server", epoch = e, "cannot open a session: {err}");
+                            self.region.atomic_u32(hdr::HOST_STATE).store(HostState::Closed as u32, Ordering::Release);
+                            continue;
+                        }
+                    };
+                    self.reset_rings();
+                    let pid = self.region.atomic_u32(hdr::GUEST_PID).load(Ordering::Relaxed);
+                    self.stats.guest_pid.store(pid as u64, Ordering::Relaxed);
+                    self.stats.guest_sessions.fetch_add(1, Ordering::Relaxed);
+                    info!(target: "vgpu::server", epoch = e, guest_pid = pid, "guest session opened");
+                    self.region.atomic_u64(hdr::HOST_EPOCH).store(e, Ordering::Release);
+                    exec = Some(x);
+                }
+            }
+        }
+    }
+
+    /// Whether the guest is switching to a new epoch, allowing it 20 ms to publish it: a new
+    /// guest process zeroes its ring indices just before it stores its epoch, and a host that
+    /// looks in between sees a corrupt ring that is no violation.
+    fn epoch_moves_on(&self) -> bool {
+        let t = Instant::now();
+        loop {
+            if self.guest_epoch() != self.epoch {
+                return true;
+            }
+            if t.elapsed() >= Duration::from_millis(20) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// End the current session for good: no completion of it can be posted after the
+    /// completer is closed; the executor releases everything and joins its threads.
+    fn teardown(&mut self, mut exec: Box<dyn Executor>) {
+        self.completer.close();
+        exec.shutdown();
+        drop(exec);
+    }
+
+    /// Start a fresh session on the same region: host indices and flags to zero, a fresh
+    /// completer (in-flight markers clear) and submission consumer.
+    fn reset_rings(&mut self) {
+        let r = &self.region;
+        r.atomic_u32(hdr::NEEDS_KICK).store(0, Ordering::Relaxed);
+        r.atomic_u32(hdr::SQ_HEAD).store(0, Ordering::Release);
+        r.atomic_u32(hdr::CQ_TAIL).store(0, Ordering::Release);
+        self.sq = Consumer::new(submission_ring(r));
+        self.completer = Completer::new(r, self.interrupts.clone(), self.stats);
+        r.atomic_u32(hdr::HOST_STATE).store(HostState::Serving as u32, Ordering::Release);
+        self.stats.state.store(1, Ordering::Relaxed);
+    }
+
+    /// Epoch mode without a session: keep the heartbeat going, watch the link, and wait for
+    /// the guest to publish a new epoch (it rings the doorbell after doing so; the 50 ms
+    /// timeout catches a merged or lost doorbell).
+    fn idle(&mut self) -> Step {
+        loop {
+            let e = self.guest_epoch();
+            if e != self.epoch {
+                return Step::NewEpoch(e);
+            }
+            if self.last_beat.elapsed() >= BEAT {
+                self.beat();
+            }
+            match self.wait(BEAT) {
+                Ok((_, true, _)) => return Step::Exit(Exit::Stopped, HostState::Closed),
+                Ok((_, _, true)) if self.guest_gone() => return Step::Exit(Exit::GuestGone, HostState::Closed),
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(target: "vgpu::server", "epoll: {e}; ending the link");
+                    return Step::Exit(Exit::Stopped, HostState::Closed);
+                }
+            }
+        }
+    }
+
+    /// Sleep on the doorbells, the stop fd and the hang-up socket for at most `timeout`.
+    /// Returns `(doorbell, stop, maybe hung up)`; a timeout counts as "maybe hung up" so that a
+    /// vanished guest is noticed within one timeout. Doorbells are drained here.
+    fn wait(&mut self, timeout: Duration) -> std::io::Result<(bool, bool, bool)> {
+        let (mut bell, mut stop, mut hup) = (false, false, false);
+        match self.poll.poll(&mut self.events, Some(timeout)) {
+            Ok(()) => {
+                for ev in self.events.iter() {
+                    match ev.token() {
+                        DOORBELL => bell = true,
+                        STOP => stop = true,
+                        HANGUP => hup = true,
+                        _ => bell = true,
+                    }
+                }
+                hup |= self.events.is_empty();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        if bell {
+            self.doorbell.drain();
+            for d in &self.extra_doorbells {
+                d.drain();
+            }
+            self.stats.doorbell_wakeups.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok((bell, stop, hup))
+    }
+
+    /// The serving loop of one session. With `epochs`, a change of the guest's epoch ends it.
+    fn serve(&mut self, exec: &mut dyn Executor, epochs: bool) -> Step {
         let mut last_work = Instant::now();
         let mut polls: u32 = 0;
         loop {
+            if epochs {
+                let e = self.guest_epoch();
+                if e != self.epoch {
+                    return Step::NewEpoch(e);
+                }
+            }
             let n = match self.drain(exec) {
                 Ok(n) => n,
                 Err(e) => {
-                    self.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                    warn!(target: "vgpu::server", "guest broke the protocol: {e}; ending the session");
-                    return self.end(exec, HostState::ProtocolError, Exit::ProtocolError(e));
+                    if !epochs {
+                        self.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                        warn!(target: "vgpu::server", "guest broke the protocol: {e}; ending the session");
+                    }
+                    return Step::Broken(e, !epochs);
                 }
             };
             if self.completer.inner.broken.load(Ordering::SeqCst) != 0 {
-                return self.end(exec, HostState::ProtocolError, Exit::ProtocolError("completion ring corrupt".into()));
+                return Step::Broken("completion ring corrupt".into(), true);
             }
-            if self.last_beat.elapsed() >= Duration::from_millis(50) {
+            if self.last_beat.elapsed() >= BEAT {
                 self.beat();
             }
             polls = polls.wrapping_add(1);
             if n > 0 {
                 last_work = Instant::now();
                 if polls.is_multiple_of(4096) && self.guest_gone() {
-                    return self.end(exec, HostState::Closed, Exit::GuestGone);
+                    return Step::Exit(Exit::GuestGone, HostState::Closed);
                 }
                 continue;
             }
@@ -346,41 +615,25 @@ impl Server {
                 }
                 Ok(true) => {}
                 Err(e) => {
-                    self.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                    return self.end(exec, HostState::ProtocolError, Exit::ProtocolError(e.to_string()));
+                    if !epochs {
+                        self.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Step::Broken(e.to_string(), !epochs);
                 }
             }
             self.stats.sleeps.fetch_add(1, Ordering::Relaxed);
             // epoll, registered once (cheaper per sleep than poll(2) over three fds). A timeout
             // also looks at the socket, so a guest that vanished is noticed within 50 ms.
-            let (mut bell, mut stop, mut hup) = (false, false, false);
-            match self.poll.poll(&mut self.events, Some(Duration::from_millis(50))) {
-                Ok(()) => {
-                    for ev in self.events.iter() {
-                        match ev.token() {
-                            DOORBELL => bell = true,
-                            STOP => stop = true,
-                            _ => hup = true,
-                        }
-                    }
-                    hup |= self.events.is_empty();
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            let woke = self.wait(BEAT);
+            self.sq.disarm();
+            match woke {
+                Ok((_, true, _)) => return Step::Exit(Exit::Stopped, HostState::Closed),
+                Ok((_, _, true)) if self.guest_gone() => return Step::Exit(Exit::GuestGone, HostState::Closed),
+                Ok(_) => {}
                 Err(e) => {
                     warn!(target: "vgpu::server", "epoll: {e}; ending the session");
-                    return self.end(exec, HostState::Closed, Exit::Stopped);
+                    return Step::Exit(Exit::Stopped, HostState::Closed);
                 }
-            }
-            self.sq.disarm();
-            if bell {
-                self.doorbell.drain();
-                self.stats.doorbell_wakeups.fetch_add(1, Ordering::Relaxed);
-            }
-            if stop {
-                return self.end(exec, HostState::Closed, Exit::Stopped);
-            }
-            if hup && self.guest_gone() {
-                return self.end(exec, HostState::Closed, Exit::GuestGone);
             }
             last_work = Instant::now();
         }
@@ -421,7 +674,7 @@ impl Server {
             // enough that holding its completion back would stall the guest's copy pipeline.
             if n % 64 == 0 || (completed_now && call.moves_data()) {
                 self.completer.flush();
-                if self.last_beat.elapsed() >= Duration::from_millis(50) {
+                if self.last_beat.elapsed() >= BEAT {
                     self.beat();
                 }
             }

@@ -206,8 +206,9 @@ calls! {
     /// The host copies the bytes before it completes. Parts may come in any order; overlapping
     /// parts or a total that differs from the first part's is InvalidArgument.
     ModuleData = 22,
-    /// `args[0]` = upload id of a complete upload, or 0 to load by hash alone; `args[1]` = content
-    /// hash ([`module_hash`]) of the image; `args[2]` = image length. The image is a fatbin
+    /// `args[0]` = upload id of a complete upload, or 0 to load by hash alone; `args[1]` = image
+    /// length; `args[2..6]` = the image's [`ModuleHash`] (BLAKE3-256, see [`module_load_args`]).
+    /// The image is a fatbin
     /// container as nvcc registers it (`__fatBinC_Wrapper_t::data`, the whole container).
     /// The host checks the hash of uploaded bytes (a mismatch is InvalidArgument), then loads the
     /// module, using its cross-session cache keyed by hash. Loading by hash answers NotFound when
@@ -301,7 +302,8 @@ impl Call {
             Call::StreamCreate | Call::EventElapsed | Call::DeviceInfo | Call::StreamWaitEvent => 2,
             Call::MemcpyHtoD | Call::MemcpyDtoH | Call::MemcpyDtoD | Call::Memset => 3,
             Call::ModuleData => 5,
-            Call::ModuleLoad | Call::FuncGet | Call::FuncSetAttr => 3,
+            Call::ModuleLoad => 6,
+            Call::FuncGet | Call::FuncSetAttr => 3,
             Call::ModuleUnload | Call::GraphDestroy | Call::GraphExecDestroy | Call::GraphLaunch => 1,
             Call::Launch => 6,
             Call::SymbolGet | Call::Occupancy => 4,
@@ -400,9 +402,56 @@ statuses! {
 /// Largest module image a host accepts.
 pub const MAX_MODULE_LEN: u64 = 1 << 30;
 
-/// The content hash of a module image: XXH3-64 with seed 0 (xxhash-rust's `xxh3_64`).
-pub fn module_hash(image: &[u8]) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(image)
+/// The content hash of a module image: BLAKE3-256, as four little-endian `u64` words.
+///
+/// It names images in the host's cross-session module cache, so it must resist collisions made
+/// on purpose: with a 64-bit or non-cryptographic hash, one guest could plant an image under the
+/// name of another tenant's module. Displayed (and named on disk) as 64 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ModuleHash(pub [u64; 4]);
+
+impl ModuleHash {
+    /// The hash as the 32 bytes BLAKE3 produced.
+    pub fn to_bytes(self) -> [u8; 32] {
+        let mut b = [0u8; 32];
+        for (i, w) in self.0.iter().enumerate() {
+            b[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+        }
+        b
+    }
+}
+
+impl std::fmt::LowerHex for ModuleHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in self.to_bytes() {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for ModuleHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ModuleHash({self:x})")
+    }
+}
+
+/// The [`ModuleHash`] of a module image.
+pub fn module_hash(image: &[u8]) -> ModuleHash {
+    let d = blake3::hash(image);
+    let b = d.as_bytes();
+    let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+    ModuleHash([w(0), w(1), w(2), w(3)])
+}
+
+/// The arguments of a ModuleLoad: `[id, len, hash words...]`.
+pub fn module_load_args(id: u64, hash: ModuleHash, len: u64) -> [u64; 6] {
+    [id, len, hash.0[0], hash.0[1], hash.0[2], hash.0[3]]
+}
+
+/// Split ModuleLoad arguments into `(id, hash, len)`.
+pub fn parse_module_load_args(a: &[u64; 6]) -> (u64, ModuleHash, u64) {
+    (a[0], ModuleHash([a[2], a[3], a[4], a[5]]), a[1])
 }
 
 /// Written by FuncGet, followed by `num_params` [`ParamInfo`]. 64 bytes. The fields are those of
@@ -467,7 +516,7 @@ pub mod launch {
 
     /// `x | y << 32 | z << 48`; `None` if y or z exceed 16 bits (CUDA's limit is 65535).
     pub fn pack_grid(x: u32, y: u32, z: u32) -> Option<u64> {
-        (y <= 0xffff && z <= 0xffff).then(|| x as u64 | (y as u64) << 32 | (z as u64) << 48)
+        (y <= 0xffff && z <= 0xffff).then_some(x as u64 | (y as u64) << 32 | (z as u64) << 48)
     }
     pub fn unpack_grid(v: u64) -> (u32, u32, u32) {
         (v as u32, (v >> 32) as u32 & 0xffff, (v >> 48) as u32)
@@ -475,7 +524,7 @@ pub mod launch {
     /// `x | y << 16 | z << 32 | flags << 48`; `None` if a dimension exceeds 16 bits.
     pub fn pack_block(x: u32, y: u32, z: u32, flags: u64) -> Option<u64> {
         (x <= 0xffff && y <= 0xffff && z <= 0xffff && flags <= 0xffff)
-            .then(|| x as u64 | (y as u64) << 16 | (z as u64) << 32 | flags << 48)
+            .then_some(x as u64 | (y as u64) << 16 | (z as u64) << 32 | flags << 48)
     }
     /// `(x, y, z, flags)`.
     pub fn unpack_block(v: u64) -> (u32, u32, u32, u64) {
