@@ -537,10 +537,10 @@ pub unsafe extern "C" fn cudaStreamGetPriority(s: Handle, priority: *mut c_int) 
 pub unsafe extern "C" fn cudaStreamIsCapturing(s: Handle, status: *mut c_int) -> cudaError_t {
     guard("cudaStreamIsCapturing", || {
         non_null(status)?;
-        let capturing = c(rt::stream_is_capturing(stream(s)))?;
-        // cudaStreamCaptureStatusNone = 0, cudaStreamCaptureStatusActive = 1.
+        let (st, _) = c(rt::stream_capture_info(stream(s)))?;
+        // cudaStreamCaptureStatusNone = 0, Active = 1, Invalidated = 2.
         // SAFETY: non-null (checked).
-        unsafe { put(status, c_int::from(capturing)) };
+        unsafe { put(status, st as c_int) };
         Ok(())
     })
 }

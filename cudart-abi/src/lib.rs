@@ -11,6 +11,8 @@
 //! - [`props`]: `cudaDeviceProp` of CUDA 12.x and 13.x, offset for offset;
 //! - [`device`]: device properties and attributes from the host's `DeviceInfo`;
 //! - [`entry`]: the guard every entry point runs in (no panic crosses the C boundary), logging;
+//! - [`kernel`]: kernels and graphs: nvcc's registration ABI, launches, function attributes,
+//!   occupancy, symbols, stream capture and graphs;
 //! - [`api`]: the entry points both versions export. The version-specific ones
 //!   (`cudaGetDeviceProperties[_v2]`, `cudaRuntimeGetVersion`, `cudaDriverGetVersion`,
 //!   `cudaPointerGetAttributes`) are defined by the two cdylib packages on top of
@@ -24,6 +26,7 @@ pub mod api;
 pub mod codes;
 pub mod device;
 pub mod entry;
+pub mod kernel;
 pub mod props;
 
 pub use codes::cudaError_t;

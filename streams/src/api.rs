@@ -30,8 +30,11 @@ use vgpu_transport::wire::{Call, DeviceInfo};
 
 use crate::context::Context;
 use crate::error::{CudaError, Result};
+use crate::graph::{CaptureMode, CaptureStatus, RawGraph, RawGraphExec};
+use crate::kernel::{pack_params, Func, LaunchConfig, ModuleReg};
 use crate::memory::Seg;
 use crate::{MemcpyKind, RawEvent, RawStream, STREAM_LEGACY_DEFAULT};
+use vgpu_transport::wire::{FuncInfo, ParamInfo};
 
 /// Plain data that may be copied to and from the device as bytes.
 ///
@@ -110,6 +113,7 @@ impl Device {
     /// `len` elements of device memory (uninitialised).
     pub fn alloc<T: Pod>(&self, len: usize) -> Result<DeviceBuffer<T>> {
         let bytes = len.checked_mul(std::mem::size_of::<T>()).ok_or(CudaError::MemoryAllocation)?;
+        self.ctx.capture_check_unsafe()?;
         let ptr = self.ctx.malloc(bytes)?;
         Ok(DeviceBuffer { ctx: self.ctx.clone(), ptr, len, _t: PhantomData })
     }
@@ -124,14 +128,173 @@ impl Device {
         Ok(PinnedBuffer { ctx: self.ctx.clone(), ptr: ptr.cast(), len })
     }
 
-    /// Wait for all work on all streams.
+    /// Wait for all work on all streams (`StreamCaptureUnsupported` while a stream captures).
     pub fn synchronize(&self) -> SyncFuture {
+        if let Err(e) = self.ctx.capture_check_sync(None) {
+            return SyncFuture::failed(&self.ctx, e);
+        }
         SyncFuture::submit(&self.ctx, Call::DeviceSync, 0, 0)
     }
 
     /// Blocking round trips this device's context has made.
     pub fn blocking_round_trips(&self) -> u64 {
         self.ctx.blocking_round_trips()
+    }
+
+    /// Load a module from a fatbin container (what nvcc's `-fatbin` writes, or the bytes a
+    /// `__fatBinC_Wrapper_t` points at). The bytes are copied; the host is asked for the image
+    /// by hash first and sent it only if it does not hold it (one or two round trips).
+    pub fn load_module(&self, fatbin: &[u8]) -> Result<Module> {
+        let reg = ModuleReg::from_bytes(fatbin);
+        self.ctx.ensure_module(&reg)?;
+        Ok(Module { inner: Arc::new(ModuleInner { ctx: self.ctx.clone(), reg }) })
+    }
+}
+
+struct ModuleInner {
+    ctx: Arc<Context>,
+    reg: Arc<ModuleReg>,
+}
+
+impl Drop for ModuleInner {
+    fn drop(&mut self) {
+        self.ctx.forget_module(self.reg.id, true);
+    }
+}
+
+/// A loaded module; unloaded when it and every [`Function`] from it are dropped.
+#[derive(Clone)]
+pub struct Module {
+    inner: Arc<ModuleInner>,
+}
+
+impl std::fmt::Debug for Module {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Module").field("id", &self.inner.reg.id).finish()
+    }
+}
+
+impl Module {
+    /// The kernel with this device (mangled) name: one round trip the first time, then cached.
+    pub fn function(&self, name: &str) -> Result<Function> {
+        let name = std::ffi::CString::new(name).map_err(|_| CudaError::InvalidValue)?;
+        let func = self.inner.ctx.function_by_name(&self.inner.reg, &name)?;
+        Ok(Function { module: self.inner.clone(), func })
+    }
+}
+
+/// A kernel of a [`Module`], with its attributes and parameter layout.
+#[derive(Clone)]
+pub struct Function {
+    module: Arc<ModuleInner>,
+    func: Arc<Func>,
+}
+
+impl std::fmt::Debug for Function {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Function").field("name", &self.func.name()).finish()
+    }
+}
+
+impl Function {
+    /// What the host reports about the function (attributes set since included).
+    pub fn info(&self) -> FuncInfo {
+        self.func.info()
+    }
+
+    /// Offset and size of each parameter in the packed parameter buffer.
+    pub fn params(&self) -> &[ParamInfo] {
+        self.func.params()
+    }
+
+    /// `cudaFuncSetAttribute` (`cudaFuncAttribute` values, e.g. 8 = max dynamic shared memory).
+    pub fn set_attribute(&self, attr: u32, value: i32) -> Result<()> {
+        self.module.ctx.func_set_attribute(&self.func, attr, value)
+    }
+
+    /// Active blocks per multiprocessor for `block_size` threads and `shared` dynamic bytes.
+    pub fn max_active_blocks(&self, block_size: i32, shared: u64) -> Result<i32> {
+        self.module.ctx.occupancy(&self.func, block_size, shared, 0)
+    }
+}
+
+/// A kernel argument: the bytes the kernel receives for one parameter.
+pub trait KernelArg {
+    fn arg_bytes(&self) -> &[u8];
+}
+
+impl<T: Pod> KernelArg for T {
+    fn arg_bytes(&self) -> &[u8] {
+        // SAFETY: `T: Pod` has no padding; the slice covers exactly the value, borrowed from it.
+        unsafe { std::slice::from_raw_parts((self as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+    }
+}
+
+/// Raw bytes (a struct passed by value, laid out by the caller).
+impl KernelArg for &[u8] {
+    fn arg_bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+/// Raw bytes (a struct passed by value, laid out by the caller).
+impl<const N: usize> KernelArg for [u8; N] {
+    fn arg_bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+/// A device buffer is passed as its device address.
+impl<T: Pod> KernelArg for DeviceBuffer<T> {
+    fn arg_bytes(&self) -> &[u8] {
+        self.ptr.arg_bytes()
+    }
+}
+
+/// A captured graph (`cudaGraph_t`); destroyed on drop.
+#[derive(Debug)]
+pub struct Graph {
+    ctx: Arc<Context>,
+    raw: RawGraph,
+}
+
+impl Graph {
+    /// `cudaGraphInstantiate`: one round trip.
+    pub fn instantiate(&self) -> Result<GraphExec> {
+        let raw = self.ctx.graph_instantiate(self.raw, 0)?;
+        Ok(GraphExec { ctx: self.ctx.clone(), raw })
+    }
+
+    /// The raw `cudaGraph_t` value.
+    pub fn raw(&self) -> RawGraph {
+        self.raw
+    }
+}
+
+impl Drop for Graph {
+    fn drop(&mut self) {
+        let _ = self.ctx.graph_destroy(self.raw);
+    }
+}
+
+/// An instantiated graph (`cudaGraphExec_t`); destroyed on drop (after its pending launches).
+#[derive(Debug)]
+pub struct GraphExec {
+    ctx: Arc<Context>,
+    raw: RawGraphExec,
+}
+
+impl GraphExec {
+    /// `cudaGraphExecUpdate`: `true` if updated to `graph`'s parameters, `false` if the graphs
+    /// differ too much (instantiate `graph` instead).
+    pub fn update(&self, graph: &Graph) -> Result<bool> {
+        self.ctx.graph_exec_update(self.raw, graph.raw).map(|r| r == 0)
+    }
+}
+
+impl Drop for GraphExec {
+    fn drop(&mut self) {
+        let _ = self.ctx.graph_exec_destroy(self.raw);
     }
 }
 
@@ -274,12 +437,14 @@ impl Stream {
     pub fn wait_event(&self, event: &Event) -> Result<()> {
         let h = self.host()?;
         let e = self.ctx.event(event.raw)?;
+        self.ctx.capture_check(h, false)?;
         self.ctx.fire(Call::StreamWaitEvent, h, [e.host, 0, 0, 0, 0, 0])
     }
 
     /// Run `f` once all earlier work on this stream is done; later work waits for it. `f` runs
     /// on the context's host-function thread and must not wait for this stream.
     pub fn host_fn(&self, f: impl FnOnce() + Send + 'static) -> Result<()> {
+        self.ctx.capture_check(self.host()?, false)?;
         self.ctx.host_fn(
             self.raw,
             Box::new(move |s| {
@@ -292,7 +457,7 @@ impl Stream {
 
     /// Completes when all work submitted to this stream so far has finished.
     pub fn synchronize(&self) -> SyncFuture {
-        match self.host() {
+        match self.host().and_then(|h| self.ctx.capture_check_sync(Some(h)).map(|_| h)) {
             Ok(h) => SyncFuture::submit(&self.ctx, Call::StreamSync, h, 0),
             Err(e) => SyncFuture::failed(&self.ctx, e),
         }
@@ -300,22 +465,63 @@ impl Stream {
 
     /// [`synchronize`](Self::synchronize), blocking this thread.
     pub fn synchronize_blocking(&self) -> Result<()> {
+        self.ctx.capture_check_sync(Some(self.host()?))?;
         self.ctx.stream_synchronize(self.raw)
     }
 
     /// `true` if all work on the stream has finished.
     pub fn query(&self) -> Result<bool> {
+        self.ctx.capture_check_sync(Some(self.host()?))?;
         match self.ctx.stream_query(self.raw) {
             Ok(()) => Ok(true),
             Err(CudaError::NotReady) => Ok(false),
             Err(e) => Err(e),
         }
     }
+
+    /// Launch `f` (fire-and-forget, like the copies): `grid` and `block` dimensions, `shared`
+    /// bytes of dynamic shared memory, one argument per parameter. Bad dimensions or arguments
+    /// fail at once; errors of the launch itself surface at the next synchronisation.
+    pub fn launch(&self, f: &Function, grid: [u32; 3], block: [u32; 3], shared: u32, args: &[&dyn KernelArg]) -> Result<()> {
+        if !Arc::ptr_eq(&f.module.ctx, &self.ctx) {
+            return Err(CudaError::InvalidResourceHandle);
+        }
+        if args.len() != f.func.params().len() {
+            return Err(CudaError::InvalidValue);
+        }
+        let params = pack_params(&f.func, |i, _| Ok(args[i].arg_bytes()))?;
+        let cfg = LaunchConfig { grid, block, shared: shared as u64, stream: self.raw, cooperative: false };
+        self.ctx.launch_packed(&f.func, &cfg, &params)
+    }
+
+    /// Start capturing this stream's work into a graph (`cudaStreamBeginCapture`).
+    pub fn begin_capture(&self, mode: CaptureMode) -> Result<()> {
+        self.ctx.begin_capture(self.raw, mode)
+    }
+
+    /// End the capture: the graph, or `StreamCaptureInvalidated`.
+    pub fn end_capture(&self) -> Result<Graph> {
+        let raw = self.ctx.end_capture(self.raw)?;
+        Ok(Graph { ctx: self.ctx.clone(), raw })
+    }
+
+    /// Capture status of this stream (local).
+    pub fn capture_status(&self) -> Result<CaptureStatus> {
+        self.ctx.capture_info(self.raw).map(|(s, _)| s)
+    }
+
+    /// Launch an instantiated graph on this stream (fire-and-forget).
+    pub fn launch_graph(&self, exec: &GraphExec) -> Result<()> {
+        self.ctx.graph_launch(exec.raw, self.raw)
+    }
 }
 
 impl Drop for Stream {
     fn drop(&mut self) {
         if self.owned {
+            if let Ok(h) = self.host() {
+                self.ctx.capture_forget(Some(h));
+            }
             let _ = self.ctx.stream_destroy(self.raw);
         }
     }
@@ -343,6 +549,7 @@ impl Event {
     pub fn record(&self, stream: &Stream) -> Result<()> {
         let e = self.ctx.event(self.raw)?;
         let h = stream.host()?;
+        self.ctx.capture_check(h, false)?;
         self.ctx.fire(Call::EventRecord, h, [e.host, 0, 0, 0, 0, 0])
     }
 

@@ -1,9 +1,10 @@
 //! The device context: one connection to the mediator, the guest-side tables of streams,
 //! events, allocations, pinned and registered host memory, and the host-function thread.
 //!
-//! The process-wide context ([`Context::global`]) connects on first use, never at load time, to
-//! the socket named by [`default_socket`]. Private contexts ([`Context::connect`]) serve the
-//! async Rust API and tests.
+//! The process-wide context ([`Context::global`]) connects on first use, never at load time, over
+//! the link the environment names (`vgpu_transport::connect_from_env`: the direct link to the
+//! socket named by [`default_socket`] unless `VGPU_LINK`/`VGPU_DEVICE` select the ivshmem link).
+//! Private contexts ([`Context::connect`]) serve the async Rust API and tests.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -20,16 +21,9 @@ use crate::memory::{ChunkRef, PinnedHeap};
 use crate::{RawEvent, RawStream, STREAM_LEGACY, STREAM_LEGACY_DEFAULT, STREAM_PER_THREAD};
 
 /// The mediator's socket: `$VGPU_SOCKET`, else `$XDG_RUNTIME_DIR/vgpu.sock`, else
-/// `/tmp/vgpu.sock` (the same rule as `vgpu_mediator::default_socket`, duplicated so the guest
-/// library does not depend on the host crate).
+/// `/tmp/vgpu.sock` (the transport's rule, the same as `vgpu_mediator::default_socket`).
 pub fn default_socket() -> PathBuf {
-    if let Some(s) = std::env::var_os("VGPU_SOCKET") {
-        return s.into();
-    }
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) => PathBuf::from(d).join("vgpu.sock"),
-        None => PathBuf::from("/tmp/vgpu.sock"),
-    }
+    vgpu_transport::link::default_socket()
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -88,6 +82,10 @@ pub struct Context {
     /// complete in the reactor instead (one round trip fewer per copy; correct only for programs
     /// that synchronise before reading the buffer, as ggml does).
     pub(crate) sync_pageable_d2h: bool,
+    /// Modules, functions and symbols loaded on this context (`kernel.rs`).
+    pub(crate) kern: crate::kernel::KernelState,
+    /// Capture sequences of this context's streams (`graph.rs`).
+    pub(crate) captures: crate::graph::Captures,
 }
 
 impl std::fmt::Debug for Context {
@@ -108,14 +106,13 @@ pub(crate) fn global_sticky() -> Option<CudaError> {
 }
 
 impl Context {
-    /// The process-wide context, connecting to [`default_socket`] on first use. A failure is
+    /// The process-wide context, connecting over the environment's link on first use. A failure is
     /// logged once with the fix and kept: every later call gets the same error, as a CUDA
     /// runtime whose initialisation failed.
     pub fn global() -> Result<&'static Arc<Context>> {
         GLOBAL
             .get_or_init(|| {
-                let path = default_socket();
-                Context::open(&path).map_err(|(code, why)| {
+                Context::open(None).map_err(|(code, why)| {
                     // The transport's setup errors already name the fix; the others get it here.
                     let fix = if why.contains("vgpu serve") {
                         ""
@@ -142,14 +139,15 @@ impl Context {
 
     /// A private context connected to the mediator at `socket`.
     pub fn connect(socket: impl AsRef<Path>) -> Result<Arc<Context>> {
-        Context::open(socket.as_ref()).map_err(|(code, why)| {
+        Context::open(Some(socket.as_ref())).map_err(|(code, why)| {
             warn!(target: "vgpu::streams", "{why}");
             code
         })
     }
 
-    /// Connect; on failure the CUDA error and the transport's explanation (which names the fix).
-    fn open(socket: &Path) -> std::result::Result<Arc<Context>, (CudaError, String)> {
+    /// Connect to `socket` (direct link), or over the environment's link when `None`; on failure
+    /// the CUDA error and the transport's explanation (which names the fix).
+    fn open(socket: Option<&Path>) -> std::result::Result<Arc<Context>, (CudaError, String)> {
         // `VGPU_WINDOW_MIB` asks the mediator for a larger data window (pinned memory lives there).
         let window_len = std::env::var("VGPU_WINDOW_MIB").ok().and_then(|v| v.parse::<u64>().ok()).map_or(0, |m| m.saturating_mul(1 << 20));
         let mut cfg = ClientConfig { window_len, ..ClientConfig::default() };
@@ -157,7 +155,11 @@ impl Context {
         if let Some(spin) = crate::device_flags::spin_policy(crate::device_flags::get()) {
             cfg.spin = spin;
         }
-        let client = Client::connect(socket, cfg).map_err(|e| (CudaError::from_transport(&e), e.to_string()))?;
+        let client = match socket {
+            Some(s) => Client::connect(s, cfg),
+            None => vgpu_transport::connect_from_env(cfg),
+        }
+        .map_err(|e| (CudaError::from_transport(&e), e.to_string()))?;
         let window_len = client.region().layout().window_len;
         let window_base =
             client.region().window_ptr(0, 0).ok_or_else(|| (CudaError::InitializationError, "the data window is not mapped".to_string()))?
@@ -181,6 +183,8 @@ impl Context {
             sticky: Mutex::new(None),
             generation: AtomicU64::new(0),
             sync_pageable_d2h: std::env::var_os("VGPU_ASYNC_PAGEABLE_D2H").is_none_or(|v| v != "1"),
+            kern: Default::default(),
+            captures: Default::default(),
         });
         debug!(target: "vgpu::streams", id = ctx.id, window_len, pinned = rest_len, "context connected");
         Ok(ctx)

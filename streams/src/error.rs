@@ -4,9 +4,11 @@
 //! # Which errors are sticky
 //! CUDA distinguishes errors that leave the context usable (returned once, then cleared by
 //! `cudaGetLastError`) from *sticky* ones that corrupt the context: every later call returns them
-//! and nothing clears them. Here the only context-corrupting events are losing the mediator
-//! ([`CudaError::DevicesUnavailable`]) and a protocol violation by the host
-//! ([`CudaError::Unknown`]); both are sticky per [`crate::Context`]. Every other error,
+//! and nothing clears them. Here the context-corrupting events are losing the mediator
+//! ([`CudaError::DevicesUnavailable`]), a protocol violation by the host
+//! ([`CudaError::Unknown`]) and a kernel's fault on the device (`DeviceError` completions:
+//! [`CudaError::IllegalAddress`] and the other launch faults); all are sticky per
+//! [`crate::Context`]. Every other error,
 //! including the deferred error of fire-and-forget work, is non-sticky: it is returned once (by the
 //! call, or by the next synchronising call for deferred errors) and recorded as the calling
 //! thread's last error.
@@ -211,8 +213,24 @@ impl CudaError {
     }
 
     /// Whether this error leaves the context unusable (see the module docs).
+    ///
+    /// Faults of a kernel on the device are sticky too, as CUDA documents for each of them:
+    /// the real context is corrupt and the process must exit.
     pub fn is_sticky(self) -> bool {
-        matches!(self, CudaError::DevicesUnavailable | CudaError::Unknown)
+        matches!(
+            self,
+            CudaError::DevicesUnavailable
+                | CudaError::Unknown
+                | CudaError::IllegalAddress
+                | CudaError::LaunchTimeout
+                | CudaError::Assert
+                | CudaError::HardwareStackError
+                | CudaError::IllegalInstruction
+                | CudaError::MisalignedAddress
+                | CudaError::InvalidAddressSpace
+                | CudaError::InvalidPc
+                | CudaError::LaunchFailure
+        )
     }
 
     /// The CUDA error for a failed host call.
@@ -260,6 +278,12 @@ impl CudaError {
     ///   mismatch error, which is exactly the situation (guest and mediator releases differ).
     pub fn from_transport(e: &Error) -> CudaError {
         match e {
+            // The device's own error (e.g. 700, an illegal address): the cudaError of the same
+            // value, which CUDA defines for every launch-time fault.
+            Error::Call { status: Status::DeviceError, code, .. } => match CudaError::from_code(*code as i32) {
+                Some(e) if (700..800).contains(code) => e,
+                _ => CudaError::LaunchFailure,
+            },
             Error::Call { status, .. } => CudaError::from_status(*status),
             Error::LinkDown(_) => CudaError::DevicesUnavailable,
             Error::Protocol(_) => CudaError::Unknown,
@@ -321,6 +345,18 @@ pub fn record<T>(r: Result<T>) -> Result<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_faults_keep_their_code_and_are_sticky() {
+        use vgpu_transport::Call;
+        let fault = |code| Error::Call { call: Call::StreamSync, status: Status::DeviceError, code };
+        assert_eq!(CudaError::from_transport(&fault(700)), CudaError::IllegalAddress);
+        assert_eq!(CudaError::from_transport(&fault(716)), CudaError::MisalignedAddress);
+        // A code outside the launch-fault range is not trusted as one.
+        assert_eq!(CudaError::from_transport(&fault(1)), CudaError::LaunchFailure);
+        assert!(CudaError::IllegalAddress.is_sticky() && CudaError::LaunchFailure.is_sticky());
+        assert!(!CudaError::NotSupported.is_sticky() && !CudaError::InvalidConfiguration.is_sticky());
+    }
 
     #[test]
     fn codes_are_the_cuda_values() {

@@ -15,6 +15,9 @@
 //!   per-thread last error ([`error`]).
 //! - Data paths ([`memory`]): staged pageable copies, pinned memory carved from the data
 //!   window (zero-copy), registered memory treated as pageable.
+//! - Kernels ([`kernel`]): the nvcc registration ABI recorded locally, modules uploaded lazily
+//!   (by hash first), function info and parameter tables fetched once, fire-and-forget launches;
+//!   capture and graphs ([`graph`]), with the capture state kept in the guest.
 //! - [`rt`]: CUDA-Runtime-shaped synchronous functions for the `extern "C"` facade;
 //!   [`device_flags`]: `cudaSetDeviceFlags` values, kept process-wide.
 //! - The async Rust API: [`Device`], [`Stream`], [`Event`], [`DeviceBuffer`], [`PinnedBuffer`];
@@ -28,14 +31,19 @@ mod api;
 pub mod context;
 pub mod device_flags;
 pub mod error;
+pub mod graph;
+pub mod kernel;
 pub mod memory;
 pub mod rt;
 
-pub use api::{Device, DeviceBuffer, Event, PinnedBuffer, Pod, Stream, SyncFuture};
+pub use api::{Device, DeviceBuffer, Event, Function, Graph, GraphExec, KernelArg, Module, PinnedBuffer, Pod, Stream, SyncFuture};
 pub use context::{default_socket, Context};
 pub use error::{CudaError, Result};
+pub use graph::{CaptureMode, CaptureStatus, RawGraph, RawGraphExec};
+pub use kernel::{CallConfig, LaunchConfig};
 pub use memory::{MemoryType, PointerInfo, INVALID_DEVICE_ID};
 pub use vgpu_transport::wire::DeviceInfo;
+pub use vgpu_transport::wire::{FuncInfo, ParamInfo};
 
 /// A `cudaStream_t` value, as an integer.
 pub type RawStream = u64;

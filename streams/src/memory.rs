@@ -155,8 +155,14 @@ impl Context {
     }
 
     /// The live allocation `(base, len)` that contains address `p`.
+    /// Symbols (`__device__`/`__constant__` variables of loaded modules) count as allocations.
     pub(crate) fn allocation_of(&self, p: u64) -> Option<(u64, u64)> {
-        lock(&self.allocs).range(..=p).next_back().filter(|(&b, &l)| p < b + l.max(1)).map(|(&b, &l)| (b, l))
+        lock(&self.allocs)
+            .range(..=p)
+            .next_back()
+            .filter(|(&b, &l)| p < b + l.max(1))
+            .map(|(&b, &l)| (b, l))
+            .or_else(|| self.symbol_range_of(p))
     }
 
     /// `Ok` if `[p, p+len)` lies inside one live allocation of this context; `InvalidValue`
@@ -284,6 +290,10 @@ impl Context {
     /// Every `host..host+len` range must be readable for the duration of this call.
     pub(crate) unsafe fn h2d(&self, segs: &[Seg], host_stream: u32, wait: bool) -> Result<()> {
         self.sticky()?;
+        // Only copies from pinned memory (window offsets) can be captured into a graph.
+        if self.capture_active() {
+            self.capture_check(host_stream, !wait && segs.iter().all(|s| self.pinned_offset(s.host, s.len).is_some()))?;
+        }
         let mut tickets = Vec::new();
         let staging = self.client.staging();
         let chunk_len = staging.chunk_len() as usize;
@@ -357,6 +367,35 @@ impl Context {
         result.and(waited)
     }
 
+    /// Put `bytes` (at most one chunk) into the open staging chunk shared with small H2D copies,
+    /// 8-byte aligned: the window offset, and the completion action that gives the space back
+    /// (attach it to the command that carries the offset). For launch parameters and names.
+    pub(crate) fn stage_small(&self, bytes: &[u8]) -> Result<(u64, OnComplete)> {
+        let staging = self.client.staging();
+        let chunk_len = staging.chunk_len() as usize;
+        let n = bytes.len();
+        if n > chunk_len {
+            return Err(CudaError::InvalidValue);
+        }
+        let mut open = lock(&self.open_h2d);
+        let fits = open.as_ref().is_some_and(|(_, used)| used.next_multiple_of(8) + n <= chunk_len);
+        if !fits {
+            if let Some((c, _)) = open.take() {
+                c.put(staging);
+            }
+            let off = self.check(self.client.acquire_staging())?;
+            *open = Some((Arc::new(ChunkRef { off, left: AtomicUsize::new(1) }), 0));
+        }
+        let Some((c, used)) = open.as_mut() else { return Err(CudaError::Unknown) };
+        let start = used.next_multiple_of(8);
+        let woff = c.off + start as u64;
+        self.check(self.client.region().write_window(woff, bytes))?;
+        c.left.fetch_add(1, Ordering::AcqRel);
+        *used = start + n;
+        let c2 = c.clone();
+        Ok((woff, Box::new(move |_, staging, _| c2.put(staging))))
+    }
+
     /// Give the open H2D staging chunk back (once its pieces are done), so that callers who need
     /// a whole chunk never wait for it.
     pub(crate) fn close_open_chunk(&self) {
@@ -375,6 +414,9 @@ impl Context {
     /// the copy has completed (a later sync of the stream, or this call's return with `wait`).
     pub(crate) unsafe fn d2h(&self, segs: &[Seg], host_stream: u32, wait: bool) -> Result<()> {
         self.sticky()?;
+        if self.capture_active() {
+            self.capture_check(host_stream, !wait && segs.iter().all(|s| self.pinned_offset(s.host, s.len).is_some()))?;
+        }
         self.close_open_chunk();
         let mut tickets = Vec::new();
         let staging = self.client.staging();
@@ -499,6 +541,8 @@ impl Context {
         match kind {
             MemcpyKind::HostToHost => {
                 self.sticky()?;
+                // Done by the guest at once: nothing the host could record.
+                self.capture_check(host_stream, false)?;
                 if wait {
                     // Host-to-host copies are ordered after earlier work on the stream.
                     self.call(Call::StreamSync, host_stream, [0; 6])?;
@@ -518,6 +562,7 @@ impl Context {
                 unsafe { self.d2h(&[Seg { dev: src, host: dst as usize, len: n }], host_stream, wait) }
             }
             MemcpyKind::DeviceToDevice => {
+                self.capture_check(host_stream, !wait)?;
                 if wait {
                     self.call(Call::MemcpyDtoD, host_stream, [dst, src, n as u64, 0, 0, 0]).map(drop)
                 } else {
@@ -551,6 +596,9 @@ impl Context {
         }
         if width > dpitch || width > spitch {
             return Err(CudaError::InvalidPitchValue);
+        }
+        if wait {
+            self.capture_check(host_stream, false)?;
         }
         // The last row must be addressable on both sides; the host rejects device ranges that
         // are not inside an allocation, and host ranges are the caller's promise.
@@ -601,6 +649,7 @@ impl Context {
         }
         self.sticky()?;
         self.check_device_range(p, n as u64)?;
+        self.capture_check(host_stream, true)?;
         self.fire(Call::Memset, host_stream, [p, (value as u32 & 0xff) as u64, n as u64, 0, 0, 0])
     }
 }

@@ -18,6 +18,8 @@ use vgpu_transport::wire::{Call, DeviceInfo};
 use crate::context::Context;
 pub use crate::error::{get_last_error, peek_at_last_error};
 use crate::error::{record, CudaError, Result};
+use crate::graph::{CaptureMode, CaptureStatus, RawGraph, RawGraphExec};
+use crate::kernel::LaunchConfig;
 use crate::memory::Seg;
 use crate::{MemcpyKind, RawEvent, RawStream, PRIORITY_GREATEST, PRIORITY_LEAST};
 
@@ -50,9 +52,12 @@ pub fn device_info() -> Result<DeviceInfo> {
     with(|c| c.device_info())
 }
 
-/// `cudaDeviceSynchronize`.
+/// `cudaDeviceSynchronize` (`StreamCaptureUnsupported` while a stream captures).
 pub fn device_synchronize() -> Result<()> {
-    with(|c| c.device_synchronize())
+    with(|c| {
+        c.capture_check_sync(None)?;
+        c.device_synchronize()
+    })
 }
 
 /// `cudaDeviceReset`: waits for all work, then frees every allocation, stream, event and pinned
@@ -60,7 +65,10 @@ pub fn device_synchronize() -> Result<()> {
 /// pointers and handles are rejected afterwards (`InvalidValue`, `InvalidResourceHandle`);
 /// per-thread streams are created again on their next use. The device flags stay.
 pub fn device_reset() -> Result<()> {
-    with(|c| c.reset())
+    with(|c| {
+        c.capture_forget(None);
+        c.reset()
+    })
 }
 
 /// `cudaSetDeviceFlags`: validated as CUDA does ([`crate::device_flags::validate`]) and kept
@@ -103,12 +111,18 @@ pub fn blocking_round_trips() -> u64 {
 
 /// `cudaMalloc`: size 0 gives a null pointer, as CUDA.
 pub fn malloc(size: usize) -> Result<u64> {
-    with(|c| c.malloc(size))
+    with(|c| {
+        c.capture_check_unsafe()?;
+        c.malloc(size)
+    })
 }
 
 /// `cudaFree`: null is a no-op; anything not returned by [`malloc`] is `InvalidValue`.
 pub fn free(dev_ptr: u64) -> Result<()> {
-    with(|c| c.free(dev_ptr))
+    with(|c| {
+        c.capture_check_unsafe()?;
+        c.free(dev_ptr)
+    })
 }
 
 /// `cudaMallocHost`: pinned memory from the data window, 256-byte aligned.
@@ -284,17 +298,31 @@ pub fn stream_create(flags: u32, priority: i32) -> Result<RawStream> {
 
 /// `cudaStreamDestroy`: returns at once; the stream's queued work still completes.
 pub fn stream_destroy(stream: RawStream) -> Result<()> {
-    with(|c| c.stream_destroy(stream))
+    with(|c| {
+        // (Not for the special handles: resolving the per-thread one would create it.)
+        if stream > crate::STREAM_PER_THREAD {
+            if let Ok(h) = c.host_stream(stream) {
+                c.capture_forget(Some(h));
+            }
+        }
+        c.stream_destroy(stream)
+    })
 }
 
 /// `cudaStreamSynchronize`.
 pub fn stream_synchronize(stream: RawStream) -> Result<()> {
-    with(|c| c.stream_synchronize(stream))
+    with(|c| {
+        c.capture_check_sync(Some(c.host_stream(stream)?))?;
+        c.stream_synchronize(stream)
+    })
 }
 
 /// `cudaStreamQuery`: `Err(NotReady)` while work is pending (not recorded as last error).
 pub fn stream_query(stream: RawStream) -> Result<()> {
-    with(|c| c.stream_query(stream))
+    with(|c| {
+        c.capture_check_sync(Some(c.host_stream(stream)?))?;
+        c.stream_query(stream)
+    })
 }
 
 /// `cudaStreamGetFlags` (local).
@@ -315,19 +343,21 @@ pub fn stream_wait_event(stream: RawStream, event: RawEvent, flags: u32) -> Resu
         }
         let h = c.host_stream(stream)?;
         let e = c.event(event)?;
+        c.capture_check(h, false)?;
         c.fire(Call::StreamWaitEvent, h, [e.host, 0, 0, 0, 0, 0])
     })
 }
 
-/// `cudaStreamIsCapturing`: no graphs yet, so never capturing (local).
+/// `cudaStreamIsCapturing`: whether a capture (active or invalidated) is under way (local).
 pub fn stream_is_capturing(stream: RawStream) -> Result<bool> {
-    with(|c| c.stream_entry(stream).map(|_| false))
+    stream_capture_info(stream).map(|(s, _)| s != CaptureStatus::None)
 }
 
 /// `cudaLaunchHostFunc`: `f` runs on the host-function thread once all earlier work on the
 /// stream is done; later work on the stream waits for it to return.
 pub fn launch_host_func(stream: RawStream, f: Box<dyn FnOnce() + Send>) -> Result<()> {
     with(|c| {
+        c.capture_check(c.host_stream(stream)?, false)?;
         c.host_fn(
             stream,
             Box::new(move |status| {
@@ -346,6 +376,7 @@ pub fn stream_add_callback(stream: RawStream, f: Box<dyn FnOnce(CudaError) + Sen
         if flags != 0 {
             return Err(CudaError::InvalidValue);
         }
+        c.capture_check(c.host_stream(stream)?, false)?;
         c.host_fn(stream, f)
     })
 }
@@ -373,6 +404,7 @@ pub fn event_record_with_flags(event: RawEvent, stream: RawStream, flags: u32) -
         }
         let e = c.event(event)?;
         let h = c.host_stream(stream)?;
+        c.capture_check(h, false)?;
         c.fire(Call::EventRecord, h, [e.host, 0, 0, 0, 0, 0])
     })
 }
@@ -412,4 +444,157 @@ pub fn download(src: u64, dst: &mut [u8]) -> Result<()> {
         unsafe { c.d2h(&[Seg { dev: src, host: dst.as_mut_ptr() as usize, len: dst.len() }], 0, true)? };
         c.deferred()
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernels
+
+/// `cudaLaunchKernel`, `__cudaLaunchKernel`, `cudaLaunchKernelExC`, `cudaLaunchCooperativeKernel`
+/// (fire-and-forget). `host_fun` is a registered host stub (or the kernel handle
+/// `__cudaGetKernel` gave, which is the same). Bad dimensions: `InvalidConfiguration` without a
+/// round trip; the first launch of a function on the context loads its module and fetches its
+/// parameter table (round trips), later ones only enqueue.
+///
+/// # Safety
+/// `args` is null (for a kernel without parameters) or holds one pointer per parameter, each to
+/// at least the parameter's size in bytes.
+pub unsafe fn launch_kernel(host_fun: usize, cfg: &LaunchConfig, args: *const *const std::ffi::c_void) -> Result<()> {
+    // SAFETY: forwarded caller guarantee.
+    with(|c| unsafe { c.launch_c(host_fun, cfg, args) })
+}
+
+/// `__cudaGetKernel`: the handle of a registered host stub (local).
+pub fn get_kernel(host_fun: usize) -> Result<usize> {
+    crate::kernel::kernel_handle(host_fun)
+}
+
+/// `cudaFuncGetAttributes`: the host's [`vgpu_transport::wire::FuncInfo`] (fetched once per
+/// function, then local) and the cluster attributes set on it.
+pub fn func_get_attributes(host_fun: usize) -> Result<(vgpu_transport::wire::FuncInfo, [i32; 6])> {
+    with(|c| c.function(host_fun).map(|f| (f.info(), f.cluster_attributes())))
+}
+
+/// `cudaFuncSetAttribute` (`cudaFuncAttribute` values 8..=15): one round trip.
+pub fn func_set_attribute(host_fun: usize, attr: i32, value: i32) -> Result<()> {
+    with(|c| {
+        let attr = u32::try_from(attr).map_err(|_| CudaError::InvalidValue)?;
+        if !(8..=15).contains(&attr) {
+            return Err(CudaError::InvalidValue);
+        }
+        let f = c.function(host_fun)?;
+        c.func_set_attribute(&f, attr, value)
+    })
+}
+
+/// `cudaFuncSetCacheConfig` / `cudaFuncSetSharedMemConfig`: preferences the device may ignore
+/// (and vgpu does): checks the function is registered and the value is in range (local).
+pub fn func_set_preference(host_fun: usize, value: i32, max: i32) -> Result<()> {
+    with(|c| {
+        c.sticky()?;
+        crate::kernel::kernel_handle(host_fun)?;
+        if !(0..=max).contains(&value) {
+            return Err(CudaError::InvalidValue);
+        }
+        Ok(())
+    })
+}
+
+/// `cudaOccupancyMaxActiveBlocksPerMultiprocessor[WithFlags]`: one round trip per distinct
+/// query of a function, then cached.
+pub fn occupancy_max_active_blocks(host_fun: usize, block_size: i32, shared: usize, flags: u32) -> Result<i32> {
+    with(|c| {
+        let f = c.function(host_fun)?;
+        c.occupancy(&f, block_size, shared as u64, flags)
+    })
+}
+
+/// `cudaGetSymbolAddress` / `cudaGetSymbolSize`: `(device address, size)` of a registered
+/// `__device__`/`__constant__` variable (one round trip the first time per context).
+pub fn symbol(host_var: usize) -> Result<(u64, u64)> {
+    with(|c| c.symbol(host_var))
+}
+
+/// `cudaMemcpyToSymbol` (`stream` = None: synchronous on the legacy stream) and
+/// `cudaMemcpyToSymbolAsync`.
+///
+/// # Safety
+/// `src` is valid for `count` bytes (until the copy is staged or, from pinned memory, done).
+pub unsafe fn memcpy_to_symbol(
+    host_var: usize,
+    src: *const u8,
+    count: usize,
+    offset: usize,
+    kind: MemcpyKind,
+    stream: Option<RawStream>,
+) -> Result<()> {
+    // SAFETY: forwarded caller guarantee.
+    with(|c| unsafe { c.memcpy_to_symbol(host_var, src, count, offset, kind, stream) })
+}
+
+/// `cudaMemcpyFromSymbol` and `cudaMemcpyFromSymbolAsync`.
+///
+/// # Safety
+/// `dst` is valid for `count` bytes until the copy completes.
+pub unsafe fn memcpy_from_symbol(
+    dst: *mut u8,
+    host_var: usize,
+    count: usize,
+    offset: usize,
+    kind: MemcpyKind,
+    stream: Option<RawStream>,
+) -> Result<()> {
+    // SAFETY: forwarded caller guarantee.
+    with(|c| unsafe { c.memcpy_from_symbol(dst, host_var, count, offset, kind, stream) })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Capture and graphs
+
+/// `cudaStreamBeginCapture` (one round trip). `mode` is a `cudaStreamCaptureMode`.
+pub fn stream_begin_capture(stream: RawStream, mode: i32) -> Result<()> {
+    with(|c| {
+        let mode = CaptureMode::from_raw(mode).ok_or(CudaError::InvalidValue)?;
+        c.begin_capture(stream, mode)
+    })
+}
+
+/// `cudaStreamEndCapture` (one round trip): the graph, or `StreamCaptureInvalidated`.
+pub fn stream_end_capture(stream: RawStream) -> Result<RawGraph> {
+    with(|c| c.end_capture(stream))
+}
+
+/// `cudaStreamGetCaptureInfo`: status and capture id (local).
+pub fn stream_capture_info(stream: RawStream) -> Result<(CaptureStatus, u64)> {
+    with(|c| c.capture_info(stream))
+}
+
+/// `cudaThreadExchangeStreamCaptureMode`: the calling thread's previous mode.
+pub fn thread_exchange_capture_mode(mode: i32) -> Result<i32> {
+    record(CaptureMode::from_raw(mode).ok_or(CudaError::InvalidValue)).map(|m| crate::graph::exchange_thread_mode(m) as i32)
+}
+
+/// `cudaGraphInstantiate[WithFlags|WithParams]` (one round trip).
+pub fn graph_instantiate(graph: RawGraph, flags: u64) -> Result<RawGraphExec> {
+    with(|c| c.graph_instantiate(graph, flags))
+}
+
+/// `cudaGraphExecUpdate` (one round trip): the `cudaGraphExecUpdateResult`; non-zero means the
+/// exec is unchanged (the facade returns `cudaErrorGraphExecUpdateFailure`).
+pub fn graph_exec_update(exec: RawGraphExec, graph: RawGraph) -> Result<u32> {
+    with(|c| c.graph_exec_update(exec, graph))
+}
+
+/// `cudaGraphLaunch` (fire-and-forget).
+pub fn graph_launch(exec: RawGraphExec, stream: RawStream) -> Result<()> {
+    with(|c| c.graph_launch(exec, stream))
+}
+
+/// `cudaGraphDestroy`.
+pub fn graph_destroy(graph: RawGraph) -> Result<()> {
+    with(|c| c.graph_destroy(graph))
+}
+
+/// `cudaGraphExecDestroy`.
+pub fn graph_exec_destroy(exec: RawGraphExec) -> Result<()> {
+    with(|c| c.graph_exec_destroy(exec))
 }

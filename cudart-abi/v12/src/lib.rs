@@ -7,10 +7,11 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![allow(non_snake_case, clippy::missing_safety_doc)]
 
-use std::ffi::{c_int, c_void};
+use std::ffi::{c_int, c_ulonglong, c_void};
 
 use vgpu_cudart::cudaError_t;
 use vgpu_cudart::entry::{guard, non_null};
+use vgpu_cudart::kernel::capture_info;
 use vgpu_cudart::props::DeviceProp12;
 
 pub use vgpu_cudart::api;
@@ -54,4 +55,41 @@ pub unsafe extern "C" fn cudaPointerGetAttributes(attributes: *mut api::PointerA
         unsafe { attributes.write_unaligned(a) };
         Ok(())
     })
+}
+
+/// `cudaStreamGetCaptureInfo` as CUDA 12 exports it: the original three-argument form (the
+/// 12.x headers map the name to `_v2`).
+#[no_mangle]
+pub unsafe extern "C" fn cudaStreamGetCaptureInfo(s: api::Handle, status: *mut c_int, id: *mut c_ulonglong) -> cudaError_t {
+    // SAFETY: the program passes a status pointer and an optional id pointer.
+    guard("cudaStreamGetCaptureInfo", || unsafe {
+        capture_info(s, status, id, std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cudaStreamGetCaptureInfo_v2(
+    s: api::Handle,
+    status: *mut c_int,
+    id: *mut c_ulonglong,
+    graph: *mut api::Handle,
+    deps: *mut *const api::Handle,
+    num_deps: *mut usize,
+) -> cudaError_t {
+    // SAFETY: each pointer is null or valid for its type (CUDA's contract).
+    guard("cudaStreamGetCaptureInfo_v2", || unsafe { capture_info(s, status, id, graph, deps, std::ptr::null_mut(), num_deps) })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cudaStreamGetCaptureInfo_v3(
+    s: api::Handle,
+    status: *mut c_int,
+    id: *mut c_ulonglong,
+    graph: *mut api::Handle,
+    deps: *mut *const api::Handle,
+    edges: *mut *const c_void,
+    num_deps: *mut usize,
+) -> cudaError_t {
+    // SAFETY: each pointer is null or valid for its type (CUDA's contract).
+    guard("cudaStreamGetCaptureInfo_v3", || unsafe { capture_info(s, status, id, graph, deps, edges, num_deps) })
 }

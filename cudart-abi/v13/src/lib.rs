@@ -7,10 +7,11 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![allow(non_snake_case, clippy::missing_safety_doc)]
 
-use std::ffi::{c_int, c_void};
+use std::ffi::{c_int, c_ulonglong, c_void};
 
 use vgpu_cudart::cudaError_t;
 use vgpu_cudart::entry::{guard, non_null};
+use vgpu_cudart::kernel::capture_info;
 use vgpu_cudart::props::DeviceProp13;
 
 pub use vgpu_cudart::api;
@@ -48,4 +49,19 @@ pub unsafe extern "C" fn cudaPointerGetAttributes(attributes: *mut api::PointerA
         unsafe { attributes.write_unaligned(api::PointerAttributes13 { head, reserved: [0; 8] }) };
         Ok(())
     })
+}
+
+/// `cudaStreamGetCaptureInfo` of CUDA 13 (the seven-argument form, with edge data).
+#[no_mangle]
+pub unsafe extern "C" fn cudaStreamGetCaptureInfo(
+    s: api::Handle,
+    status: *mut c_int,
+    id: *mut c_ulonglong,
+    graph: *mut api::Handle,
+    deps: *mut *const api::Handle,
+    edges: *mut *const c_void,
+    num_deps: *mut usize,
+) -> cudaError_t {
+    // SAFETY: each pointer is null or valid for its type (CUDA's contract).
+    guard("cudaStreamGetCaptureInfo", || unsafe { capture_info(s, status, id, graph, deps, edges, num_deps) })
 }
