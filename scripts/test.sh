@@ -46,6 +46,20 @@ export LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}"
 RUSTFLAGS="--cfg vgpu_loom" cargo clippy -p vgpu-loom-tests --all-targets --target-dir target/loom -- -D warnings
 RUSTFLAGS="--cfg vgpu_loom" run_tests cargo test -p vgpu-loom-tests --release --target-dir target/loom -- --test-threads=1
 
+step "VM test: a QEMU guest (TCG) on the ivshmem link through VFIO (scripts/vm-test.sh; VGPU_SKIP_VM=1 skips it outside CI)"
+if [[ -n "${VGPU_SKIP_VM:-}" && -z "${CI:-}" ]]; then
+  echo "skipped: VGPU_SKIP_VM is set"
+else
+  vm_rc=0
+  bash scripts/vm-test.sh || vm_rc=$?
+  if [[ $vm_rc == 77 && -z "${CI:-}" ]]; then
+    echo "warning: this machine cannot run the VM test (see above); CI runs it" >&2
+  elif [[ $vm_rc != 0 ]]; then
+    echo "scripts/vm-test.sh failed (exit $vm_rc)" >&2
+    exit 1
+  fi
+fi
+
 # One closing line over every test binary above (pipefail already stopped us on any failure).
 counts=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { printf "%d %d", p, f }' "$log")
 passed=${counts% *}

@@ -26,6 +26,7 @@ const PROGRAMS: &[&str] = &[
     "threads",
     "no_mediator",
     "device_mgmt",
+    "capture",
 ];
 
 fn workspace() -> PathBuf {
@@ -159,24 +160,48 @@ fn libraries_have_the_soname_and_version_node_of_the_real_ones() {
     }
 }
 
-/// Every name is a function NVIDIA's `cuda_runtime_api.h` of CUDA `v` declares (after its
-/// macros): a C file taking the address of each one compiles with implicit declarations as errors.
+/// Every name is a function NVIDIA's headers of CUDA `v` declare:
+/// - API functions: `cuda_runtime_api.h` (after its macros): a C file taking the address of each
+///   one compiles with implicit declarations as errors; the per-thread-default-stream forms
+///   (`_ptsz`, `_ptds`) are what the header declares under `CUDA_API_PER_THREAD_DEFAULT_STREAM`;
+/// - nvcc's ABI (`__cuda*`): declared `CUDARTAPI __cudaX(` in `crt/host_runtime.h` or
+///   `crt/device_functions.h` (C++ headers only nvcc's own compilation can include, so the check
+///   reads them).
 fn declared_by_the_header(v: u32, root: &Path, names: &[String]) {
+    let (nvcc, api): (Vec<&String>, Vec<&String>) = names.iter().partition(|n| n.starts_with("__cuda"));
+    let (ptsz, plain): (Vec<&String>, Vec<&String>) = api.into_iter().partition(|n| n.ends_with("_ptsz") || n.ends_with("_ptds"));
     let tmp = TempDir::new(&format!("cudart-decl{v}"));
-    let src = tmp.path().join("decl.c");
-    let mut c = String::from("#include <cuda_runtime_api.h>\nvoid *vgpu_exports[] = {\n");
-    for n in names {
-        c.push_str(&format!("  (void *)&{n},\n"));
+    for (tag, list, define) in [("plain", plain, None), ("ptsz", ptsz, Some("-DCUDA_API_PER_THREAD_DEFAULT_STREAM"))] {
+        let src = tmp.path().join(format!("decl_{tag}.c"));
+        let mut c = String::from("#include <cuda_runtime_api.h>\nvoid *vgpu_exports[] = {\n");
+        for n in &list {
+            c.push_str(&format!("  (void *)&{n},\n"));
+        }
+        c.push_str("  0\n};\n");
+        std::fs::write(&src, c).expect("writing decl.c");
+        let mut cmd = Command::new("gcc");
+        cmd.args(["-c", "-std=gnu11", "-Werror", "-Wno-deprecated-declarations", "-o"])
+            .arg(tmp.path().join(format!("decl_{tag}.o")))
+            .arg("-I")
+            .arg(root.join(format!("{v}/include")));
+        if let Some(d) = define {
+            cmd.arg(d);
+        }
+        let o = run(cmd.arg(&src));
+        assert!(
+            o.status.success(),
+            "exports ({tag}) not declared by CUDA {v}'s cuda_runtime_api.h:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
-    c.push_str("};\n");
-    std::fs::write(&src, c).expect("writing decl.c");
-    let o = run(Command::new("gcc")
-        .args(["-c", "-std=gnu11", "-Werror", "-o"])
-        .arg(tmp.path().join("decl.o"))
-        .arg("-I")
-        .arg(root.join(format!("{v}/include")))
-        .arg(&src));
-    assert!(o.status.success(), "exports not declared by CUDA {v}'s cuda_runtime_api.h:\n{}", String::from_utf8_lossy(&o.stderr));
+    let crt: String = ["crt/host_runtime.h", "crt/device_functions.h"]
+        .iter()
+        .map(|h| std::fs::read_to_string(root.join(format!("{v}/include/{h}"))).unwrap_or_else(|e| panic!("CUDA {v} {h}: {e}")))
+        .collect();
+    let crt: String = crt.split_whitespace().collect::<Vec<_>>().join(" ");
+    for n in nvcc {
+        assert!(crt.contains(&format!("CUDARTAPI {n}(")), "{n} is not declared by CUDA {v}'s crt/host_runtime.h or crt/device_functions.h");
+    }
 }
 
 /// Compile every conformance program for CUDA `v` and run it; see the module docs.

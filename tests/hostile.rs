@@ -365,7 +365,8 @@ fn fake_mediator(answers: Vec<Answer>) -> (TempDir, std::path::PathBuf, std::thr
 /// no mediator gives a protocol or setup error, never a session.
 #[test]
 fn guest_reports_a_version_mismatch_naming_both_versions() {
-    let v2 = |status| Welcome { version: 2, status, features: 0, region_len: 0, session_id: 7 };
+    let other = PROTOCOL_VERSION + 1;
+    let v2 = |status| Welcome { version: other, status, features: 0, region_len: 0, session_id: 7 };
     let (_dir, path, srv) = fake_mediator(vec![
         Answer::Welcome(v2(handshake::VERSION_MISMATCH)),
         Answer::Welcome(v2(handshake::OK)),
@@ -374,7 +375,9 @@ fn guest_reports_a_version_mismatch_naming_both_versions() {
     ]);
     for case in ["refusal", "wrong version"] {
         match Client::connect(&path, ClientConfig::default()) {
-            Err(Error::Version(msg)) => assert!(msg.contains("v1") && msg.contains("v2"), "{case}: {msg}"),
+            Err(Error::Version(msg)) => {
+                assert!(msg.contains(&format!("v{PROTOCOL_VERSION}")) && msg.contains(&format!("v{other}")), "{case}: {msg}")
+            }
             other => panic!("{case}: expected a version error, got {other:?}"),
         }
     }

@@ -330,7 +330,7 @@ fn refused_copies_surface_as_errors_and_the_client_goes_on() {
     assert_eq!(e.status(), Some(Status::InvalidDevicePointer), "{e}");
     c.call_blocking(Call::MemFree, 0, args(dev, 0, 0)).expect("MemFree");
     let e = c.copy_to_device(dev, &[1, 2, 3], 0).expect_err("an upload to freed memory must fail");
-    assert!(matches!(e, Error::Call { call: Call::MemcpyHtoD, status: Status::InvalidDevicePointer }), "{e}");
+    assert!(matches!(e, Error::Call { call: Call::MemcpyHtoD, status: Status::InvalidDevicePointer, .. }), "{e}");
     // A fire-and-forget failure is deferred, and reported once.
     c.fire(Call::Memset, 0, args(dev, 0, 1)).expect("fire");
     c.call_blocking(Call::StreamSync, 0, [0; 6]).expect("StreamSync");

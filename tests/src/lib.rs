@@ -71,9 +71,34 @@ pub fn vgpu_exe() -> &'static Path {
     })
 }
 
-/// Start a private mediator on the emu executor (50 µs host spin), listening on its own socket.
+/// Start a private mediator on the emu executor (50 µs host spin), listening on its own socket,
+/// with no module cache (`--module-cache none`: tests never touch `~/.cache`).
 pub fn mediator() -> Mediator {
-    Mediator::start(vgpu_exe(), "emu", 50).expect("starting the mediator")
+    mediator_with_args(&["--module-cache", "none"])
+}
+
+/// Start a private emu mediator with these extra `vgpu serve` arguments (nothing implied: pass
+/// `--module-cache none` or `--module-cache DIR` yourself).
+pub fn mediator_with_args<S: AsRef<std::ffi::OsStr>>(extra: &[S]) -> Mediator {
+    let extra: Vec<std::ffi::OsString> = extra.iter().map(|s| s.as_ref().to_os_string()).collect();
+    Mediator::start_with_args(vgpu_exe(), "emu", 50, &extra).expect("starting the mediator")
+}
+
+/// Start a private emu mediator that appends every kernel launch to `log` (`--launch-log`, one
+/// JSON object per line, see [`read_launch_log`]), with no module cache.
+pub fn mediator_with_launch_log(log: &Path) -> Mediator {
+    mediator_with_args(&[std::ffi::OsStr::new("--launch-log"), log.as_os_str(), "--module-cache".as_ref(), "none".as_ref()])
+}
+
+/// The records of a launch log: one JSON object per line,
+/// `{"session","seq","stream","kernel","grid":[x,y,z],"block":[x,y,z],"shared","params":"hex","graph"}`.
+/// A missing file is an empty log.
+pub fn read_launch_log(log: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("launch log line {l:?}: {e}")))
+        .collect()
 }
 
 /// Connect a guest with the default configuration.
