@@ -369,7 +369,8 @@ fn parse_image(img: &Image, cc: (u32, u32), any: bool) -> Result<ParsedModule, (
     let cubin = Cubin::parse(&data).map_err(bad)?;
     let arch = entry.arch;
     let ptx_version = cubin.virtual_arch.filter(|&v| v > 0 && v <= arch).unwrap_or(arch);
-    let const_bytes: u64 = cubin.globals.iter().filter(|g| g.kind == GlobalKind::Constant).map(|g| g.size).sum();
+    // Saturating: the sizes are the image's (a sum of huge sizes must not overflow).
+    let const_bytes = cubin.globals.iter().filter(|g| g.kind == GlobalKind::Constant).fold(0u64, |a, g| a.saturating_add(g.size));
     let mut kernels = Vec::with_capacity(cubin.kernels.len());
     for k in &cubin.kernels {
         let n = k.params.params.len();
@@ -380,7 +381,7 @@ fn parse_image(img: &Image, cc: (u32, u32), any: bool) -> Result<ParsedModule, (
             ));
         }
         let regs = k.registers.unwrap_or(0);
-        let bound = k.max_threads.or(k.reqntid).map(|d| d.iter().map(|&x| u64::from(x.max(1))).product::<u64>()).unwrap_or(1024);
+        let bound = k.max_threads.or(k.reqntid).map_or(1024, block_threads);
         let max_threads = bound.min(1024).min(u64::from(reg_limited_threads(regs, &DeviceLimits::cc80()))) as u32;
         let shared = u32::try_from(k.shared_static).unwrap_or(u32::MAX);
         let info = FuncInfo {
@@ -413,6 +414,14 @@ fn parse_image(img: &Image, cc: (u32, u32), any: bool) -> Result<ParsedModule, (
         .collect();
     debug!(target: "vgpu::modules", "{module}: sm_{arch} cubin, {} kernels, {} variables", cubin.kernels.len(), cubin.globals.len());
     Ok(ParsedModule { kernels, globals, arch, ptx_version, binary_version: arch })
+}
+
+/// Threads in a block of dimensions `d` (a kernel's `EIATTR_MAX_THREADS` or `EIATTR_REQNTID`),
+/// each dimension at least 1. Saturating: the dimensions come from the image, and three large
+/// ones overflowed a `u64` product (found while writing the fuzz targets; the input is
+/// `fuzz/corpus/modules/crash-max-threads-overflow`).
+fn block_threads(d: [u32; 3]) -> u64 {
+    d.iter().fold(1u64, |n, &x| n.saturating_mul(u64::from(x.max(1))))
 }
 
 /// Shared memory a block may use without opting in (`cudaFuncAttributeMaxDynamicSharedMemorySize`):
@@ -791,6 +800,15 @@ mod tests {
         off.put(&a);
         assert!(off.get(a.hash, 1000).is_none());
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn block_bounds_from_the_image_saturate() {
+        assert_eq!(block_threads([128, 1, 1]), 128);
+        assert_eq!(block_threads([0, 0, 0]), 1);
+        assert_eq!(block_threads([32, 4, 2]), 256);
+        assert_eq!(block_threads([u32::MAX; 3]), u64::MAX);
+        assert_eq!(block_threads([u32::MAX, u32::MAX, 1]), u64::from(u32::MAX) * u64::from(u32::MAX));
     }
 
     #[test]

@@ -382,7 +382,8 @@ pub struct LaunchConfig {
 /// sent): a zero dimension, a block over 1024 threads (or x/y over 1024, z over 64), grid x over
 /// 2^31-1 or y/z over 65535.
 pub fn check_dims(grid: [u32; 3], block: [u32; 3]) -> Result<()> {
-    let threads = block.iter().map(|&d| d as u64).product::<u64>();
+    // Saturating: three u32 dimensions can overflow a u64 product.
+    let threads = block.iter().fold(1u64, |a, &d| a.saturating_mul(d as u64));
     let bad = grid.contains(&0)
         || block.contains(&0)
         || threads > MAX_THREADS_PER_BLOCK as u64
@@ -657,7 +658,7 @@ impl Context {
         }
         // More threads than the function can run with (`__launch_bounds__`, registers): CUDA
         // refuses the launch at the call.
-        let threads = cfg.block.iter().map(|&d| d as u64).product::<u64>();
+        let threads = cfg.block.iter().fold(1u64, |a, &d| a.saturating_mul(d as u64));
         if info.max_threads_per_block != 0 && threads > info.max_threads_per_block as u64 {
             return Err(CudaError::LaunchOutOfResources);
         }
@@ -865,6 +866,8 @@ mod tests {
         assert_eq!(check_dims([1, 1, 1], [1, 1, 65]), Err(CudaError::InvalidConfiguration));
         assert_eq!(check_dims([1, 65536, 1], [1, 1, 1]), Err(CudaError::InvalidConfiguration));
         assert_eq!(check_dims([1u32 << 31, 1, 1], [1, 1, 1]), Err(CudaError::InvalidConfiguration));
+        // A block whose thread count overflows 64 bits is refused, not a panic.
+        assert_eq!(check_dims([1, 1, 1], [u32::MAX; 3]), Err(CudaError::InvalidConfiguration));
     }
 
     #[test]

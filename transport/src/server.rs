@@ -639,6 +639,19 @@ impl Server {
         }
     }
 
+    /// Validate and dispatch every command the guest has published, once, then publish the
+    /// completions produced, without the serving loop's sleeping, heartbeat or hang-up watch.
+    /// For the fuzz harness (`fuzz/`), which drives a server in-process. `Err` is a ring
+    /// violation that would end the session.
+    #[doc(hidden)]
+    pub fn drain_once(&mut self, exec: &mut dyn Executor) -> Result<usize, String> {
+        let n = self.drain(exec)?;
+        if self.completer.inner.broken.load(Ordering::SeqCst) != 0 {
+            return Err("completion ring corrupt".into());
+        }
+        Ok(n)
+    }
+
     fn drain(&mut self, exec: &mut dyn Executor) -> Result<usize, String> {
         let mut n = 0;
         let mask = self.completer.inner.inflight.len() as u64 - 1;

@@ -714,7 +714,9 @@ impl Layout {
         let cq_off = sq_off + depth as u64 * std::mem::size_of::<Command>() as u64;
         let end = cq_off + depth as u64 * std::mem::size_of::<Completion>() as u64;
         let window_off = end.div_ceil(WINDOW_ALIGN) * WINDOW_ALIGN;
-        let window_len = window_len.div_ceil(WINDOW_ALIGN) * WINDOW_ALIGN;
+        // Checked: the length comes from a header or a Hello the other side wrote (found by
+        // fuzzing: a window length near u64::MAX overflowed while rounding up).
+        let window_len = window_len.checked_next_multiple_of(WINDOW_ALIGN)?;
         let region_len = window_off.checked_add(window_len)?;
         Some(Layout { region_len, sq_off, sq_depth: depth, cq_off, cq_depth: depth, window_off, window_len })
     }
@@ -757,6 +759,20 @@ mod tests {
         l.validate(l.region_len).unwrap();
         assert!(l.validate(l.region_len - 1).is_err());
         assert!(Layout::new(3, 0).is_none());
+    }
+
+    /// A window length that overflows when rounded up to a page, or when added to the rings, is
+    /// no layout (fuzz/corpus/handshake/crash-window-len-overflow: a region header whose
+    /// WINDOW_LEN was near u64::MAX panicked the guest's check with an arithmetic overflow).
+    #[test]
+    fn huge_window_lengths_are_no_layout() {
+        for w in [u64::MAX, u64::MAX - 4095, u64::MAX - 4096, u64::MAX - 8191] {
+            assert_eq!(Layout::new(64, w), None, "{w:#x}");
+            let mut l = Layout::new(64, 1 << 16).unwrap();
+            l.window_len = w;
+            assert!(l.validate(u64::MAX).is_err(), "{w:#x}");
+        }
+        assert!(Layout::new(64, (1 << 40) + 1).is_some_and(|l| l.window_len == (1 << 40) + 4096));
     }
 
     #[test]

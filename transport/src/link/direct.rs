@@ -81,7 +81,9 @@ pub fn accept(mut socket: UnixStream, first: &[u8; MSG_LEN], session_id: u64, li
     }
     .min(limits.max_window);
     let depth = match hello.depth {
-        0 => DEFAULT_DEPTH,
+        // The host's limit bounds the default too (found by fuzzing: a host whose limit was below
+        // the default handed out deeper rings than it allows).
+        0 => DEFAULT_DEPTH.min(limits.max_depth),
         d if d.is_power_of_two() => d.min(limits.max_depth),
         _ => {
             refuse(&mut socket, handshake::REFUSED);
@@ -219,4 +221,29 @@ pub fn connect_raw(path: &Path, window_len: u64, depth: u32) -> Result<RawGuest>
     socket.set_read_timeout(None).map_err(|e| Error::Setup(format!("socket: {e}")))?;
     let doorbell = EventFd::from_owned(doorbell).map_err(|e| Error::Setup(format!("doorbell eventfd: {e}")))?;
     Ok(RawGuest { region, doorbell, interrupt, interrupt1, socket })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept_hello(window_len: u64, depth: u32, limits: HostLimits) -> Result<HostLink> {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let hello = Hello { version: PROTOCOL_VERSION, features: 0, window_len, depth, pid: 1 };
+        accept(a, &hello.encode(), 9, limits)
+    }
+
+    /// The host's limits bound what it grants, whether the guest asks for a size or leaves it to
+    /// the host's defaults (fuzz/corpus/handshake/crash-default-depth-over-limit: a default ring
+    /// depth above the host's limit was granted).
+    #[test]
+    fn host_limits_bound_requested_and_default_sizes() {
+        let limits = HostLimits { max_window: 1 << 20, max_depth: 1 << 10 };
+        for (window, depth) in [(0, 0), (u64::MAX, 0), (0, 1 << 15), (4096, 1 << 31)] {
+            let l = *accept_hello(window, depth, limits).unwrap().region.layout();
+            assert!(l.window_len <= limits.max_window && l.sq_depth <= limits.max_depth, "asked ({window}, {depth}): {l:?}");
+            assert_eq!(l.validate(l.region_len), Ok(()));
+        }
+        assert!(accept_hello(0, 3, limits).is_err(), "a depth that is not a power of two");
+    }
 }

@@ -134,6 +134,15 @@ impl IvshmemDevice {
         let fix = || format!("start `vgpu serve --ivshmem {}` first (one socket per VM or peer)", path.display());
         let sock = UnixStream::connect(path)
             .map_err(|e| Error::Setup(format!("cannot connect to the ivshmem server at {}: {e}: {}", path.display(), fix())))?;
+        IvshmemDevice::peer_on_socket(sock, path)
+    }
+
+    /// The peer handshake of [`connect_peer`](Self::connect_peer) on a connected socket (`path`
+    /// names the server in messages). Public for the fuzz harness (`fuzz/`), which feeds it
+    /// hostile server messages through a socket pair.
+    #[doc(hidden)]
+    pub fn peer_on_socket(sock: UnixStream, path: &Path) -> Result<IvshmemDevice> {
+        let fix = || format!("start `vgpu serve --ivshmem {}` first (one socket per VM or peer)", path.display());
         sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(|e| Error::Setup(format!("socket timeout: {e}")))?;
         let next = || read_server_msg(&sock).map_err(|e| Error::Setup(format!("ivshmem server at {}: {e}", path.display())));
         let (version, _) = read_server_msg(&sock).map_err(|e| {
