@@ -8,6 +8,7 @@
 
 mod container;
 mod cubin;
+pub mod synth;
 
 pub use container::{
     Entry, EntryKind, Fatbin, Wrapper, FATBIN_HEADER_LEN, FATBIN_MAGIC, FLAG_64BIT, FLAG_COMPRESSED_LZ4, FLAG_COMPRESSED_ZSTD, FLAG_DEBUG,

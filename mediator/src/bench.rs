@@ -7,10 +7,13 @@
 //! - H2D/D2H through the window, 4 KiB to 256 MiB, vs. a plain `memcpy` of the same size;
 //! - TCP loopback 64-byte request/response, for scale (what a socket-based remoting pays);
 //! - the runtime layer (`vgpu_streams::rt`, what `libcudart` calls), each beside its anchor: see
-//!   [`rt`].
+//!   [`rt`];
+//! - kernel launches on emu (enqueue, sustained rate, first launch by upload and by hash), each
+//!   beside its anchor on the same session: see [`launch`].
 //!
 //! Mediators run as real child processes, exactly as guests see them.
 
+mod launch;
 mod rt;
 
 use std::io::{Read, Write};
@@ -304,6 +307,7 @@ pub fn run(quick: bool, as_json: bool) -> Result<(), String> {
     drop(m);
 
     rt::run(&mut out, quick, lat_iters, max_size)?;
+    launch::run(&mut out, quick, lat_iters)?;
 
     let f = |k: &str| out.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
     let ratios = json!({
@@ -400,6 +404,7 @@ fn render(v: &Value) -> String {
         r("d2h_64mib_vs_memcpy")
     ));
     rt::render(v, &mut s);
+    launch::render(v, &mut s);
     s.push_str(&format!("\nelapsed {:.1} s on {} cores\n", f("elapsed_s"), v["cores"]));
     s
 }

@@ -1,8 +1,14 @@
 //! `vgpu demo`: the README's first command. Starts a mediator on `emu` as a child process,
-//! runs a guest workload through the real transport, and shows what it did and how fast.
+//! runs a guest workload through the real transport, and shows what it did and how fast; then
+//! kernels: a synthetic module (`vgpu_fatbin::synth`: kernel metadata, no GPU code) loaded and
+//! launched through the async Rust API, the launches read back from the mediator's launch log,
+//! and emu's deferred `cudaErrorNotSupported` at the sync (emu records launches, runs none).
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use vgpu_fatbin::synth::{SynthKernel, SynthModule};
+use vgpu_streams::{CudaError, Device};
 use vgpu_transport::wire::{Call, DeviceInfo};
 use vgpu_transport::{Client, ClientConfig};
 
@@ -21,9 +27,24 @@ fn gbps(bytes: usize, d: Duration) -> f64 {
     bytes as f64 / d.as_secs_f64() / 1e9
 }
 
+/// A private folder for the demo's launch log and module cache, removed on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Run the demo.
 pub fn run() -> Result<(), String> {
-    let m = Mediator::start_self("emu", 50)?;
+    let tmp = TempDir(std::env::temp_dir().join(format!("vgpu-demo-{}", std::process::id())));
+    std::fs::create_dir_all(&tmp.0).map_err(|e| format!("creating {}: {e}", tmp.0.display()))?;
+    let log = tmp.0.join("launches.jsonl");
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    // Its own launch log and module cache (never the user's ~/.cache).
+    let extra = ["--launch-log".into(), log.clone().into_os_string(), "--module-cache".into(), tmp.0.join("modules").into_os_string()];
+    let m = Mediator::start_with_args(&exe, "emu", 50, &extra)?;
     println!("vgpu demo: mediator pid {} on {} (executor emu)", m.pid(), m.socket().display());
     let c = Client::connect(m.socket(), ClientConfig::default()).map_err(|e| e.to_string())?;
     let e = |e: vgpu_transport::Error| e.to_string();
@@ -150,7 +171,129 @@ pub fn run() -> Result<(), String> {
         st.interrupts.load(Relaxed),
         st.doorbells.load(Relaxed)
     );
+    kernels(&m, &log)?;
     println!("\n$ vgpu stat\n{}", render_stat(&query_stat(m.socket())?));
     println!("demo OK");
+    Ok(())
+}
+
+/// `__global__ void saxpy(float a, const float *x, float *y, int n)`.
+const SAXPY: &str = "_Z5saxpyfPKfPfi";
+
+/// The kernel section: load a synthetic module, launch it on real device buffers, show the
+/// launch log, the deferred NotSupported, a second session loading by hash, and the counters.
+fn kernels(m: &Mediator, log: &Path) -> Result<(), String> {
+    let cuda = |what: &'static str| move |e: CudaError| format!("{what}: {} ({})", e.name(), e.description());
+    println!("\nkernels (emu validates and records launches; it runs none)");
+    let image =
+        SynthModule::new(80).kernel(SynthKernel::new(SAXPY, &[(4, 4), (8, 8), (8, 8), (4, 4)])).fatbin().map_err(|e| e.to_string())?;
+    let dev = Device::connect(m.socket()).map_err(cuda("connecting"))?;
+    let t = Instant::now();
+    let module = dev.load_module(&image).map_err(cuda("load_module"))?;
+    let f = module.function(SAXPY).map_err(cuda("Module::function"))?;
+    let load = t.elapsed();
+    check(dev.context().module_counts() == (0, 1), "the module was uploaded (the host's cache was empty)")?;
+    let layout: Vec<String> = f.params().iter().map(|p| format!("{}+{}", p.offset, p.size)).collect();
+    println!(
+        "module: synthetic saxpy (vgpu_fatbin::synth: kernel metadata, no GPU code), {} uploaded and loaded in {:.0} us; \
+         the host's parameter layout: [{}], {} bytes",
+        human_bytes(image.len() as u64),
+        load.as_secs_f64() * 1e6,
+        layout.join(", "),
+        f.info().param_bytes
+    );
+    check(layout == ["0+4", "8+8", "16+8", "24+4"], "saxpy's layout as nvcc would give it")?;
+
+    const N: usize = 1 << 20;
+    let x = dev.alloc::<f32>(N).map_err(cuda("alloc x"))?;
+    let y = dev.alloc::<f32>(N).map_err(cuda("alloc y"))?;
+    let s = dev.stream().map_err(cuda("stream"))?;
+    let xs: Vec<f32> = (0..N).map(|i| i as f32).collect();
+    let ys = vec![1.0f32; N];
+    s.upload(&x, &xs).map_err(cuda("upload x"))?;
+    s.upload(&y, &ys).map_err(cuda("upload y"))?;
+    let n = N as i32;
+    let coefficients = [2.0f32, 0.5, -1.0];
+    let grid = [(N / 256) as u32, 1, 1];
+    for a in coefficients {
+        s.launch(&f, grid, [256, 1, 1], 0, &[&a, &x, &y, &n]).map_err(cuda("launch"))?;
+    }
+    println!(
+        "launched saxpy 3 times on 2 x 4 MiB device buffers, grid {} x 256 threads: each launch returned at once (fire-and-forget)",
+        grid[0]
+    );
+    let sync = s.synchronize_blocking();
+    check(sync == Err(CudaError::NotSupported), "the sync reports emu's NotSupported")?;
+    println!(
+        "cudaStreamSynchronize: cudaErrorNotSupported (801), deferred from the launches as CUDA defers launch errors \
+         (emu validates and records launches; it cannot compute them: run with --executor cuda on a GPU host)"
+    );
+    let mut back = vec![0f32; N];
+    s.download(&y, &mut back).map_err(cuda("download y"))?;
+    check(back == ys, "y is unchanged")?;
+    println!("y read back: unchanged, as nothing ran (the error was reported once; the stream works on)");
+
+    // The launch log: one JSON line per launch, written by the host.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let recs = loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let recs: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        if recs.len() >= coefficients.len() || Instant::now() > deadline {
+            break recs;
+        }
+        // The records are written before the launches complete; this only covers a slow disk.
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    check(recs.len() == coefficients.len(), "one launch log record per launch")?;
+    println!("launch log ({}):", log.display());
+    for (rec, a) in recs.iter().zip(coefficients) {
+        let hex = rec["params"].as_str().unwrap_or("");
+        let bytes: Vec<u8> = (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()).collect();
+        let field = |at: usize, len: usize| bytes.get(at..at + len).map(|b| b.iter().rev().fold(0u64, |v, &x| v << 8 | u64::from(x)));
+        let (pa, px, py, pn) = (field(0, 4), field(8, 8), field(16, 8), field(24, 4));
+        check(
+            rec["kernel"] == SAXPY
+                && pa == Some(u64::from(a.to_bits()))
+                && px == Some(x.device_ptr())
+                && py == Some(y.device_ptr())
+                && pn == Some(N as u64),
+            "the recorded parameters are the ones passed",
+        )?;
+        println!(
+            "  #{} {} grid {} block {} shared {}: a = {}, x = {:#x}, y = {:#x}, n = {}",
+            rec["seq"],
+            rec["kernel"].as_str().unwrap_or("?"),
+            rec["grid"],
+            rec["block"],
+            rec["shared"],
+            f32::from_bits(pa.unwrap_or(0) as u32),
+            px.unwrap_or(0),
+            py.unwrap_or(0),
+            pn.unwrap_or(0)
+        );
+    }
+
+    // A second session (another guest process, say) finds the module in the host's cache.
+    let dev2 = Device::connect(m.socket()).map_err(cuda("connecting a second session"))?;
+    let t = Instant::now();
+    let module2 = dev2.load_module(&image).map_err(cuda("load_module (second session)"))?;
+    module2.function(SAXPY).map_err(cuda("Module::function (second session)"))?;
+    let by_hash = t.elapsed();
+    check(dev2.context().module_counts() == (1, 0), "the second session loaded the module by hash")?;
+    println!(
+        "a second session loaded the same module by hash from the host's module cache in {:.0} us (nothing uploaded)",
+        by_hash.as_secs_f64() * 1e6
+    );
+
+    let st = query_stat(m.socket())?;
+    let sum = |k: &str| st["sessions"].as_array().into_iter().flatten().map(|s| s[k].as_u64().unwrap_or(0)).sum::<u64>();
+    check(sum("launches") == coefficients.len() as u64, "the host counted the launches")?;
+    println!(
+        "host counters: {} launches recorded, {} modules loaded, {} of them from the cache",
+        sum("launches"),
+        sum("modules_loaded"),
+        sum("modules_cached")
+    );
+    drop((f, module, module2, x, y, s));
     Ok(())
 }

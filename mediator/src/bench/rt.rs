@@ -68,7 +68,7 @@ fn ns_per_call(batches: usize, per_batch: usize, mut f: impl FnMut()) -> f64 {
 
 /// Enqueue cost: `ops` calls of `enqueue` in batches of `batch`, each batch followed by `sync`
 /// (not timed). Returns (ns per enqueue, ns per enqueue including the syncs).
-fn enqueue_ns(
+pub(super) fn enqueue_ns(
     ops: usize,
     batch: usize,
     mut enqueue: impl FnMut() -> Result<(), String>,
