@@ -580,20 +580,7 @@ impl Emu {
                 let cost = len;
                 let len = len as usize;
                 self.queue(cmd, cost, done, move || {
-                    if Arc::ptr_eq(&da, &sa) {
-                        let mut d = da.data.write().unwrap_or_else(|e| e.into_inner());
-                        d.copy_within(sat..sat + len, dat);
-                    } else if sa.base < da.base {
-                        // Lock in address order, whatever the direction, so two streams copying
-                        // A→B and B→A cannot deadlock.
-                        let s = sa.data.read().unwrap_or_else(|e| e.into_inner());
-                        let mut d = da.data.write().unwrap_or_else(|e| e.into_inner());
-                        d[dat..dat + len].copy_from_slice(&s[sat..sat + len]);
-                    } else {
-                        let mut d = da.data.write().unwrap_or_else(|e| e.into_inner());
-                        let s = sa.data.read().unwrap_or_else(|e| e.into_inner());
-                        d[dat..dat + len].copy_from_slice(&s[sat..sat + len]);
-                    }
+                    kernels::copy_d2d(&da, dat, &sa, sat, len);
                     Status::Ok
                 })
             }

@@ -260,17 +260,7 @@ async fn handle(mut conn: UnixStream, table: Arc<Mutex<Table>>, opts: Arc<ServeO
         return Err(format!("unknown request magic {magic:#018x}"));
     }
     let guest_pid = u32::from_le_bytes(first[28..32].try_into().unwrap_or_default());
-    let id = {
-        let mut t = lock(&table);
-        t.next_id += 1;
-        t.next_id
-    };
-    let stats_fd = vgpu_transport::region::create_memfd("vgpu-stats", 4096).map_err(|e| e.to_string())?;
-    let map = memmap2::MmapOptions::new().len(4096).map_raw(&stats_fd).map_err(|e| e.to_string())?;
-    let stats = StatsPage { ptr: map.as_ptr().cast(), _map: map };
-    let std_conn = conn.into_std().map_err(|e| e.to_string())?;
-    std_conn.set_nonblocking(false).map_err(|e| e.to_string())?;
-    let conn_fd = OwnedFd::from(std_conn);
+    let (id, stats, stats_fd, conn_fd) = new_session(&table, conn)?;
     let mut child = spawn_worker(&opts, id, &first, &conn_fd, &stats_fd)?;
     drop(conn_fd);
     drop(stats_fd);
@@ -281,6 +271,22 @@ async fn handle(mut conn: UnixStream, table: Arc<Mutex<Table>>, opts: Arc<ServeO
     session_ended(&table, id, status);
     info!(target: "vgpu::serve", session = id, %status, "session ended");
     Ok(())
+}
+
+/// What every worker starts from: a session id, the statistics page the parent reads (and the
+/// memfd the worker maps), and the connection as a blocking fd for the worker to inherit.
+fn new_session(table: &Mutex<Table>, conn: UnixStream) -> Result<(u64, StatsPage, OwnedFd, OwnedFd), String> {
+    let id = {
+        let mut t = lock(table);
+        t.next_id += 1;
+        t.next_id
+    };
+    let stats_fd = vgpu_transport::region::create_memfd("vgpu-stats", 4096).map_err(|e| e.to_string())?;
+    let map = memmap2::MmapOptions::new().len(4096).map_raw(&stats_fd).map_err(|e| e.to_string())?;
+    let stats = StatsPage { ptr: map.as_ptr().cast(), _map: map };
+    let std_conn = conn.into_std().map_err(|e| e.to_string())?;
+    std_conn.set_nonblocking(false).map_err(|e| e.to_string())?;
+    Ok((id, stats, stats_fd, OwnedFd::from(std_conn)))
 }
 
 /// Mark a session's worker as gone (its memory went with it) and keep the table short.
@@ -372,17 +378,7 @@ async fn handle_vm(
     table: Arc<Mutex<Table>>,
     opts: Arc<ServeOpts>,
 ) -> Result<(), String> {
-    let id = {
-        let mut t = lock(&table);
-        t.next_id += 1;
-        t.next_id
-    };
-    let stats_fd = vgpu_transport::region::create_memfd("vgpu-stats", 4096).map_err(|e| e.to_string())?;
-    let map = memmap2::MmapOptions::new().len(4096).map_raw(&stats_fd).map_err(|e| e.to_string())?;
-    let stats = StatsPage { ptr: map.as_ptr().cast(), _map: map };
-    let std_conn = conn.into_std().map_err(|e| e.to_string())?;
-    std_conn.set_nonblocking(false).map_err(|e| e.to_string())?;
-    let conn_fd = OwnedFd::from(std_conn);
+    let (id, stats, stats_fd, conn_fd) = new_session(&table, conn)?;
     let args = vec![
         "ivshmem-worker".to_string(),
         "--session".into(),

@@ -47,25 +47,31 @@ pub fn map_stats(fd: &OwnedFd) -> std::io::Result<&'static ServerStats> {
     Ok(unsafe { &*ptr })
 }
 
-/// Entry point of `vgpu worker`.
-pub fn run(opts: WorkerOpts) -> i32 {
-    // Die with the mediator: a guest must learn that its host is gone.
+/// What a worker inherits from `vgpu serve`: the connection at [`CONN_FD`] and the statistics
+/// page at [`STATS_FD`]. It also arranges to die with the mediator (a guest must learn that its
+/// host is gone). `None` (logged) if the parent is already gone or the page cannot be mapped.
+fn inherit() -> Option<(UnixStream, &'static ServerStats)> {
     if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL) {
         warn!(target: "vgpu::worker", "PR_SET_PDEATHSIG: {e}");
     }
     if nix::unistd::getppid() == nix::unistd::Pid::from_raw(1) {
-        return 1;
+        return None;
     }
-    // SAFETY: the parent placed the session socket at CONN_FD and the stats memfd at STATS_FD
-    // (dup2 in pre_exec) and nothing else in this process owns them.
+    // SAFETY: the parent placed the connection at CONN_FD and the stats memfd at STATS_FD
+    // (dup2 in pre_exec) and nothing else in this process owns them; this runs once per process.
     let (conn, stats_fd) = unsafe { (UnixStream::from_raw_fd(CONN_FD), OwnedFd::from_raw_fd(STATS_FD)) };
-    let stats = match map_stats(&stats_fd) {
-        Ok(s) => s,
+    match map_stats(&stats_fd) {
+        Ok(s) => Some((conn, s)),
         Err(e) => {
             warn!(target: "vgpu::worker", "mapping the statistics page: {e}");
-            return 1;
+            None
         }
-    };
+    }
+}
+
+/// Entry point of `vgpu worker`.
+pub fn run(opts: WorkerOpts) -> i32 {
+    let Some((conn, stats)) = inherit() else { return 1 };
     stats.pid.store(std::process::id() as u64, vgpu_transport::sync::Ordering::Relaxed);
     stats.session_id.store(opts.session, vgpu_transport::sync::Ordering::Relaxed);
     let link = match direct::accept(conn, &opts.hello, opts.session, HostLimits::default()) {
@@ -148,22 +154,7 @@ pub struct IvshmemWorkerOpts {
 /// returns every byte of the VM's region and sessions to the system.
 pub fn run_ivshmem(opts: IvshmemWorkerOpts) -> i32 {
     use vgpu_transport::sync::Ordering::Relaxed;
-    if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL) {
-        warn!(target: "vgpu::worker", "PR_SET_PDEATHSIG: {e}");
-    }
-    if nix::unistd::getppid() == nix::unistd::Pid::from_raw(1) {
-        return 1;
-    }
-    // SAFETY: the parent placed the QEMU connection at CONN_FD and the stats memfd at STATS_FD
-    // (dup2 in pre_exec) and nothing else in this process owns them.
-    let (conn, stats_fd) = unsafe { (UnixStream::from_raw_fd(CONN_FD), OwnedFd::from_raw_fd(STATS_FD)) };
-    let stats = match map_stats(&stats_fd) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(target: "vgpu::worker", "mapping the statistics page: {e}");
-            return 1;
-        }
-    };
+    let Some((conn, stats)) = inherit() else { return 1 };
     stats.pid.store(std::process::id() as u64, Relaxed);
     stats.session_id.store(opts.session, Relaxed);
     let vm = match crate::ivshmem::attach(conn, opts.size, opts.session, opts.generation) {

@@ -439,15 +439,6 @@ pub unsafe fn pack_c_args(func: &Func, args: *const *const c_void) -> Result<Vec
     })
 }
 
-fn pod_from_window<T: Copy + Default>(bytes: &[u8]) -> T {
-    let mut v = T::default();
-    let n = std::mem::size_of::<T>().min(bytes.len());
-    // SAFETY: only used for `FuncInfo` and `ParamInfo`: `#[repr(C)]` integer structs without
-    // padding, for which every bit pattern is valid; at most `size_of::<T>()` bytes are copied.
-    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), (&mut v as *mut T).cast::<u8>(), n) };
-    v
-}
-
 fn raw_status(e: &vgpu_transport::Error) -> Option<Status> {
     match e {
         vgpu_transport::Error::Call { status, .. } => Some(*status),
@@ -605,18 +596,12 @@ impl Context {
             let written = r[1].min(chunk) as usize;
             let mut bytes = vec![0u8; written];
             self.check(self.client.region().read_window(off, &mut bytes))?;
-            let head = std::mem::size_of::<FuncInfo>();
-            if written < head {
+            // A host answer that does not decode or breaks the limits is the host's fault.
+            let (info, params) = wire::decode_func_info(&bytes).ok_or(CudaError::Unknown)?;
+            if info.param_bytes as u64 > wire::MAX_PARAM_BYTES {
                 return Err(CudaError::Unknown);
             }
-            let info: FuncInfo = pod_from_window(&bytes[..head]);
-            let n = info.num_params as usize;
-            let psz = std::mem::size_of::<ParamInfo>();
-            if n > wire::MAX_PARAMS || head + n * psz > written || info.param_bytes as u64 > wire::MAX_PARAM_BYTES {
-                return Err(CudaError::Unknown);
-            }
-            let params: Box<[ParamInfo]> =
-                (0..n).map(|i| pod_from_window::<ParamInfo>(&bytes[head + i * psz..head + (i + 1) * psz])).collect();
+            let params: Box<[ParamInfo]> = params.into();
             if params.iter().any(|p| p.offset as u64 + p.size as u64 > info.param_bytes as u64) {
                 return Err(CudaError::Unknown);
             }
@@ -767,21 +752,8 @@ impl Context {
         if !matches!(kind, MemcpyKind::HostToDevice | MemcpyKind::DeviceToDevice | MemcpyKind::Default) {
             return Err(CudaError::InvalidMemcpyDirection);
         }
-        let (addr, size) = self.symbol(host_var)?;
-        let end = offset.checked_add(count).ok_or(CudaError::InvalidValue)?;
-        if end as u64 > size {
-            return Err(CudaError::InvalidValue);
-        }
-        let kind = if kind == MemcpyKind::Default {
-            if self.is_device(src as u64) {
-                MemcpyKind::DeviceToDevice
-            } else {
-                MemcpyKind::HostToDevice
-            }
-        } else {
-            kind
-        };
-        let dst = addr + offset as u64;
+        let dst = self.symbol_range(host_var, offset, count)?;
+        let kind = self.symbol_kind(kind, src as u64, MemcpyKind::HostToDevice);
         // SAFETY: forwarded caller guarantee.
         unsafe { self.symbol_copy(dst, src as u64, count, kind, stream) }
     }
@@ -802,23 +774,31 @@ impl Context {
         if !matches!(kind, MemcpyKind::DeviceToHost | MemcpyKind::DeviceToDevice | MemcpyKind::Default) {
             return Err(CudaError::InvalidMemcpyDirection);
         }
+        let src = self.symbol_range(host_var, offset, count)?;
+        let kind = self.symbol_kind(kind, dst as u64, MemcpyKind::DeviceToHost);
+        // SAFETY: forwarded caller guarantee.
+        unsafe { self.symbol_copy(dst as u64, src, count, kind, stream) }
+    }
+
+    /// The device address of `count` bytes at `offset` in the variable registered at `host_var`;
+    /// `cudaErrorInvalidValue` if the range runs past the variable.
+    fn symbol_range(self: &Arc<Self>, host_var: usize, offset: usize, count: usize) -> Result<u64> {
         let (addr, size) = self.symbol(host_var)?;
         let end = offset.checked_add(count).ok_or(CudaError::InvalidValue)?;
         if end as u64 > size {
             return Err(CudaError::InvalidValue);
         }
-        let kind = if kind == MemcpyKind::Default {
-            if self.is_device(dst as u64) {
-                MemcpyKind::DeviceToDevice
-            } else {
-                MemcpyKind::DeviceToHost
-            }
-        } else {
-            kind
-        };
-        let src = addr + offset as u64;
-        // SAFETY: forwarded caller guarantee.
-        unsafe { self.symbol_copy(dst as u64, src, count, kind, stream) }
+        Ok(addr + offset as u64)
+    }
+
+    /// `cudaMemcpyDefault` resolved by where the other side (`other`) lives: device memory makes
+    /// it a device-to-device copy, host memory `host_kind`.
+    fn symbol_kind(&self, kind: MemcpyKind, other: u64, host_kind: MemcpyKind) -> MemcpyKind {
+        match kind {
+            MemcpyKind::Default if self.is_device(other) => MemcpyKind::DeviceToDevice,
+            MemcpyKind::Default => host_kind,
+            k => k,
+        }
     }
 
     /// A copy to or from a symbol: synchronous on the legacy stream (`stream` = None), or

@@ -479,7 +479,8 @@ impl Server {
 
     /// Whether the guest is switching to a new epoch, allowing it 20 ms to publish it: a new
     /// guest process zeroes its ring indices just before it stores its epoch, and a host that
-    /// looks in between sees a corrupt ring that is no violation.
+    /// looks in between sees a corrupt ring that is no violation. It polls: the guest rings no
+    /// doorbell between the two stores, and the wait is bounded and rare (a corrupt-looking ring).
     fn epoch_moves_on(&self) -> bool {
         let t = Instant::now();
         loop {

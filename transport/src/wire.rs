@@ -486,6 +486,75 @@ pub struct ParamInfo {
     pub size: u32,
 }
 
+impl FuncInfo {
+    fn words(&self) -> [u32; 16] {
+        let r = self._reserved;
+        [
+            self.num_params,
+            self.param_bytes,
+            self.max_threads_per_block,
+            self.shared_size_bytes,
+            self.const_size_bytes,
+            self.local_size_bytes,
+            self.num_regs,
+            self.ptx_version,
+            self.binary_version,
+            self.cache_mode_ca,
+            self.max_dynamic_shared_size_bytes,
+            self.preferred_shmem_carveout as u32,
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+        ]
+    }
+}
+
+/// FuncGet's answer as the window carries it: the [`FuncInfo`], then its [`ParamInfo`] table,
+/// every field a little-endian `u32` in declaration order.
+pub fn encode_func_info(info: &FuncInfo, params: &[ParamInfo]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(std::mem::size_of::<FuncInfo>() + std::mem::size_of_val(params));
+    for w in info.words() {
+        out.extend_from_slice(&w.to_le_bytes());
+    }
+    for p in params {
+        out.extend_from_slice(&p.offset.to_le_bytes());
+        out.extend_from_slice(&p.size.to_le_bytes());
+    }
+    out
+}
+
+/// Decode a FuncGet answer; `None` if it is shorter than its header or than the table the header
+/// announces. The caller checks the values against its limits.
+pub fn decode_func_info(bytes: &[u8]) -> Option<(FuncInfo, Vec<ParamInfo>)> {
+    let word = |i: usize| -> Option<u32> { Some(u32::from_le_bytes(bytes.get(i * 4..i * 4 + 4)?.try_into().ok()?)) };
+    let mut w = [0u32; 16];
+    for (i, v) in w.iter_mut().enumerate() {
+        *v = word(i)?;
+    }
+    let info = FuncInfo {
+        num_params: w[0],
+        param_bytes: w[1],
+        max_threads_per_block: w[2],
+        shared_size_bytes: w[3],
+        const_size_bytes: w[4],
+        local_size_bytes: w[5],
+        num_regs: w[6],
+        ptx_version: w[7],
+        binary_version: w[8],
+        cache_mode_ca: w[9],
+        max_dynamic_shared_size_bytes: w[10],
+        preferred_shmem_carveout: w[11] as i32,
+        _reserved: [w[12], w[13], w[14], w[15]],
+    };
+    let n = info.num_params as usize;
+    if n > MAX_PARAMS {
+        return None;
+    }
+    let params = (0..n).map(|i| Some(ParamInfo { offset: word(16 + 2 * i)?, size: word(17 + 2 * i)? })).collect::<Option<Vec<_>>>()?;
+    Some((info, params))
+}
+
 const _: () = assert!(std::mem::size_of::<FuncInfo>() == 64);
 const _: () = assert!(std::mem::size_of::<ParamInfo>() == 8);
 
@@ -773,6 +842,24 @@ mod tests {
             assert!(l.validate(u64::MAX).is_err(), "{w:#x}");
         }
         assert!(Layout::new(64, (1 << 40) + 1).is_some_and(|l| l.window_len == (1 << 40) + 4096));
+    }
+
+    #[test]
+    fn func_info_roundtrip() {
+        let info = FuncInfo { num_params: 2, param_bytes: 12, ptx_version: 90, preferred_shmem_carveout: -1, ..FuncInfo::default() };
+        let params = [ParamInfo { offset: 0, size: 8 }, ParamInfo { offset: 8, size: 4 }];
+        let b = encode_func_info(&info, &params);
+        assert_eq!(b.len(), 64 + 16);
+        // The byte layout is the struct's: fields in declaration order, little-endian.
+        assert_eq!(&b[0..4], &2u32.to_le_bytes());
+        assert_eq!(&b[4..8], &12u32.to_le_bytes());
+        assert_eq!(&b[28..32], &90u32.to_le_bytes());
+        assert_eq!(&b[44..48], &(-1i32).to_le_bytes());
+        assert_eq!(&b[64..72], &[0, 0, 0, 0, 8, 0, 0, 0]);
+        assert_eq!(&b[72..80], &[8, 0, 0, 0, 4, 0, 0, 0]);
+        assert_eq!(decode_func_info(&b), Some((info, params.to_vec())));
+        assert_eq!(decode_func_info(&b[..70]), None, "table cut short");
+        assert_eq!(decode_func_info(&b[..10]), None, "header cut short");
     }
 
     #[test]

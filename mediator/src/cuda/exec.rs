@@ -40,9 +40,7 @@ use vgpu_transport::wire::{
 use vgpu_transport::{Completer, Executor, ServerStats};
 
 use super::driver::{self, add_callback, attr, ck, Driver, CU_STREAM_LEGACY};
-use super::logic::{
-    self, c_name, code, func_info_bytes, i32_arg, settable_func_attr, Fail, FreeList, MemKind, Params, Ranges, Table, TokenSlots,
-};
+use super::logic::{self, c_name, code, i32_arg, settable_func_attr, Fail, FreeList, MemKind, Params, Ranges, Table, TokenSlots};
 use crate::emu::EmuLimits;
 use crate::modules::{self, DeviceLimits, Image, LaunchLog, LaunchRecord, ModuleCache, ParsedModule, Uploads};
 
@@ -1509,7 +1507,7 @@ impl Cuda {
             }
         };
         let f = self.funcs.get(h)?;
-        let bytes = func_info_bytes(&f.info, &f.params.params);
+        let bytes = vgpu_transport::wire::encode_func_info(&f.info, &f.params.params);
         if (bytes.len() as u64) > len {
             return Err(Status::InvalidArgument.into());
         }
@@ -1612,6 +1610,8 @@ impl Cuda {
     }
 
     /// Wait (bounded) until the device has finished everything queued; `false` on timeout.
+    /// Session teardown only: it polls each stream and event every millisecond because a
+    /// blocking `cuStreamSynchronize` could not be bounded by `timeout` (a hung kernel).
     fn drain_device(&mut self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {

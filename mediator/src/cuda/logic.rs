@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use vgpu_transport::wire::{FuncInfo, ParamInfo, Status, MAX_PARAMS, MAX_PARAM_BYTES};
+use vgpu_transport::wire::{ParamInfo, Status, MAX_PARAMS, MAX_PARAM_BYTES};
 
 /// `CUresult` values the executor treats specially.
 pub mod code {
@@ -139,36 +139,6 @@ impl Params {
             })
             .collect()
     }
-}
-
-/// The FuncGet answer: a [`FuncInfo`] followed by its [`ParamInfo`] table, little-endian, as
-/// the window receives it.
-pub fn func_info_bytes(info: &FuncInfo, params: &[ParamInfo]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(std::mem::size_of::<FuncInfo>() + params.len() * 8);
-    for v in [
-        info.num_params,
-        info.param_bytes,
-        info.max_threads_per_block,
-        info.shared_size_bytes,
-        info.const_size_bytes,
-        info.local_size_bytes,
-        info.num_regs,
-        info.ptx_version,
-        info.binary_version,
-        info.cache_mode_ca,
-        info.max_dynamic_shared_size_bytes,
-    ] {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    out.extend_from_slice(&info.preferred_shmem_carveout.to_le_bytes());
-    for v in info._reserved {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    for p in params {
-        out.extend_from_slice(&p.offset.to_le_bytes());
-        out.extend_from_slice(&p.size.to_le_bytes());
-    }
-    out
 }
 
 /// A NUL-terminated name read from the window: the bytes before the first NUL. `None` if there
@@ -437,19 +407,6 @@ mod tests {
         assert_eq!(Params::new(vec![p(32760, 8)]), Err(Status::InvalidImage));
         assert!(Params::new(vec![p(32760, 4)]).is_ok());
         assert_eq!(Params::new(vec![p(0, 4); MAX_PARAMS + 1]), Err(Status::InvalidImage));
-    }
-
-    #[test]
-    fn func_info_layout() {
-        let info = FuncInfo { num_params: 2, param_bytes: 12, ptx_version: 90, preferred_shmem_carveout: -1, ..FuncInfo::default() };
-        let b = func_info_bytes(&info, &[p(0, 8), p(8, 4)]);
-        assert_eq!(b.len(), 64 + 16);
-        assert_eq!(&b[0..4], &2u32.to_le_bytes());
-        assert_eq!(&b[4..8], &12u32.to_le_bytes());
-        assert_eq!(&b[28..32], &90u32.to_le_bytes());
-        assert_eq!(&b[44..48], &(-1i32).to_le_bytes());
-        assert_eq!(&b[64..72], &[0, 0, 0, 0, 8, 0, 0, 0]);
-        assert_eq!(&b[72..80], &[8, 0, 0, 0, 4, 0, 0, 0]);
     }
 
     #[test]

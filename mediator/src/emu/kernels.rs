@@ -180,35 +180,6 @@ impl Kernels {
     }
 }
 
-/// FuncGet's answer: a [`FuncInfo`] then the [`ParamInfo`] table, little-endian.
-fn func_info_bytes(info: &FuncInfo, params: &[ParamInfo]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(64 + 8 * params.len());
-    for x in [
-        info.num_params,
-        info.param_bytes,
-        info.max_threads_per_block,
-        info.shared_size_bytes,
-        info.const_size_bytes,
-        info.local_size_bytes,
-        info.num_regs,
-        info.ptx_version,
-        info.binary_version,
-        info.cache_mode_ca,
-        info.max_dynamic_shared_size_bytes,
-        info.preferred_shmem_carveout as u32,
-    ]
-    .into_iter()
-    .chain(info._reserved)
-    {
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    for p in params {
-        v.extend_from_slice(&p.offset.to_le_bytes());
-        v.extend_from_slice(&p.size.to_le_bytes());
-    }
-    v
-}
-
 fn dims3(t: (u32, u32, u32)) -> [u32; 3] {
     [t.0, t.1, t.2]
 }
@@ -226,8 +197,9 @@ fn cooperative_fits(info: &FuncInfo, grid: [u32; 3], block: [u32; 3], flags: u64
     Ok(())
 }
 
-/// Copy `len` bytes between two allocations (or within one), locking in address order.
-fn copy_d2d(da: &Alloc, dat: usize, sa: &Alloc, sat: usize, len: usize) {
+/// Copy `len` bytes between two allocations (or within one). Locks are taken in address order,
+/// whatever the direction, so two streams copying A→B and B→A cannot deadlock.
+pub(super) fn copy_d2d(da: &Alloc, dat: usize, sa: &Alloc, sat: usize, len: usize) {
     if std::ptr::eq(da, sa) {
         let mut d = da.data.write().unwrap_or_else(|e| e.into_inner());
         d.copy_within(sat..sat + len, dat);
@@ -441,7 +413,7 @@ impl Emu {
                     }
                 };
                 let f = self.func(h)?;
-                let bytes = func_info_bytes(&f.info, &f.params);
+                let bytes = wire::encode_func_info(&f.info, &f.params);
                 self.region.write_window(off, &bytes).map_err(|_| Status::InvalidWindowRange)?;
                 Ok(Some([h, bytes.len() as u64]))
             }

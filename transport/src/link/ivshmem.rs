@@ -383,7 +383,8 @@ pub fn new_epoch(avoid: u64) -> u64 {
 /// `GUEST_EPOCH = e` (Release); `fence(SeqCst)`; ring; wait until `HOST_EPOCH == e` (Acquire),
 /// polling every 1 ms and ringing again every 100 ms, for at most [`HANDSHAKE_TIMEOUT`]. The host
 /// resets its side of the rings before it publishes `HOST_EPOCH`, so once we see our epoch the
-/// rings are empty and every index is 0.
+/// rings are empty and every index is 0. It polls because the host raises no interrupt for the
+/// epoch (the interrupt vectors belong to the session the handshake is opening); once per process.
 pub fn open_session(dev: IvshmemDevice) -> Result<Session> {
     let IvshmemDevice { map, doorbell, interrupts, keep, describe, .. } = dev;
     let region = Region::open_guest_map(map).map_err(|e| match e {
