@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Fetch NVIDIA's CUDA 13 compiler from PyPI, for the tests of vgpu-fatbin (fatbin/tests/nvcc.rs),
-# which compile small kernels (fatbin/tests/cu) with nvcc and parse the result. nvcc needs no GPU.
+# Fetch NVIDIA's CUDA 13 compiler from PyPI, for the tests of vgpu-fatbin (host/fatbin/tests/nvcc.rs),
+# which compile small kernels (host/fatbin/tests/cu) with nvcc and parse the result. nvcc needs no GPU.
 # Nothing of NVIDIA's is committed: the wheels are downloaded into target/cuda-headers/wheels
 # (shared with scripts/setup-cuda-headers.sh) and unpacked into <root> (default target/nvcc), so
 # that the toolchain is <root>/nvidia/cu13/{bin,nvvm,include,lib}:

@@ -35,7 +35,7 @@ elif [[ -n "${CI:-}" ]]; then
   echo "setup-nvcc.sh failed: CI must run the fatbin tests against real nvcc output" >&2
   exit 1
 else
-  echo "warning: could not fetch nvcc (no PyPI?); fatbin/tests/nvcc.rs will skip" >&2
+  echo "warning: could not fetch nvcc (no PyPI?); host/fatbin/tests/nvcc.rs will skip" >&2
 fi
 
 step "cargo test (unit + integration against real mediator processes)"

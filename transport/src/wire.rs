@@ -127,190 +127,507 @@ const _: () = assert!(std::mem::align_of::<Completion>() == 8);
 #[cfg(not(target_endian = "little"))]
 compile_error!("the vgpu wire format is little-endian");
 
+/// How a request or reply field occupies argument words. Every field type of the call table
+/// implements it; decoding checks the value's range, so a decoded request holds only values of
+/// its field types (a `u32` field never carries bits 32..63, and so on).
+pub trait Field: Sized + Copy {
+    /// Words (u64) the field takes.
+    const WORDS: usize;
+    /// The type's name in the protocol's call table.
+    const TYPE: &'static str;
+    /// Write the field into `w[..Self::WORDS]`.
+    fn put(self, w: &mut [u64]);
+    /// Read the field from `w[..Self::WORDS]`; `InvalidArgument` if the words are out of range.
+    fn get(w: &[u64]) -> Result<Self, Status>;
+}
+
+impl Field for u64 {
+    const WORDS: usize = 1;
+    const TYPE: &'static str = "u64";
+    fn put(self, w: &mut [u64]) {
+        w[0] = self;
+    }
+    fn get(w: &[u64]) -> Result<Self, Status> {
+        Ok(w[0])
+    }
+}
+
+impl Field for u32 {
+    const WORDS: usize = 1;
+    const TYPE: &'static str = "u32";
+    fn put(self, w: &mut [u64]) {
+        w[0] = self.into();
+    }
+    fn get(w: &[u64]) -> Result<Self, Status> {
+        u32::try_from(w[0]).map_err(|_| Status::InvalidArgument)
+    }
+}
+
+/// An `i32`, sign-extended to 64 bits.
+impl Field for i32 {
+    const WORDS: usize = 1;
+    const TYPE: &'static str = "i32";
+    fn put(self, w: &mut [u64]) {
+        w[0] = i64::from(self) as u64;
+    }
+    fn get(w: &[u64]) -> Result<Self, Status> {
+        i32::try_from(w[0] as i64).map_err(|_| Status::InvalidArgument)
+    }
+}
+
+/// A byte value in bits 0..7; bits 8..63 must be 0.
+impl Field for u8 {
+    const WORDS: usize = 1;
+    const TYPE: &'static str = "u8";
+    fn put(self, w: &mut [u64]) {
+        w[0] = self.into();
+    }
+    fn get(w: &[u64]) -> Result<Self, Status> {
+        u8::try_from(w[0]).map_err(|_| Status::InvalidArgument)
+    }
+}
+
+/// An `f32` as its bits in bits 0..31; bits 32..63 must be 0.
+impl Field for f32 {
+    const WORDS: usize = 1;
+    const TYPE: &'static str = "f32";
+    fn put(self, w: &mut [u64]) {
+        w[0] = self.to_bits().into();
+    }
+    fn get(w: &[u64]) -> Result<Self, Status> {
+        u32::try_from(w[0]).map(f32::from_bits).map_err(|_| Status::InvalidArgument)
+    }
+}
+
+/// A data-window range (§10 of the protocol): offset, then length. Decoding does not check it
+/// against the window (the host's session core does, for every `Win` field of every call).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Win {
+    pub off: u64,
+    pub len: u64,
+}
+
+impl Win {
+    pub const fn new(off: u64, len: u64) -> Win {
+        Win { off, len }
+    }
+    /// `off + len`, or `None` if it overflows.
+    pub fn end(self) -> Option<u64> {
+        self.off.checked_add(self.len)
+    }
+}
+
+impl Field for Win {
+    const WORDS: usize = 2;
+    const TYPE: &'static str = "win";
+    fn put(self, w: &mut [u64]) {
+        w[0] = self.off;
+        w[1] = self.len;
+    }
+    fn get(w: &[u64]) -> Result<Self, Status> {
+        Ok(Win { off: w[0], len: w[1] })
+    }
+}
+
+impl Field for ModuleHash {
+    const WORDS: usize = 4;
+    const TYPE: &'static str = "hash";
+    fn put(self, w: &mut [u64]) {
+        w[..4].copy_from_slice(&self.0);
+    }
+    fn get(w: &[u64]) -> Result<Self, Status> {
+        Ok(ModuleHash([w[0], w[1], w[2], w[3]]))
+    }
+}
+
+/// Launch grid dimensions, packed as [`launch::pack_grid`] does (y and z at most 65535).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Grid {
+    pub x: u32,
+    pub y: u32,
+    pub z: u32,
+}
+
+impl Grid {
+    /// `None` if y or z exceed 16 bits (CUDA's limit is 65535 for both).
+    pub fn new(x: u32, y: u32, z: u32) -> Option<Grid> {
+        launch::pack_grid(x, y, z).map(|_| Grid { x, y, z })
+    }
+}
+
+impl Field for Grid {
+    const WORDS: usize = 1;
+    const TYPE: &'static str = "grid";
+    /// A grid not made by [`Grid::new`] that does not pack encodes as one no host accepts.
+    fn put(self, w: &mut [u64]) {
+        w[0] = launch::pack_grid(self.x, self.y, self.z).unwrap_or(u64::MAX);
+    }
+    fn get(w: &[u64]) -> Result<Self, Status> {
+        let (x, y, z) = launch::unpack_grid(w[0]);
+        Ok(Grid { x, y, z })
+    }
+}
+
+/// Launch block dimensions and launch flags ([`launch::COOPERATIVE`]), packed as
+/// [`launch::pack_block`] does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Block {
+    pub x: u32,
+    pub y: u32,
+    pub z: u32,
+    pub flags: u64,
+}
+
+impl Block {
+    /// `None` if a dimension or the flags exceed 16 bits.
+    pub fn new(x: u32, y: u32, z: u32, flags: u64) -> Option<Block> {
+        launch::pack_block(x, y, z, flags).map(|_| Block { x, y, z, flags })
+    }
+}
+
+impl Field for Block {
+    const WORDS: usize = 1;
+    const TYPE: &'static str = "block";
+    /// A block not made by [`Block::new`] that does not pack encodes as one no host accepts.
+    fn put(self, w: &mut [u64]) {
+        w[0] = launch::pack_block(self.x, self.y, self.z, self.flags).unwrap_or(u64::MAX);
+    }
+    fn get(w: &[u64]) -> Result<Self, Status> {
+        let (x, y, z, flags) = launch::unpack_block(w[0]);
+        Ok(Block { x, y, z, flags })
+    }
+}
+
+/// A typed request: the arguments of one call. Made by the [`calls!`] table, one per call.
+pub trait CallRequest: Copy + std::fmt::Debug {
+    /// The call this request is for.
+    const CALL: Call;
+    /// The typed result of the call.
+    type Reply: CallReply;
+    /// The command's argument words (unused words 0).
+    fn encode(&self) -> [u64; 6];
+    /// Decode argument words: `InvalidArgument` if a field is out of its type's range or an
+    /// unused word is not 0.
+    fn decode(args: &[u64; 6]) -> Result<Self, Status>;
+}
+
+/// A typed reply: the results of one call, carried in [`Completion::result`].
+pub trait CallReply: Copy + std::fmt::Debug {
+    fn encode(&self) -> [u64; 2];
+    /// Decode result words: `Protocol` if a field is out of range or an unused word is not 0
+    /// (the host broke the protocol).
+    fn decode(result: [u64; 2]) -> Result<Self, Status>;
+}
+
+/// One field of a call, as the protocol's call table shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FieldSpec {
+    pub name: &'static str,
+    /// [`Field::TYPE`] of the field's type.
+    pub ty: &'static str,
+    /// The first word the field takes (`a0` = 0), and how many.
+    pub word: usize,
+    pub words: usize,
+}
+
+/// One row of the call table: everything the protocol says about a call's encoding.
+#[derive(Clone, Copy, Debug)]
+pub struct CallSpec {
+    pub call: Call,
+    /// [`call_flags`] bits.
+    pub flags: u32,
+    pub args: &'static [FieldSpec],
+    pub results: &'static [FieldSpec],
+}
+
+/// Bits of [`CallSpec::flags`].
+pub mod call_flags {
+    /// "S": stream-ordered; runs in the order of `Command::stream`. Other calls carry stream 0.
+    pub const ORDERED: u32 = 1 << 0;
+    /// A capturing stream records the call into its graph instead of running it. Other
+    /// stream-ordered calls on a capturing stream invalidate the capture.
+    pub const CAPTURED: u32 = 1 << 1;
+    /// The call copies or fills device memory (its cost grows with its length).
+    pub const MOVES_DATA: u32 = 1 << 2;
+    pub const NONE: u32 = 0;
+}
+
+/// Lay out a field list at compile time: each field's first word.
+macro_rules! field_specs {
+    ($($f:ident : $t:ty),*) => {{
+        const LEN: usize = 0 $(+ { let _ = stringify!($f); 1 })*;
+        const NAMES: [&str; LEN] = [$(stringify!($f)),*];
+        const TYPES: [&str; LEN] = [$(<$t as Field>::TYPE),*];
+        const WORDS: [usize; LEN] = [$(<$t as Field>::WORDS),*];
+        const SPECS: [FieldSpec; LEN] = {
+            let mut out = [FieldSpec { name: "", ty: "", word: 0, words: 0 }; LEN];
+            let mut i = 0;
+            let mut at = 0;
+            while i < LEN {
+                out[i] = FieldSpec { name: NAMES[i], ty: TYPES[i], word: at, words: WORDS[i] };
+                at += WORDS[i];
+                i += 1;
+            }
+            out
+        };
+        &SPECS
+    }};
+}
+
+/// Decode a field list from words, checking that every word past the fields is 0.
+macro_rules! decode_fields {
+    ($words:expr, $err:expr, $ty:ident { $($f:ident : $t:ty),* }) => {{
+        let w: &[u64] = $words;
+        let mut _at = 0usize;
+        $(
+            let $f = <$t as Field>::get(&w[_at..]).map_err(|_| $err)?;
+            _at += <$t as Field>::WORDS;
+        )*
+        if w[_at..].iter().any(|&x| x != 0) {
+            return Err($err);
+        }
+        Ok($ty { $($f),* })
+    }};
+}
+
 macro_rules! calls {
-    ($( $(#[$m:meta])* $name:ident = $v:expr ),* $(,)?) => {
-        /// Call ids, carried in [`Command::call`]. Arguments are `args[0..6]`; results are
-        /// `result[0..2]` of the completion. "win" is a `(window offset, length)` pair.
+    ($(
+        $(#[$m:meta])*
+        $name:ident = $id:literal ($flags:expr) { $($f:ident : $ft:ty),* $(,)? } -> { $($r:ident : $rt:ty),* $(,)? };
+    )*) => {
+        /// Call ids, carried in [`Command::call`]. Each call's typed request is in [`req`], its
+        /// typed reply in [`reply`], and its row of the protocol's call table in [`Call::spec`].
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         #[repr(u16)]
-        pub enum Call { $( $(#[$m])* $name = $v ),* }
+        pub enum Call { $( $(#[$m])* $name = $id ),* }
+
         impl Call {
             /// Every call, in id order.
             pub const ALL: &'static [Call] = &[$(Call::$name),*];
             /// Decode a call id; `None` for ids this version does not know.
             pub fn from_u16(v: u16) -> Option<Call> {
-                match v { $( $v => Some(Call::$name), )* _ => None }
+                match v { $( $id => Some(Call::$name), )* _ => None }
             }
             /// Human-readable name, for logs and statistics.
             pub fn name(self) -> &'static str {
                 match self { $( Call::$name => stringify!($name) ),* }
             }
+            /// The call's row of the call table.
+            pub fn spec(self) -> &'static CallSpec {
+                match self {
+                    $( Call::$name => {
+                        const SPEC: CallSpec = CallSpec {
+                            call: Call::$name,
+                            flags: $flags,
+                            args: field_specs!($($f : $ft),*),
+                            results: field_specs!($($r : $rt),*),
+                        };
+                        &SPEC
+                    } )*
+                }
+            }
         }
+
+        /// Typed requests, one struct per call, named as the call. `encode` gives the command's
+        /// argument words; `decode` is the host's only way to read them.
+        pub mod req {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                $(#[$m])*
+                #[derive(Clone, Copy, Debug, Default, PartialEq)]
+                pub struct $name { $(pub $f: $ft),* }
+
+                impl CallRequest for $name {
+                    const CALL: Call = Call::$name;
+                    type Reply = super::reply::$name;
+                    #[allow(unused_mut, unused_variables, unused_assignments)]
+                    fn encode(&self) -> [u64; 6] {
+                        let mut w = [0u64; 6];
+                        let mut at = 0usize;
+                        $( self.$f.put(&mut w[at..]); at += <$ft as Field>::WORDS; )*
+                        w
+                    }
+                    fn decode(args: &[u64; 6]) -> Result<Self, Status> {
+                        decode_fields!(&args[..], Status::InvalidArgument, $name { $($f : $ft),* })
+                    }
+                }
+            )*
+        }
+
+        /// Typed replies, one struct per call, named as the call: the completion's result words.
+        pub mod reply {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[doc = concat!("The results of [`Call::", stringify!($name), "`].")]
+                #[derive(Clone, Copy, Debug, Default, PartialEq)]
+                pub struct $name { $(pub $r: $rt),* }
+
+                impl CallReply for $name {
+                    #[allow(unused_mut, unused_variables, unused_assignments)]
+                    fn encode(&self) -> [u64; 2] {
+                        let mut w = [0u64; 2];
+                        let mut at = 0usize;
+                        $( self.$r.put(&mut w[at..]); at += <$rt as Field>::WORDS; )*
+                        w
+                    }
+                    fn decode(result: [u64; 2]) -> Result<Self, Status> {
+                        decode_fields!(&result[..], Status::Protocol, $name { $($r : $rt),* })
+                    }
+                }
+            )*
+        }
+
+        /// A decoded command: the typed request of its call.
+        #[derive(Clone, Copy, Debug, PartialEq)]
+        pub enum Request { $( $name(req::$name) ),* }
+
+        impl Request {
+            /// Decode a command's arguments for `call` (see [`CallRequest::decode`]).
+            pub fn decode(call: Call, args: &[u64; 6]) -> Result<Request, Status> {
+                match call { $( Call::$name => <req::$name as CallRequest>::decode(args).map(Request::$name) ),* }
+            }
+            pub fn call(&self) -> Call {
+                match self { $( Request::$name(_) => Call::$name ),* }
+            }
+            pub fn encode(&self) -> [u64; 6] {
+                match self { $( Request::$name(r) => r.encode() ),* }
+            }
+        }
+
+        $( impl From<req::$name> for Request {
+            fn from(r: req::$name) -> Request { Request::$name(r) }
+        } )*
     };
 }
 
+use call_flags::{CAPTURED as C, MOVES_DATA as D, NONE, ORDERED as S};
+
+// The call table. Each row: name = id (flags) { request fields } -> { reply fields }. Fields are
+// laid out in order from `args[0]` (`result[0]`); every word past them must be 0. "S": stream-
+// ordered, "C": captured into graphs, "D": moves data. Field types are [`Field`] impls: `win` is
+// a data-window range (offset, length), two words.
 calls! {
     /// No operation; completes immediately. The transport's null call.
-    Nop = 0,
-    /// `args[0]` = size in bytes (> 0). Result 0 = device address.
-    MemAlloc = 1,
-    /// `args[0]` = device address returned by MemAlloc.
-    MemFree = 2,
-    /// Stream-ordered. `args[0]` = device dst, `args[1]` = window offset, `args[2]` = length.
-    MemcpyHtoD = 3,
-    /// Stream-ordered. `args[0]` = device src, `args[1]` = window offset, `args[2]` = length.
-    /// The window range holds the bytes when the completion is posted.
-    MemcpyDtoH = 4,
-    /// Stream-ordered. `args[0]` = device dst, `args[1]` = device src, `args[2]` = length.
-    MemcpyDtoD = 5,
-    /// Stream-ordered. `args[0]` = device dst, `args[1]` = byte value (low 8 bits), `args[2]` = length.
-    Memset = 6,
-    /// `args[0]` = flags, `args[1]` = priority (i32). Result 0 = stream handle (non-zero).
-    StreamCreate = 7,
-    /// `args[0]` = stream handle. Pending work finishes first, as in CUDA.
-    StreamDestroy = 8,
+    Nop = 0 (NONE) {} -> {};
+    /// Allocate `size` (> 0) bytes of device memory.
+    MemAlloc = 1 (NONE) { size: u64 } -> { ptr: u64 };
+    /// Free an allocation made by MemAlloc.
+    MemFree = 2 (NONE) { ptr: u64 } -> {};
+    /// Copy `src.len` bytes from the window to device memory at `dst`.
+    MemcpyHtoD = 3 (S | C | D) { dst: u64, src: Win } -> {};
+    /// Copy `dst.len` bytes from device memory at `src` into the window; the bytes are there when
+    /// the completion is posted.
+    MemcpyDtoH = 4 (S | C | D) { src: u64, dst: Win } -> {};
+    /// Copy `len` bytes between device ranges.
+    MemcpyDtoD = 5 (S | C | D) { dst: u64, src: u64, len: u64 } -> {};
+    /// Fill `len` bytes at `dst` with `value`.
+    Memset = 6 (S | C | D) { dst: u64, value: u8, len: u64 } -> {};
+    /// Create a stream ([`stream_flags`]); the handle fits in 32 bits (it travels in
+    /// `Command::stream`).
+    StreamCreate = 7 (NONE) { flags: u64, priority: i32 } -> { stream: u64 };
+    /// Destroy a stream. Pending work finishes first, as in CUDA.
+    StreamDestroy = 8 (NONE) { stream: u64 } -> {};
     /// Completes when all work submitted to `Command::stream` before it has completed.
-    StreamSync = 9,
-    /// `args[0]` = flags ([`event_flags`]). Result 0 = event handle (non-zero).
-    EventCreate = 10,
-    /// `args[0]` = event handle.
-    EventDestroy = 11,
-    /// Stream-ordered. `args[0]` = event handle. Captures the stream's position (and time).
-    EventRecord = 12,
-    /// `args[0]` = event handle. Status Ok when the recorded work is done, NotReady otherwise.
-    EventQuery = 13,
-    /// `args[0]` = event handle. Completes when the recorded work is done.
-    EventSync = 14,
-    /// `args[0]` = start event, `args[1]` = end event. Result 0 = elapsed milliseconds as f32 bits.
-    EventElapsed = 15,
+    StreamSync = 9 (S) {} -> {};
+    /// Create an event ([`event_flags`]).
+    EventCreate = 10 (NONE) { flags: u64 } -> { event: u64 };
+    EventDestroy = 11 (NONE) { event: u64 } -> {};
+    /// Capture the stream's position (and time) in the event.
+    EventRecord = 12 (S) { event: u64 } -> {};
+    /// Status Ok when the recorded work is done, NotReady otherwise.
+    EventQuery = 13 (NONE) { event: u64 } -> {};
+    /// Completes when the recorded work is done.
+    EventSync = 14 (NONE) { event: u64 } -> {};
+    /// Milliseconds between two recorded events.
+    EventElapsed = 15 (NONE) { start: u64, end: u64 } -> { ms: f32 };
     /// Completes when all work on all streams submitted before it has completed.
-    DeviceSync = 16,
-    /// Result 0 = free bytes, result 1 = total bytes.
-    MemGetInfo = 17,
-    /// `args[0]` = window offset, `args[1]` = length (>= size of [`DeviceInfo`]).
-    /// The host writes a [`DeviceInfo`] there.
-    DeviceInfo = 18,
-    /// Stream-ordered. `args[0]` = event handle, `args[1]` = flags (0). Later work on the stream
-    /// waits until the work captured by the event's most recent record (consumed before this
-    /// command) has finished; a never-recorded event is a no-op. Completes when the wait is over.
-    StreamWaitEvent = 19,
-    /// Stream-ordered. `args[0]` = token (non-zero, not live). Completes when the stream reaches
-    /// it; the stream then waits until the guest sends [`Call::SignalToken`] with the same token.
-    /// How a guest runs host functions in stream order.
-    StreamWaitToken = 20,
-    /// `args[0]` = a token of a live [`Call::StreamWaitToken`]: its stream may go on.
-    SignalToken = 21,
-    /// Module upload, one part. `args[0]` = upload id (non-zero, chosen by the guest, live until
-    /// its ModuleLoad), `args[1]` = window offset, `args[2]` = length of this part, `args[3]` =
-    /// offset of the part within the image, `args[4]` = total image length (<= [`MAX_MODULE_LEN`]).
-    /// The host copies the bytes before it completes. Parts may come in any order; overlapping
-    /// parts or a total that differs from the first part's is InvalidArgument.
-    ModuleData = 22,
-    /// `args[0]` = upload id of a complete upload, or 0 to load by hash alone; `args[1]` = image
-    /// length; `args[2..6]` = the image's [`ModuleHash`] (BLAKE3-256, see [`module_load_args`]).
-    /// The image is a fatbin
-    /// container as nvcc registers it (`__fatBinC_Wrapper_t::data`, the whole container).
-    /// The host checks the hash of uploaded bytes (a mismatch is InvalidArgument), then loads the
-    /// module, using its cross-session cache keyed by hash. Loading by hash answers NotFound when
-    /// the host does not hold that image; the guest then uploads it. Result 0 = module handle.
-    /// InvalidImage: not a fatbin, or corrupt; NoKernelImage: no image this device can run.
-    ModuleLoad = 23,
-    /// `args[0]` = module handle. Functions and symbols of the module become invalid.
-    ModuleUnload = 24,
-    /// `args[0]` = module, `args[1]` = window offset, `args[2]` = length of the window buffer
-    /// (>= [`FUNC_INFO_MAX`] recommended). On entry the buffer holds the function's NUL-terminated
-    /// device (mangled) name; the host overwrites it with a [`FuncInfo`] followed by
-    /// `FuncInfo::num_params` [`ParamInfo`] entries. Result 0 = function handle, result 1 = bytes
-    /// written (a buffer too small for the table is InvalidArgument). NotFound: no such function.
-    FuncGet = 25,
-    /// Stream-ordered, fire-and-forget. `args[0]` = function handle, `args[1]` = grid
-    /// ([`launch::pack_grid`]), `args[2]` = block and flags ([`launch::pack_block`]), `args[3]` =
-    /// dynamic shared memory bytes, `args[4]` = window offset of the parameter buffer, `args[5]` =
-    /// its length (must equal `FuncInfo::param_bytes`). The host copies the parameters when it
-    /// takes the command. Completes when the launch is enqueued on the device (cuda) or validated
-    /// and recorded (emu, which answers NotSupported: it cannot compute the kernel's results).
-    /// Errors of the kernel's own execution surface as DeviceError at the next synchronising call.
-    Launch = 26,
-    /// `args[0]` = module, `args[1]` = window offset, `args[2]` = length of the NUL-terminated
-    /// device name of a `__device__`/`__constant__` variable, `args[3]` = its size as registered.
-    /// Result 0 = device address, result 1 = size. NotFound: no such variable.
-    SymbolGet = 27,
-    /// `args[0]` = function, `args[1]` = attribute ([`func_attr`]), `args[2]` = value (i32 bits).
-    FuncSetAttr = 28,
-    /// `args[0]` = function, `args[1]` = threads per block, `args[2]` = dynamic shared bytes,
-    /// `args[3]` = flags (cudaOccupancy*). Result 0 = active blocks per multiprocessor.
-    Occupancy = 29,
-    /// Stream-ordered. `args[0]` = capture mode (0 global, 1 thread-local, 2 relaxed). Stream-ordered
-    /// commands on the stream after this one are captured into a graph, not executed, until
-    /// StreamEndCapture. CaptureUnsupported on the legacy default stream.
-    StreamBeginCapture = 30,
-    /// Stream-ordered. Ends the capture. Result 0 = graph handle. CaptureInvalidated if an
-    /// operation that cannot be captured was submitted meanwhile (the graph is discarded).
-    StreamEndCapture = 31,
-    /// `args[0]` = graph, `args[1]` = flags (cudaGraphInstantiateFlag*). Result 0 = exec handle.
-    GraphInstantiate = 32,
-    /// `args[0]` = exec, `args[1]` = graph. Result 0 = a cudaGraphExecUpdateResult (0 = success;
-    /// otherwise the exec is unchanged and the guest may re-instantiate).
-    GraphExecUpdate = 33,
-    /// Stream-ordered, fire-and-forget. `args[0]` = exec handle.
-    GraphLaunch = 34,
-    /// `args[0]` = graph handle.
-    GraphDestroy = 35,
-    /// `args[0]` = exec handle. Pending launches of it finish first.
-    GraphExecDestroy = 36,
+    DeviceSync = 16 (NONE) {} -> {};
+    /// Free and total device memory (of the session's quota).
+    MemGetInfo = 17 (NONE) {} -> { free: u64, total: u64 };
+    /// The host writes a [`DeviceInfo`] at `out` (`out.len` >= its size).
+    DeviceInfo = 18 (NONE) { out: Win } -> {};
+    /// Later work on the stream waits until the work captured by the event's most recent record
+    /// (consumed before this command) has finished; a never-recorded event is a no-op. `flags`
+    /// must be 0.
+    StreamWaitEvent = 19 (S) { event: u64, flags: u64 } -> {};
+    /// Completes when the stream reaches it; the stream then waits until the guest sends
+    /// [`Call::SignalToken`] with the same `token` (non-zero, not live). How a guest runs host
+    /// functions in stream order.
+    StreamWaitToken = 20 (S) { token: u64 } -> {};
+    /// The stream of a live [`Call::StreamWaitToken`] may go on.
+    SignalToken = 21 (NONE) { token: u64 } -> {};
+    /// Module upload, one part: `part` holds the bytes at offset `at` of an image of `total`
+    /// bytes (<= [`MAX_MODULE_LEN`]); `upload` is non-zero, chosen by the guest, live until its
+    /// ModuleLoad. The host copies the bytes before it completes. Parts may come in any order;
+    /// overlapping parts or a total that differs from the first part's is InvalidArgument.
+    ModuleData = 22 (NONE) { upload: u64, part: Win, at: u64, total: u64 } -> {};
+    /// Load the module of a complete `upload`, or by `hash` alone when `upload` is 0 (NotFound
+    /// when the host does not hold that image; the guest then uploads it). The image is a fatbin
+    /// container as nvcc registers it. The host checks the hash of uploaded bytes (BLAKE3-256),
+    /// using its cross-session cache keyed by hash. InvalidImage: not a fatbin, or corrupt;
+    /// NoKernelImage: no image this device can run.
+    ModuleLoad = 23 (NONE) { upload: u64, len: u64, hash: ModuleHash } -> { module: u64 };
+    /// Functions and symbols of the module become invalid.
+    ModuleUnload = 24 (NONE) { module: u64 } -> {};
+    /// On entry `buf` holds the function's NUL-terminated device (mangled) name; the host
+    /// overwrites it with a [`FuncInfo`] followed by `FuncInfo::num_params` [`ParamInfo`] entries
+    /// (`buf.len` >= [`FUNC_INFO_MAX`] always suffices). NotFound: no such function.
+    FuncGet = 25 (NONE) { module: u64, buf: Win } -> { func: u64, written: u64 };
+    /// Fire-and-forget. `params` holds the packed parameter buffer (length
+    /// `FuncInfo::param_bytes`), copied when the host takes the command. Completes when the
+    /// launch is enqueued on the device; errors of the kernel's execution surface as DeviceError
+    /// at the next synchronising call.
+    Launch = 26 (S | C) { func: u64, grid: Grid, block: Block, shared: u64, params: Win } -> {};
+    /// The address of a `__device__`/`__constant__` variable whose NUL-terminated device name is
+    /// in `name`; `size` is its size as registered (0: any). NotFound: no such variable.
+    SymbolGet = 27 (NONE) { module: u64, name: Win, size: u64 } -> { addr: u64, size: u64 };
+    /// Set a function attribute ([`func_attr`]); `value` is an i32's bits.
+    FuncSetAttr = 28 (NONE) { func: u64, attr: u64, value: u32 } -> {};
+    /// Active blocks per multiprocessor for `block_threads` threads and `shared` dynamic shared
+    /// bytes; `flags` are cudaOccupancy* bits.
+    Occupancy = 29 (NONE) { func: u64, block_threads: u64, shared: u64, flags: u64 } -> { blocks: u64 };
+    /// Stream-ordered commands on the stream after this one are captured into a graph, not
+    /// executed, until StreamEndCapture. `mode`: 0 global, 1 thread-local, 2 relaxed.
+    /// CaptureUnsupported on the legacy default stream.
+    StreamBeginCapture = 30 (S) { mode: u64 } -> {};
+    /// Ends the capture. CaptureInvalidated if an operation that cannot be captured was submitted
+    /// meanwhile (the graph is discarded).
+    StreamEndCapture = 31 (S) {} -> { graph: u64 };
+    /// `flags` are cudaGraphInstantiateFlag* bits.
+    GraphInstantiate = 32 (NONE) { graph: u64, flags: u64 } -> { exec: u64 };
+    /// `result` is a cudaGraphExecUpdateResult (0 = success; otherwise the exec is unchanged and
+    /// the guest may re-instantiate).
+    GraphExecUpdate = 33 (NONE) { exec: u64, graph: u64 } -> { result: u64 };
+    /// Fire-and-forget.
+    GraphLaunch = 34 (S | C) { exec: u64 } -> {};
+    GraphDestroy = 35 (NONE) { graph: u64 } -> {};
+    /// Pending launches of the exec finish first.
+    GraphExecDestroy = 36 (NONE) { exec: u64 } -> {};
 }
 
 impl Call {
     /// Whether the call is stream-ordered ("S" in the protocol): it runs in the order of
     /// `Command::stream`. Other calls must carry `stream = 0`.
     pub fn stream_ordered(self) -> bool {
-        matches!(
-            self,
-            Call::MemcpyHtoD
-                | Call::MemcpyDtoH
-                | Call::MemcpyDtoD
-                | Call::Memset
-                | Call::StreamSync
-                | Call::EventRecord
-                | Call::StreamWaitEvent
-                | Call::StreamWaitToken
-                | Call::Launch
-                | Call::StreamBeginCapture
-                | Call::StreamEndCapture
-                | Call::GraphLaunch
-        )
+        self.spec().flags & call_flags::ORDERED != 0
     }
 
     /// Whether a capturing stream records this call into its graph instead of running it.
     /// Other stream-ordered calls on a capturing stream invalidate the capture.
     pub fn capturable(self) -> bool {
-        matches!(self, Call::Launch | Call::MemcpyDtoD | Call::Memset | Call::MemcpyHtoD | Call::MemcpyDtoH | Call::GraphLaunch)
+        self.spec().flags & call_flags::CAPTURED != 0
     }
 
     /// Whether the call copies or fills device memory (its cost grows with its length).
     pub fn moves_data(self) -> bool {
-        matches!(self, Call::MemcpyHtoD | Call::MemcpyDtoH | Call::MemcpyDtoD | Call::Memset)
+        self.spec().flags & call_flags::MOVES_DATA != 0
     }
 
     /// How many of `args` the call uses; the rest must be 0.
     pub fn arg_count(self) -> usize {
-        match self {
-            Call::Nop | Call::StreamSync | Call::DeviceSync | Call::MemGetInfo => 0,
-            Call::MemAlloc | Call::MemFree | Call::StreamDestroy | Call::EventCreate | Call::EventDestroy => 1,
-            Call::EventRecord | Call::EventQuery | Call::EventSync => 1,
-            Call::StreamWaitToken | Call::SignalToken => 1,
-            Call::StreamCreate | Call::EventElapsed | Call::DeviceInfo | Call::StreamWaitEvent => 2,
-            Call::MemcpyHtoD | Call::MemcpyDtoH | Call::MemcpyDtoD | Call::Memset => 3,
-            Call::ModuleData => 5,
-            Call::ModuleLoad => 6,
-            Call::FuncGet | Call::FuncSetAttr => 3,
-            Call::ModuleUnload | Call::GraphDestroy | Call::GraphExecDestroy | Call::GraphLaunch => 1,
-            Call::Launch => 6,
-            Call::SymbolGet | Call::Occupancy => 4,
-            Call::StreamBeginCapture => 1,
-            Call::StreamEndCapture => 0,
-            Call::GraphInstantiate | Call::GraphExecUpdate => 2,
-        }
+        self.spec().args.iter().map(|f| f.words).sum()
     }
 }
 
@@ -816,6 +1133,137 @@ pub const MAX_WINDOW: u64 = 1 << 30;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The words each call uses, as the protocol has had them since version 2 (the table must
+    /// not move a field).
+    #[test]
+    fn arg_counts_are_the_protocols() {
+        use Call::*;
+        let want: &[(Call, usize)] = &[
+            (Nop, 0),
+            (StreamSync, 0),
+            (DeviceSync, 0),
+            (MemGetInfo, 0),
+            (StreamEndCapture, 0),
+            (MemAlloc, 1),
+            (MemFree, 1),
+            (StreamDestroy, 1),
+            (EventCreate, 1),
+            (EventDestroy, 1),
+            (EventRecord, 1),
+            (EventQuery, 1),
+            (EventSync, 1),
+            (StreamWaitToken, 1),
+            (SignalToken, 1),
+            (ModuleUnload, 1),
+            (GraphDestroy, 1),
+            (GraphExecDestroy, 1),
+            (GraphLaunch, 1),
+            (StreamBeginCapture, 1),
+            (StreamCreate, 2),
+            (EventElapsed, 2),
+            (DeviceInfo, 2),
+            (StreamWaitEvent, 2),
+            (GraphInstantiate, 2),
+            (GraphExecUpdate, 2),
+            (MemcpyHtoD, 3),
+            (MemcpyDtoH, 3),
+            (MemcpyDtoD, 3),
+            (Memset, 3),
+            (FuncGet, 3),
+            (FuncSetAttr, 3),
+            (SymbolGet, 4),
+            (Occupancy, 4),
+            (ModuleData, 5),
+            (ModuleLoad, 6),
+            (Launch, 6),
+        ];
+        assert_eq!(want.len(), Call::ALL.len());
+        for &(c, n) in want {
+            assert_eq!(c.arg_count(), n, "{c:?}");
+        }
+        for (i, c) in Call::ALL.iter().enumerate() {
+            assert_eq!(Call::from_u16(*c as u16), Some(*c));
+            assert_eq!(*c as usize, i, "ids are dense and in order");
+            assert!(c.spec().results.iter().map(|f| f.words).sum::<usize>() <= 2, "{c:?}");
+        }
+        assert_eq!(Call::from_u16(Call::ALL.len() as u16), None);
+    }
+
+    /// A word past a call's fields must be 0; decoding rejects it as InvalidArgument.
+    #[test]
+    fn unused_words_are_rejected() {
+        for &c in Call::ALL {
+            for i in c.arg_count()..6 {
+                let mut w = [0u64; 6];
+                w[i] = 1;
+                assert_eq!(Request::decode(c, &w), Err(Status::InvalidArgument), "{c:?} word {i}");
+            }
+        }
+    }
+
+    /// For arbitrary words, a request that decodes encodes back to exactly those words (no field
+    /// drops or invents bits), and its call is the one it was decoded for.
+    #[test]
+    fn decode_then_encode_is_identity() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut decoded = vec![0usize; Call::ALL.len()];
+        for round in 0..20_000 {
+            for &c in Call::ALL {
+                let mut w = [0u64; 6];
+                for (i, word) in w.iter_mut().enumerate().take(c.arg_count()) {
+                    // Mix small values (which fit narrow fields) with full-width noise.
+                    *word = match (round + i) % 3 {
+                        0 => next() & 0xffff,
+                        1 => next() & 0xffff_ffff,
+                        _ => next(),
+                    };
+                }
+                if let Ok(r) = Request::decode(c, &w) {
+                    decoded[c as usize] += 1;
+                    assert_eq!(r.call(), c);
+                    assert_eq!(r.encode(), w, "{c:?} {r:?}");
+                }
+            }
+        }
+        for &c in Call::ALL {
+            assert!(decoded[c as usize] > 0, "{c:?} never decoded");
+        }
+    }
+
+    #[test]
+    fn typed_fields_roundtrip() {
+        let r = req::StreamCreate { flags: stream_flags::NON_BLOCKING, priority: -3 };
+        assert_eq!(r.encode(), [1, (-3i64) as u64, 0, 0, 0, 0]);
+        assert_eq!(req::StreamCreate::decode(&r.encode()), Ok(r));
+        // An i32 field is sign-extended; a value that is not is out of range.
+        assert_eq!(req::StreamCreate::decode(&[0, 0xffff_fffd, 0, 0, 0, 0]), Err(Status::InvalidArgument));
+        let m = req::Memset { dst: 0x1000, value: 0xab, len: 7 };
+        assert_eq!(m.encode(), [0x1000, 0xab, 7, 0, 0, 0]);
+        assert_eq!(req::Memset::decode(&[0x1000, 0x1ab, 7, 0, 0, 0]), Err(Status::InvalidArgument));
+        let l = req::Launch {
+            func: 9,
+            grid: Grid::new(70_000, 2, 3).unwrap(),
+            block: Block::new(32, 4, 1, launch::COOPERATIVE).unwrap(),
+            shared: 1024,
+            params: Win::new(4096, 48),
+        };
+        assert_eq!(req::Launch::decode(&l.encode()), Ok(l));
+        assert_eq!(Request::decode(Call::Launch, &l.encode()), Ok(Request::Launch(l)));
+        let e = reply::EventElapsed { ms: 1.25 };
+        assert_eq!(e.encode(), [1.25f32.to_bits() as u64, 0]);
+        assert_eq!(reply::EventElapsed::decode(e.encode()), Ok(e));
+        assert_eq!(reply::EventElapsed::decode([1 << 40, 0]), Err(Status::Protocol));
+        assert_eq!(reply::MemAlloc::decode([5, 1]), Err(Status::Protocol));
+        let h = req::ModuleLoad { upload: 1, len: 2, hash: ModuleHash([3, 4, 5, 6]) };
+        assert_eq!(h.encode(), [1, 2, 3, 4, 5, 6]);
+    }
 
     #[test]
     fn layout_is_page_aligned_and_disjoint() {

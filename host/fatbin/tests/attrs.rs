@@ -12,7 +12,7 @@ const SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cu/attrs.cu");
 fn nvcc() -> Option<PathBuf> {
     let path = std::env::var_os("VGPU_NVCC")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/nvcc/nvidia/cu13/bin/nvcc"));
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/nvcc/nvidia/cu13/bin/nvcc"));
     if path.is_file() {
         return Some(path);
     }
