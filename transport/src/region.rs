@@ -199,18 +199,17 @@ impl Region {
 
     /// Volatile read of a plain-data value at `off`.
     ///
-    /// `T` must be valid for every bit pattern (integers and `#[repr(C)]` structs of them): the
-    /// peer may write anything there. Only this crate's wire types are read this way.
-    pub(crate) fn read_pod<T: Copy>(&self, off: usize) -> T {
+    /// `T: Pod` is valid for every bit pattern (the peer may write anything there).
+    pub(crate) fn read_pod<T: bytemuck::Pod>(&self, off: usize) -> T {
         self.check(off, std::mem::size_of::<T>(), std::mem::align_of::<T>());
-        // SAFETY: in bounds and aligned (checked above); every `T` used here (wire integers and
-        // `#[repr(C)]` structs of integers) is valid for any bit pattern; volatile because the
-        // peer may be writing concurrently, and we copy out by value.
+        // SAFETY: in bounds and aligned (checked above); `T: Pod` is valid for any bit pattern,
+        // so whatever the peer wrote is a `T`; volatile because the peer may be writing
+        // concurrently, and we copy out by value.
         unsafe { std::ptr::read_volatile(self.map.as_ptr().add(off).cast::<T>()) }
     }
 
     /// Volatile write of a plain-data value at `off`.
-    pub(crate) fn write_pod<T: Copy>(&self, off: usize, v: T) {
+    pub(crate) fn write_pod<T: bytemuck::Pod>(&self, off: usize, v: T) {
         self.check(off, std::mem::size_of::<T>(), std::mem::align_of::<T>());
         // SAFETY: in bounds and aligned (checked above); volatile store by value, no reference
         // into the shared mapping is created.

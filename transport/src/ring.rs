@@ -196,7 +196,20 @@ impl<M: RingMem> Consumer<M> {
 }
 
 /// A ring inside a [`Region`], at offsets given by the header layout.
-pub struct RegionRing<E> {
+///
+/// The peer writes the entries, so an entry type must be valid for every bit pattern:
+/// `E: bytemuck::Pod`. A type with invalid bit patterns is rejected at compile time:
+///
+/// ```compile_fail
+/// // `bool` has invalid bit patterns (2..=255), so it is no ring entry.
+/// fn entries_of(r: &vgpu_transport::ring::RegionRing<bool>) {}
+/// ```
+///
+/// ```
+/// // The wire entries are `Pod`.
+/// fn entries_of(r: &vgpu_transport::ring::RegionRing<vgpu_transport::wire::Command>) {}
+/// ```
+pub struct RegionRing<E: bytemuck::Pod> {
     region: Arc<Region>,
     head_off: usize,
     tail_off: usize,
@@ -206,7 +219,7 @@ pub struct RegionRing<E> {
     _e: PhantomData<fn() -> E>,
 }
 
-impl<E> RegionRing<E> {
+impl<E: bytemuck::Pod> RegionRing<E> {
     /// # Panics
     /// If the offsets are outside the region (they come from this crate's validated layout).
     pub fn new(region: Arc<Region>, head_off: usize, tail_off: usize, flag_off: usize, entries_off: usize, depth: u32) -> Self {
@@ -221,7 +234,7 @@ impl<E> RegionRing<E> {
     }
 }
 
-impl<E: Copy> RingMem for RegionRing<E> {
+impl<E: bytemuck::Pod> RingMem for RegionRing<E> {
     type Entry = E;
     fn depth(&self) -> u32 {
         self.depth

@@ -82,8 +82,9 @@ pub enum HostState {
     Closed = 2,
 }
 
-/// One submission-ring entry: a command. 64 bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// One submission-ring entry: a command. 64 bytes, no padding (`Pod`: the host reads it out of
+/// memory the guest writes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C)]
 pub struct Command {
     /// Chosen by the guest; the completion echoes it. Slot = `seq % depth` on the guest.
@@ -106,8 +107,8 @@ pub mod cmd_flags {
     pub const KNOWN: u16 = BLOCKING;
 }
 
-/// One completion-ring entry. 32 bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// One completion-ring entry. 32 bytes, no padding (`Pod`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C)]
 pub struct Completion {
     /// The `seq` of the command this completes.
@@ -628,6 +629,54 @@ impl Call {
     /// How many of `args` the call uses; the rest must be 0.
     pub fn arg_count(self) -> usize {
         self.spec().args.iter().map(|f| f.words).sum()
+    }
+}
+
+impl CallSpec {
+    /// The call's row of the generated call table in `docs/protocol.md` §4.4 (a test in
+    /// `transport/tests/protocol_doc.rs` keeps the document equal to it).
+    pub fn markdown_row(&self) -> String {
+        fn fields(fs: &[FieldSpec], word: char) -> String {
+            if fs.is_empty() {
+                return "—".into();
+            }
+            let list: Vec<String> = fs
+                .iter()
+                .map(|f| {
+                    let at = if f.words == 1 {
+                        format!("{word}{}", f.word)
+                    } else {
+                        format!("{word}{}..{word}{}", f.word, f.word + f.words - 1)
+                    };
+                    format!("`{}`: {} ({at})", f.name, f.ty)
+                })
+                .collect();
+            list.join(", ")
+        }
+        let mut flags = String::new();
+        for (bit, c) in [(call_flags::ORDERED, 'S'), (call_flags::CAPTURED, 'C'), (call_flags::MOVES_DATA, 'D')] {
+            if self.flags & bit != 0 {
+                flags.push(c);
+            }
+        }
+        format!(
+            "| {} | `{}` | {} | {} | {} |",
+            self.call as u16,
+            self.call.name(),
+            flags,
+            fields(self.args, 'a'),
+            fields(self.results, 'r')
+        )
+    }
+
+    /// The whole generated call table, header included.
+    pub fn markdown_table() -> String {
+        let mut t = String::from("| id | name | flags | request fields (words) | reply fields (words) |\n|---|---|---|---|---|\n");
+        for c in Call::ALL {
+            t.push_str(&c.spec().markdown_row());
+            t.push('\n');
+        }
+        t
     }
 }
 
