@@ -17,10 +17,7 @@ pub type CallResult = Result<(), cudaError_t>;
 /// the program already has one. Called on the first entry into the facade, never at load time.
 pub fn init_logging() {
     static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let filter = tracing_subscriber::EnvFilter::try_from_env("VGPU_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(true).try_init();
-    });
+    ONCE.call_once(|| vgpu_transport::logging::init("warn"));
 }
 
 /// Run an entry point's body: `Ok` → `cudaSuccess`, `Err(code)` → `code`, a panic →

@@ -20,6 +20,7 @@ pub mod sync;
 
 pub mod client;
 pub mod link;
+pub mod logging;
 pub mod notify;
 pub mod region;
 pub mod ring;

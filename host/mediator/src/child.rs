@@ -32,12 +32,14 @@ impl Mediator {
             .arg(&socket)
             .args(extra)
             .stdin(Stdio::null());
+        // The command that starts it (demo, bench, doctor, run) owns the terminal: the
+        // mediator's routine INFO lines would interleave with its output, so it logs warnings
+        // and errors only, unless VGPU_LOG says otherwise.
+        if std::env::var_os("VGPU_LOG").is_none() {
+            cmd.env("VGPU_LOG", "warn");
+        }
         if bound {
             use std::os::unix::process::CommandExt;
-            // It outlives our output: keep its routine messages out of the terminal.
-            if std::env::var_os("VGPU_LOG").is_none() {
-                cmd.env("VGPU_LOG", "warn");
-            }
             // SAFETY: the closure runs in the forked child before exec and only makes one
             // async-signal-safe system call (prctl).
             unsafe {

@@ -60,8 +60,7 @@ pub fn default_socket() -> PathBuf {
     }
 }
 
-/// Set up `tracing` from `VGPU_LOG` (e.g. `VGPU_LOG=debug`; default `info`), to stderr.
+/// Set up `tracing` from `VGPU_LOG` (default `info`), to stderr: see [`vgpu_transport::logging`].
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VGPU_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(true).try_init();
+    vgpu_transport::logging::init("info");
 }
