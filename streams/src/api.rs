@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use vgpu_transport::client::Ticket;
-use vgpu_transport::wire::{Call, DeviceInfo};
+use vgpu_transport::wire::{req, CallRequest, DeviceInfo};
 
 use crate::context::Context;
 use crate::error::{CudaError, Result};
@@ -80,7 +80,7 @@ impl Device {
 
     /// `(free, total)` device memory in bytes.
     pub fn mem_info(&self) -> Result<(u64, u64)> {
-        self.ctx.call(Call::MemGetInfo, 0, [0; 6]).map(|r| (r[0], r[1]))
+        self.ctx.call(0, req::MemGetInfo {}).map(|r| (r.free, r.total))
     }
 
     /// A new blocking stream with priority 0.
@@ -133,7 +133,7 @@ impl Device {
         if let Err(e) = self.ctx.capture_check_sync(None) {
             return SyncFuture::failed(&self.ctx, e);
         }
-        SyncFuture::submit(&self.ctx, Call::DeviceSync, 0, 0)
+        SyncFuture::submit(&self.ctx, 0, req::DeviceSync {})
     }
 
     /// Blocking round trips this device's context has made.
@@ -307,8 +307,8 @@ pub struct SyncFuture {
 }
 
 impl SyncFuture {
-    fn submit(ctx: &Arc<Context>, call: Call, stream: u32, arg: u64) -> SyncFuture {
-        let t = ctx.sticky().and_then(|_| ctx.check(ctx.client.submit(call, stream, [arg, 0, 0, 0, 0, 0])));
+    fn submit<R: CallRequest>(ctx: &Arc<Context>, stream: u32, r: R) -> SyncFuture {
+        let t = ctx.sticky().and_then(|_| ctx.check(ctx.client.submit_req(stream, r)));
         SyncFuture { ctx: ctx.clone(), state: Some(t) }
     }
 
@@ -438,7 +438,7 @@ impl Stream {
         let h = self.host()?;
         let e = self.ctx.event(event.raw)?;
         self.ctx.capture_check(h, false)?;
-        self.ctx.fire(Call::StreamWaitEvent, h, [e.host, 0, 0, 0, 0, 0])
+        self.ctx.fire(h, req::StreamWaitEvent { event: e.host, flags: 0 })
     }
 
     /// Run `f` once all earlier work on this stream is done; later work waits for it. `f` runs
@@ -458,7 +458,7 @@ impl Stream {
     /// Completes when all work submitted to this stream so far has finished.
     pub fn synchronize(&self) -> SyncFuture {
         match self.host().and_then(|h| self.ctx.capture_check_sync(Some(h)).map(|_| h)) {
-            Ok(h) => SyncFuture::submit(&self.ctx, Call::StreamSync, h, 0),
+            Ok(h) => SyncFuture::submit(&self.ctx, h, req::StreamSync {}),
             Err(e) => SyncFuture::failed(&self.ctx, e),
         }
     }
@@ -550,13 +550,13 @@ impl Event {
         let e = self.ctx.event(self.raw)?;
         let h = stream.host()?;
         self.ctx.capture_check(h, false)?;
-        self.ctx.fire(Call::EventRecord, h, [e.host, 0, 0, 0, 0, 0])
+        self.ctx.fire(h, req::EventRecord { event: e.host })
     }
 
     /// Completes when the captured work has finished (at once if never recorded).
     pub fn synchronize(&self) -> SyncFuture {
         match self.ctx.event(self.raw) {
-            Ok(e) => SyncFuture::submit(&self.ctx, Call::EventSync, 0, e.host),
+            Ok(e) => SyncFuture::submit(&self.ctx, 0, req::EventSync { event: e.host }),
             Err(e) => SyncFuture::failed(&self.ctx, e),
         }
     }
@@ -569,7 +569,7 @@ impl Event {
     /// `true` if the captured work has finished.
     pub fn query(&self) -> Result<bool> {
         let e = self.ctx.event(self.raw)?;
-        match self.ctx.call(Call::EventQuery, 0, [e.host, 0, 0, 0, 0, 0]) {
+        match self.ctx.call(0, req::EventQuery { event: e.host }) {
             Ok(_) => self.ctx.deferred().map(|_| true),
             Err(CudaError::NotReady) => Ok(false),
             Err(e) => Err(e),
@@ -579,8 +579,7 @@ impl Event {
     /// Milliseconds between `self` and `end` (both recorded and finished, both with timing).
     pub fn elapsed_ms(&self, end: &Event) -> Result<f32> {
         let (s, e) = (self.ctx.event(self.raw)?, self.ctx.event(end.raw)?);
-        let r = self.ctx.call(Call::EventElapsed, 0, [s.host, e.host, 0, 0, 0, 0])?;
-        Ok(f32::from_bits(r[0] as u32))
+        Ok(self.ctx.call(0, req::EventElapsed { start: s.host, end: e.host })?.ms)
     }
 }
 

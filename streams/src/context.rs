@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use tracing::{debug, error, warn};
 use vgpu_transport::sync::{AtomicU64, Ordering};
-use vgpu_transport::wire::{Call, DeviceInfo};
+use vgpu_transport::wire::{event_flags, req, CallRequest, DeviceInfo, Win};
 use vgpu_transport::{Client, ClientConfig};
 
 use crate::error::{CudaError, Result};
@@ -237,16 +237,16 @@ impl Context {
         }
     }
 
-    /// A blocking call: one round trip.
-    pub(crate) fn call(&self, call: Call, stream: u32, args: [u64; 6]) -> Result<[u64; 2]> {
+    /// A blocking call with a typed request: one round trip, the typed reply.
+    pub(crate) fn call<R: CallRequest>(&self, stream: u32, r: R) -> Result<R::Reply> {
         self.sticky()?;
-        self.check(self.client.call_blocking(call, stream, args))
+        self.check(self.client.call_blocking_req(stream, r))
     }
 
-    /// A fire-and-forget call.
-    pub(crate) fn fire(&self, call: Call, stream: u32, args: [u64; 6]) -> Result<()> {
+    /// A fire-and-forget call with a typed request.
+    pub(crate) fn fire<R: CallRequest>(&self, stream: u32, r: R) -> Result<()> {
         self.sticky()?;
-        self.check(self.client.fire(call, stream, args))
+        self.check(self.client.fire_req(stream, r))
     }
 
     /// Device properties: fetched once (`DeviceInfo` through a staging chunk), then local.
@@ -259,7 +259,7 @@ impl Context {
         let staging = self.client.staging();
         let off = self.check(self.client.acquire_staging())?;
         let size = std::mem::size_of::<DeviceInfo>();
-        let r = self.call(Call::DeviceInfo, 0, [off, staging.chunk_len(), 0, 0, 0, 0]).and_then(|_| {
+        let r = self.call(0, req::DeviceInfo { out: Win::new(off, staging.chunk_len()) }).and_then(|_| {
             let mut bytes = vec![0u8; size];
             self.check(self.client.region().read_window(off, &mut bytes))?;
             let mut info = DeviceInfo::default();
@@ -318,8 +318,8 @@ impl Context {
         }
         // CUDA clamps priorities outside [greatest, least] into the range.
         let priority = priority.clamp(crate::PRIORITY_GREATEST, crate::PRIORITY_LEAST);
-        let r = self.call(Call::StreamCreate, 0, [flags as u64, priority as i64 as u64, 0, 0, 0, 0])?;
-        let host = u32::try_from(r[0]).map_err(|_| CudaError::Unknown)?;
+        let r = self.call(0, req::StreamCreate { flags: flags.into(), priority })?;
+        let host = u32::try_from(r.stream).map_err(|_| CudaError::Unknown)?;
         let raw = stream_raw(host);
         lock(&self.streams).insert(raw, StreamEntry { host, flags, priority, query_event: 0 });
         Ok(raw)
@@ -329,10 +329,10 @@ impl Context {
         self.sticky()?;
         let e = lock(&self.streams).remove(&raw).ok_or(CudaError::InvalidResourceHandle)?;
         if e.query_event != 0 {
-            let _ = self.fire(Call::EventDestroy, 0, [e.query_event, 0, 0, 0, 0, 0]);
+            let _ = self.fire(0, req::EventDestroy { event: e.query_event });
         }
         // cudaStreamDestroy returns at once; the stream's work still completes.
-        self.fire(Call::StreamDestroy, 0, [e.host as u64, 0, 0, 0, 0, 0])
+        self.fire(0, req::StreamDestroy { stream: e.host.into() })
     }
 
     pub(crate) fn stream_entry(self: &Arc<Self>, s: RawStream) -> Result<StreamEntry> {
@@ -351,13 +351,13 @@ impl Context {
     pub(crate) fn stream_query(self: &Arc<Self>, s: RawStream) -> Result<()> {
         let host = self.host_stream(s)?;
         let ev = self.query_event(s, host)?;
-        self.fire(Call::EventRecord, host, [ev, 0, 0, 0, 0, 0])?;
-        self.call(Call::EventQuery, 0, [ev, 0, 0, 0, 0, 0])?;
+        self.fire(host, req::EventRecord { event: ev })?;
+        self.call(0, req::EventQuery { event: ev })?;
         self.deferred()
     }
 
     fn query_event(self: &Arc<Self>, s: RawStream, host: u32) -> Result<u64> {
-        let create = || -> Result<u64> { Ok(self.call(Call::EventCreate, 0, [2, 0, 0, 0, 0, 0])?[0]) };
+        let create = || -> Result<u64> { Ok(self.call(0, req::EventCreate { flags: event_flags::DISABLE_TIMING })?.event) };
         if host == 0 {
             let mut q = lock(&self.legacy_query_event);
             if *q == 0 {
@@ -379,12 +379,12 @@ impl Context {
             Some(e) => {
                 let keep = e.query_event;
                 drop(t);
-                let _ = self.fire(Call::EventDestroy, 0, [ev, 0, 0, 0, 0, 0]);
+                let _ = self.fire(0, req::EventDestroy { event: ev });
                 Ok(keep)
             }
             None => {
                 drop(t);
-                let _ = self.fire(Call::EventDestroy, 0, [ev, 0, 0, 0, 0, 0]);
+                let _ = self.fire(0, req::EventDestroy { event: ev });
                 Err(CudaError::InvalidResourceHandle)
             }
         }
@@ -392,12 +392,12 @@ impl Context {
 
     pub(crate) fn stream_synchronize(self: &Arc<Self>, s: RawStream) -> Result<()> {
         let host = self.host_stream(s)?;
-        self.call(Call::StreamSync, host, [0; 6])?;
+        self.call(host, req::StreamSync {})?;
         self.deferred()
     }
 
     pub(crate) fn device_synchronize(&self) -> Result<()> {
-        self.call(Call::DeviceSync, 0, [0; 6])?;
+        self.call(0, req::DeviceSync {})?;
         self.deferred()
     }
 
@@ -415,7 +415,7 @@ impl Context {
             let status = if ok { CudaError::Success } else { CudaError::DevicesUnavailable };
             let _ = tx.send(HostJob { f, token, status });
         });
-        self.check(self.client.fire_then(Call::StreamWaitToken, host, [token, 0, 0, 0, 0, 0], action))
+        self.check(self.client.fire_then_req(host, req::StreamWaitToken { token }, action))
     }
 
     fn host_sender(self: &Arc<Self>) -> Result<mpsc::Sender<HostJob>> {
@@ -439,9 +439,9 @@ impl Context {
         if flags & !0x7 != 0 {
             return Err(CudaError::InvalidValue);
         }
-        let r = self.call(Call::EventCreate, 0, [flags as u64, 0, 0, 0, 0, 0])?;
-        let raw = event_raw(r[0]);
-        lock(&self.events).insert(raw, EventEntry { host: r[0], flags });
+        let r = self.call(0, req::EventCreate { flags: flags.into() })?;
+        let raw = event_raw(r.event);
+        lock(&self.events).insert(raw, EventEntry { host: r.event, flags });
         Ok(raw)
     }
 
@@ -452,7 +452,7 @@ impl Context {
     pub(crate) fn event_destroy(&self, e: RawEvent) -> Result<()> {
         self.sticky()?;
         let ev = lock(&self.events).remove(&e).ok_or(CudaError::InvalidResourceHandle)?;
-        self.fire(Call::EventDestroy, 0, [ev.host, 0, 0, 0, 0, 0])
+        self.fire(0, req::EventDestroy { event: ev.host })
     }
 
     /// `cudaDeviceReset`: wait for all work, then free every allocation, stream (the per-thread
@@ -467,7 +467,7 @@ impl Context {
         self.sticky()?;
         self.close_open_chunk();
         // All work finishes first (host functions included: their streams wait on their tokens).
-        self.call(Call::DeviceSync, 0, [0; 6])?;
+        self.call(0, req::DeviceSync {})?;
         self.generation.fetch_add(1, Ordering::AcqRel);
         let streams: Vec<StreamEntry> = lock(&self.streams).drain().map(|(_, e)| e).collect();
         let events: Vec<EventEntry> = lock(&self.events).drain().map(|(_, e)| e).collect();
@@ -477,15 +477,15 @@ impl Context {
         let mut r = Ok(());
         for e in &streams {
             if e.query_event != 0 {
-                r = r.and(self.fire(Call::EventDestroy, 0, [e.query_event, 0, 0, 0, 0, 0]));
+                r = r.and(self.fire(0, req::EventDestroy { event: e.query_event }));
             }
-            r = r.and(self.fire(Call::StreamDestroy, 0, [e.host as u64, 0, 0, 0, 0, 0]));
+            r = r.and(self.fire(0, req::StreamDestroy { stream: e.host.into() }));
         }
         for h in events.iter().map(|e| e.host).chain((legacy_query != 0).then_some(legacy_query)) {
-            r = r.and(self.fire(Call::EventDestroy, 0, [h, 0, 0, 0, 0, 0]));
+            r = r.and(self.fire(0, req::EventDestroy { event: h }));
         }
         for p in allocs {
-            r = r.and(self.fire(Call::MemFree, 0, [p, 0, 0, 0, 0, 0]));
+            r = r.and(self.fire(0, req::MemFree { ptr: p }));
         }
         // Pinned memory: no command uses it any more (all work is done), so the whole pinned
         // part of the window is free again.
@@ -494,7 +494,7 @@ impl Context {
         lock(&self.registered).clear();
         r?;
         // One round trip after the frees: they have all been executed when it returns.
-        self.call(Call::DeviceSync, 0, [0; 6])?;
+        self.call(0, req::DeviceSync {})?;
         if let Some(e) = self.client.take_deferred_error() {
             debug!(target: "vgpu::streams", "an error of work before the reset is discarded: {e}");
         }
@@ -524,7 +524,7 @@ fn host_fn_thread(rx: mpsc::Receiver<HostJob>, ctx: Weak<Context>) {
         }
         if status == CudaError::Success {
             if let Some(c) = ctx.upgrade() {
-                if let Err(e) = c.fire(Call::SignalToken, 0, [token, 0, 0, 0, 0, 0]) {
+                if let Err(e) = c.fire(0, req::SignalToken { token }) {
                     debug!(target: "vgpu::streams", token, "signalling a host-function token: {e}");
                 }
             }

@@ -26,7 +26,7 @@ use std::thread::ThreadId;
 
 use tracing::debug;
 use vgpu_transport::sync::{AtomicU64, AtomicUsize, Ordering};
-use vgpu_transport::wire::Call;
+use vgpu_transport::wire::req;
 
 use crate::context::{lock, Context};
 use crate::error::{CudaError, Result};
@@ -233,7 +233,7 @@ impl Context {
         if lock(&self.captures.table).contains_key(&h) {
             return Err(CudaError::IllegalState);
         }
-        self.call(Call::StreamBeginCapture, h, [mode as i32 as u64, 0, 0, 0, 0, 0])?;
+        self.call(h, req::StreamBeginCapture { mode: mode as i32 as u64 })?;
         let id = self.captures.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let c = Capture { id, mode, thread: std::thread::current().id(), blocking, invalidated: false };
         lock(&self.captures.table).insert(h, c);
@@ -256,11 +256,11 @@ impl Context {
             c
         };
         self.captures.active.fetch_sub(1, Ordering::AcqRel);
-        let r = self.call(Call::StreamEndCapture, h, [0; 6]);
+        let r = self.call(h, req::StreamEndCapture {});
         debug!(target: "vgpu::streams", stream = h, capture = c.id, invalidated = c.invalidated, ok = r.is_ok(), "capture ends");
-        let graph = r?[0];
+        let graph = r?.graph;
         if c.invalidated {
-            let _ = self.fire(Call::GraphDestroy, 0, [graph, 0, 0, 0, 0, 0]);
+            let _ = self.fire(0, req::GraphDestroy { graph });
             return Err(CudaError::StreamCaptureInvalidated);
         }
         Ok(graph_raw(graph))
@@ -294,15 +294,15 @@ impl Context {
             return Err(CudaError::InvalidValue);
         }
         let g = graph_host(graph)?;
-        let r = self.call(Call::GraphInstantiate, 0, [g, flags, 0, 0, 0, 0])?;
-        Ok(exec_raw(r[0]))
+        let r = self.call(0, req::GraphInstantiate { graph: g, flags })?;
+        Ok(exec_raw(r.exec))
     }
 
     /// `cudaGraphExecUpdate`: one round trip; the `cudaGraphExecUpdateResult` (0 = updated).
     pub fn graph_exec_update(&self, exec: RawGraphExec, graph: RawGraph) -> Result<u32> {
         let (e, g) = (exec_host(exec)?, graph_host(graph)?);
-        let r = self.call(Call::GraphExecUpdate, 0, [e, g, 0, 0, 0, 0])?;
-        u32::try_from(r[0]).map_err(|_| CudaError::Unknown)
+        let r = self.call(0, req::GraphExecUpdate { exec: e, graph: g })?;
+        u32::try_from(r.result).map_err(|_| CudaError::Unknown)
     }
 
     /// `cudaGraphLaunch`: fire-and-forget on `stream` (captured if the stream captures).
@@ -310,19 +310,19 @@ impl Context {
         let e = exec_host(exec)?;
         let h = self.host_stream(stream)?;
         self.capture_check(h, true)?;
-        self.fire(Call::GraphLaunch, h, [e, 0, 0, 0, 0, 0])
+        self.fire(h, req::GraphLaunch { exec: e })
     }
 
     /// `cudaGraphDestroy` (fire-and-forget).
     pub fn graph_destroy(&self, graph: RawGraph) -> Result<()> {
         let g = graph_host(graph)?;
-        self.fire(Call::GraphDestroy, 0, [g, 0, 0, 0, 0, 0])
+        self.fire(0, req::GraphDestroy { graph: g })
     }
 
     /// `cudaGraphExecDestroy` (fire-and-forget; pending launches of it finish first).
     pub fn graph_exec_destroy(&self, exec: RawGraphExec) -> Result<()> {
         let e = exec_host(exec)?;
-        self.fire(Call::GraphExecDestroy, 0, [e, 0, 0, 0, 0, 0])
+        self.fire(0, req::GraphExecDestroy { exec: e })
     }
 }
 

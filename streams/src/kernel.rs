@@ -29,7 +29,7 @@ use std::sync::{Arc, LazyLock, Mutex, OnceLock, RwLock};
 
 use tracing::{debug, warn};
 use vgpu_transport::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use vgpu_transport::wire::{self, launch, Call, FuncInfo, ParamInfo, Status};
+use vgpu_transport::wire::{self, launch, reply, req, Block, FuncInfo, Grid, ParamInfo, Status, Win};
 use vgpu_transport::OnComplete;
 
 use crate::context::{lock, Context};
@@ -474,19 +474,19 @@ impl Context {
 
     fn load_module(&self, module: &ModuleReg) -> Result<u64> {
         let img = module.image()?;
-        let by_hash = self.client.call_blocking(Call::ModuleLoad, 0, wire::module_load_args(0, img.hash, img.len as u64));
+        let by_hash = self.client.call_blocking_req(0, req::ModuleLoad { upload: 0, len: img.len as u64, hash: img.hash });
         match by_hash {
             Ok(r) => {
                 self.kern.loaded_by_hash.fetch_add(1, Ordering::Relaxed);
                 debug!(target: "vgpu::streams", module = module.id, hash = format_args!("{:x}", img.hash), "module loaded by hash");
-                Ok(r[0])
+                Ok(r.module)
             }
             Err(e) if raw_status(&e) == Some(Status::NotFound) => {
                 let id = self.upload_module(module, &img)?;
-                let r = self.call(Call::ModuleLoad, 0, wire::module_load_args(id, img.hash, img.len as u64))?;
+                let r = self.call(0, req::ModuleLoad { upload: id, len: img.len as u64, hash: img.hash })?;
                 self.kern.uploaded.fetch_add(1, Ordering::Relaxed);
                 debug!(target: "vgpu::streams", module = module.id, hash = format_args!("{:x}", img.hash), len = img.len, "module uploaded and loaded");
-                Ok(r[0])
+                Ok(r.module)
             }
             Err(e) => Err(self.convert(&e)),
         }
@@ -516,8 +516,8 @@ impl Context {
                 break;
             }
             let release: OnComplete = Box::new(move |_, s, _| s.release(off));
-            let args = [id, off, part.len() as u64, (i * chunk) as u64, img.len as u64, 0];
-            match self.check(self.client.submit_then(Call::ModuleData, 0, args, release)) {
+            let r = req::ModuleData { upload: id, part: Win::new(off, part.len() as u64), at: (i * chunk) as u64, total: img.len as u64 };
+            match self.check(self.client.submit_then_req(0, r, release)) {
                 Ok(t) => tickets.push(t),
                 Err(e) => {
                     first = Err(e);
@@ -555,7 +555,7 @@ impl Context {
         }
         drop(ranges);
         if let (Some(Ok(h)), true) = (handle, unload) {
-            let _ = self.fire(Call::ModuleUnload, 0, [h, 0, 0, 0, 0, 0]);
+            let _ = self.fire(0, req::ModuleUnload { module: h });
         }
     }
 
@@ -588,12 +588,12 @@ impl Context {
         let off = self.check(self.client.acquire_staging())?;
         let r = (|| {
             self.check(self.client.region().write_window(off, name_bytes))?;
-            let r = match self.client.call_blocking(Call::FuncGet, 0, [module, off, chunk, 0, 0, 0]) {
+            let r = match self.client.call_blocking_req(0, req::FuncGet { module, buf: Win::new(off, chunk) }) {
                 Ok(r) => r,
                 Err(e) if raw_status(&e) == Some(Status::NotFound) => return Err(CudaError::InvalidDeviceFunction),
                 Err(e) => return Err(self.convert(&e)),
             };
-            let written = r[1].min(chunk) as usize;
+            let written = r.written.min(chunk) as usize;
             let mut bytes = vec![0u8; written];
             self.check(self.client.region().read_window(off, &mut bytes))?;
             // A host answer that does not decode or breaks the limits is the host's fault.
@@ -606,7 +606,7 @@ impl Context {
                 return Err(CudaError::Unknown);
             }
             Ok(Func {
-                handle: r[0],
+                handle: r.func,
                 module_id,
                 name: name.to_owned(),
                 params,
@@ -635,8 +635,8 @@ impl Context {
     pub(crate) fn launch_packed(self: &Arc<Self>, func: &Func, cfg: &LaunchConfig, params: &[u8]) -> Result<()> {
         check_dims(cfg.grid, cfg.block)?;
         let flags = if cfg.cooperative { launch::COOPERATIVE } else { 0 };
-        let grid = launch::pack_grid(cfg.grid[0], cfg.grid[1], cfg.grid[2]).ok_or(CudaError::InvalidConfiguration)?;
-        let block = launch::pack_block(cfg.block[0], cfg.block[1], cfg.block[2], flags).ok_or(CudaError::InvalidConfiguration)?;
+        let grid = Grid::new(cfg.grid[0], cfg.grid[1], cfg.grid[2]).ok_or(CudaError::InvalidConfiguration)?;
+        let block = Block::new(cfg.block[0], cfg.block[1], cfg.block[2], flags).ok_or(CudaError::InvalidConfiguration)?;
         let info = *lock(&func.info);
         if params.len() != info.param_bytes as usize {
             return Err(CudaError::InvalidValue);
@@ -650,12 +650,13 @@ impl Context {
         let h = self.host_stream(cfg.stream)?;
         self.capture_check(h, true)?;
         self.sticky()?;
+        let r = req::Launch { func: func.handle, grid, block, shared: cfg.shared, params: Win::default() };
         if params.is_empty() {
-            return self.fire(Call::Launch, h, [func.handle, grid, block, cfg.shared, 0, 0]);
+            return self.fire(h, r);
         }
         let (woff, done) = self.stage_small(params)?;
-        let args = [func.handle, grid, block, cfg.shared, woff, params.len() as u64];
-        self.check(self.client.fire_then(Call::Launch, h, args, done))
+        let r = req::Launch { params: Win::new(woff, params.len() as u64), ..r };
+        self.check(self.client.fire_then_req(h, r, done))
     }
 
     /// `cudaLaunchKernel` and friends: `args` is C's `void**`.
@@ -676,7 +677,7 @@ impl Context {
         if !(8..=15).contains(&attr) || (attr == 8 && value < 0) || (attr == 9 && !(-1..=100).contains(&value)) {
             return Err(CudaError::InvalidValue);
         }
-        self.call(Call::FuncSetAttr, 0, [func.handle, attr as u64, value as u32 as u64, 0, 0, 0])?;
+        self.call(0, req::FuncSetAttr { func: func.handle, attr: attr.into(), value: value as u32 })?;
         match attr {
             8 => lock(&func.info).max_dynamic_shared_size_bytes = value as u32,
             9 => lock(&func.info).preferred_shmem_carveout = value,
@@ -695,8 +696,8 @@ impl Context {
         if let Some(&n) = lock(&func.occupancy).get(&(block_size, shared, flags)) {
             return Ok(n);
         }
-        let r = self.call(Call::Occupancy, 0, [func.handle, block_size as u64, shared, flags as u64, 0, 0])?;
-        let n = i32::try_from(r[0]).map_err(|_| CudaError::Unknown)?;
+        let r = self.call(0, req::Occupancy { func: func.handle, block_threads: block_size as u64, shared, flags: flags.into() })?;
+        let n = i32::try_from(r.blocks).map_err(|_| CudaError::Unknown)?;
         lock(&func.occupancy).insert((block_size, shared, flags), n);
         Ok(n)
     }
@@ -715,14 +716,15 @@ impl Context {
         let mh = self.ensure_module(&v.module)?;
         let name = v.name.to_bytes_with_nul();
         let (woff, done) = self.stage_small(name)?;
-        let t = self.check(self.client.submit_then(Call::SymbolGet, 0, [mh, woff, name.len() as u64, v.size, 0, 0], done))?;
+        let r = req::SymbolGet { module: mh, name: Win::new(woff, name.len() as u64), size: v.size };
+        let t = self.check(self.client.submit_then_req(0, r, done))?;
         self.client.stats().blocking_waits.fetch_add(1, Ordering::Relaxed);
-        let r = match t.wait() {
+        let r = match t.wait_reply::<reply::SymbolGet>() {
             Ok(r) => r,
             Err(e) if raw_status(&e) == Some(Status::NotFound) => return Err(CudaError::InvalidSymbol),
             Err(e) => return Err(self.convert(&e)),
         };
-        let (addr, size) = (r[0], r[1]);
+        let (addr, size) = (r.addr, r.size);
         debug!(target: "vgpu::streams", name = ?v.name, addr, size, constant = v.constant, "symbol resolved");
         lock(&self.kern.symbols).insert(host_var, (addr, size, v.module.id));
         if size > 0 {

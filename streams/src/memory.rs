@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use vgpu_transport::sync::{AtomicUsize, Ordering};
 use vgpu_transport::window::Staging;
-use vgpu_transport::wire::Call;
+use vgpu_transport::wire::{req, CallRequest, Win};
 use vgpu_transport::OnComplete;
 
 use crate::context::{lock, Context};
@@ -196,7 +196,7 @@ impl Context {
         if size == 0 {
             return Ok(0);
         }
-        let p = self.call(Call::MemAlloc, 0, [size as u64, 0, 0, 0, 0, 0])?[0];
+        let p = self.call(0, req::MemAlloc { size: size as u64 })?.ptr;
         lock(&self.allocs).insert(p, size as u64);
         Ok(p)
     }
@@ -217,7 +217,7 @@ impl Context {
             return Err(CudaError::InvalidValue);
         }
         // cudaFree synchronises: it returns after earlier work using the memory is done.
-        self.call(Call::MemFree, 0, [p, 0, 0, 0, 0, 0]).map(drop)
+        self.call(0, req::MemFree { ptr: p }).map(drop)
     }
 
     pub(crate) fn host_alloc(&self, size: usize, flags: u32) -> Result<*mut u8> {
@@ -243,7 +243,7 @@ impl Context {
         }
         // In-flight copies may still use the range: wait for all work first (cudaFreeHost
         // synchronises too), then give the range back.
-        let r = self.call(Call::DeviceSync, 0, [0; 6]);
+        let r = self.call(0, req::DeviceSync {});
         lock(&self.pinned).free(off);
         r.map(drop)
     }
@@ -305,7 +305,7 @@ impl Context {
         let mut result = Ok(());
         'segs: for seg in segs {
             if let Some(off) = self.pinned_offset(seg.host, seg.len) {
-                match self.submit(Call::MemcpyHtoD, host_stream, [seg.dev, off, seg.len as u64], None, wait) {
+                match self.submit(host_stream, req::MemcpyHtoD { dst: seg.dev, src: Win::new(off, seg.len as u64) }, None, wait) {
                     Ok(t) => tickets.extend(t),
                     Err(e) => {
                         result = Err(e);
@@ -345,7 +345,12 @@ impl Context {
                 c.left.fetch_add(1, Ordering::AcqRel);
                 let c2 = c.clone();
                 let action: OnComplete = Box::new(move |_, staging, _| c2.put(staging));
-                match self.submit(Call::MemcpyHtoD, host_stream, [seg.dev.wrapping_add(done as u64), woff, n as u64], Some(action), wait) {
+                match self.submit(
+                    host_stream,
+                    req::MemcpyHtoD { dst: seg.dev.wrapping_add(done as u64), src: Win::new(woff, n as u64) },
+                    Some(action),
+                    wait,
+                ) {
                     Ok(t) => tickets.extend(t),
                     Err(e) => {
                         result = Err(e);
@@ -425,7 +430,7 @@ impl Context {
         let mut result = Ok(());
         'segs: for seg in segs {
             if let Some(off) = self.pinned_offset(seg.host, seg.len) {
-                match self.submit(Call::MemcpyDtoH, host_stream, [seg.dev, off, seg.len as u64], None, wait) {
+                match self.submit(host_stream, req::MemcpyDtoH { src: seg.dev, dst: Win::new(off, seg.len as u64) }, None, wait) {
                     Ok(t) => tickets.extend(t),
                     Err(e) => {
                         result = Err(e);
@@ -468,7 +473,12 @@ impl Context {
                     }
                     c2.put(staging);
                 });
-                match self.submit(Call::MemcpyDtoH, host_stream, [seg.dev.wrapping_add(done as u64), woff, n as u64], Some(action), wait) {
+                match self.submit(
+                    host_stream,
+                    req::MemcpyDtoH { src: seg.dev.wrapping_add(done as u64), dst: Win::new(woff, n as u64) },
+                    Some(action),
+                    wait,
+                ) {
                     Ok(t) => tickets.extend(t),
                     Err(e) => {
                         result = Err(e);
@@ -487,18 +497,16 @@ impl Context {
     }
 
     /// Submit one copy piece: keep its ticket when the caller waits, fire it otherwise.
-    fn submit(
+    fn submit<R: CallRequest>(
         &self,
-        call: Call,
         stream: u32,
-        a: [u64; 3],
+        r: R,
         action: Option<OnComplete>,
         keep: bool,
     ) -> Result<Option<vgpu_transport::client::Ticket>> {
-        let args = [a[0], a[1], a[2], 0, 0, 0];
         let t = match action {
-            Some(act) => self.client.submit_then(call, stream, args, act),
-            None => self.client.submit(call, stream, args),
+            Some(act) => self.client.submit_then_req(stream, r, act),
+            None => self.client.submit_req(stream, r),
         };
         let t = self.check(t)?;
         Ok(keep.then_some(t))
@@ -545,7 +553,7 @@ impl Context {
                 self.capture_check(host_stream, false)?;
                 if wait {
                     // Host-to-host copies are ordered after earlier work on the stream.
-                    self.call(Call::StreamSync, host_stream, [0; 6])?;
+                    self.call(host_stream, req::StreamSync {})?;
                 }
                 // SAFETY: the caller guarantees both host ranges are valid for `n` bytes;
                 // `copy` tolerates overlap.
@@ -564,9 +572,9 @@ impl Context {
             MemcpyKind::DeviceToDevice => {
                 self.capture_check(host_stream, !wait)?;
                 if wait {
-                    self.call(Call::MemcpyDtoD, host_stream, [dst, src, n as u64, 0, 0, 0]).map(drop)
+                    self.call(host_stream, req::MemcpyDtoD { dst, src, len: n as u64 }).map(drop)
                 } else {
-                    self.fire(Call::MemcpyDtoD, host_stream, [dst, src, n as u64, 0, 0, 0])
+                    self.fire(host_stream, req::MemcpyDtoD { dst, src, len: n as u64 })
                 }
             }
             MemcpyKind::Default => Err(CudaError::InvalidMemcpyDirection),
@@ -635,7 +643,7 @@ impl Context {
                     unsafe { self.copy_1d(d, s, width, k, host_stream, false)? };
                 }
                 if wait {
-                    self.call(Call::StreamSync, host_stream, [0; 6])?;
+                    self.call(host_stream, req::StreamSync {})?;
                     self.deferred()?;
                 }
                 Ok(())
@@ -650,7 +658,7 @@ impl Context {
         self.sticky()?;
         self.check_device_range(p, n as u64)?;
         self.capture_check(host_stream, true)?;
-        self.fire(Call::Memset, host_stream, [p, (value as u32 & 0xff) as u64, n as u64, 0, 0, 0])
+        self.fire(host_stream, req::Memset { dst: p, value: (value as u32 & 0xff) as u8, len: n as u64 })
     }
 }
 

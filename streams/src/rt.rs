@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use vgpu_transport::wire::{Call, DeviceInfo};
+use vgpu_transport::wire::{req, DeviceInfo};
 
 use crate::context::Context;
 pub use crate::error::{get_last_error, peek_at_last_error};
@@ -96,7 +96,7 @@ pub fn pointer_attributes(ptr: u64) -> Result<crate::PointerInfo> {
 
 /// `cudaMemGetInfo`: `(free, total)`.
 pub fn mem_get_info() -> Result<(u64, u64)> {
-    with(|c| c.call(Call::MemGetInfo, 0, [0; 6]).map(|r| (r[0], r[1])))
+    with(|c| c.call(0, req::MemGetInfo {}).map(|r| (r.free, r.total)))
 }
 
 /// `cudaDeviceGetStreamPriorityRange`: `(least, greatest)`.
@@ -344,7 +344,7 @@ pub fn stream_wait_event(stream: RawStream, event: RawEvent, flags: u32) -> Resu
         let h = c.host_stream(stream)?;
         let e = c.event(event)?;
         c.capture_check(h, false)?;
-        c.fire(Call::StreamWaitEvent, h, [e.host, 0, 0, 0, 0, 0])
+        c.fire(h, req::StreamWaitEvent { event: e.host, flags: 0 })
     })
 }
 
@@ -405,7 +405,7 @@ pub fn event_record_with_flags(event: RawEvent, stream: RawStream, flags: u32) -
         let e = c.event(event)?;
         let h = c.host_stream(stream)?;
         c.capture_check(h, false)?;
-        c.fire(Call::EventRecord, h, [e.host, 0, 0, 0, 0, 0])
+        c.fire(h, req::EventRecord { event: e.host })
     })
 }
 
@@ -413,7 +413,7 @@ pub fn event_record_with_flags(event: RawEvent, stream: RawStream, flags: u32) -
 pub fn event_query(event: RawEvent) -> Result<()> {
     with(|c| {
         let e = c.event(event)?;
-        c.call(Call::EventQuery, 0, [e.host, 0, 0, 0, 0, 0])?;
+        c.call(0, req::EventQuery { event: e.host })?;
         c.deferred()
     })
 }
@@ -422,7 +422,7 @@ pub fn event_query(event: RawEvent) -> Result<()> {
 pub fn event_synchronize(event: RawEvent) -> Result<()> {
     with(|c| {
         let e = c.event(event)?;
-        c.call(Call::EventSync, 0, [e.host, 0, 0, 0, 0, 0])?;
+        c.call(0, req::EventSync { event: e.host })?;
         c.deferred()
     })
 }
@@ -431,8 +431,7 @@ pub fn event_synchronize(event: RawEvent) -> Result<()> {
 pub fn event_elapsed_time(start: RawEvent, end: RawEvent) -> Result<f32> {
     with(|c| {
         let (s, e) = (c.event(start)?, c.event(end)?);
-        let r = c.call(Call::EventElapsed, 0, [s.host, e.host, 0, 0, 0, 0])?;
-        Ok(f32::from_bits(r[0] as u32))
+        Ok(c.call(0, req::EventElapsed { start: s.host, end: e.host })?.ms)
     })
 }
 

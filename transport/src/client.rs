@@ -6,6 +6,10 @@
 //! - [`Client::fire`] submits and forgets; a failure is kept as a deferred (sticky) error, returned
 //!   by [`Client::take_deferred_error`] at the next synchronising call of the layer above.
 //!
+//! Each has a typed form (`call_req`, `call_blocking_req`, `submit_req`, `fire_req`, ...) that
+//! takes a [`crate::wire::req`] request and yields its [`crate::wire::reply`]; guest code uses
+//! those. The positional forms take raw argument words, for tests that send malformed commands.
+//!
 //! # The completion role
 //! Completions are drained by whoever holds the completion-ring lock: the reactor thread after an
 //! interrupt, or a blocked caller while it spins. The holder clears "wants interrupt" while it
@@ -34,7 +38,7 @@ use crate::slots::{Delivered, Outcome, Slots};
 use crate::sync::stat::AtomicU64 as StatU64;
 use crate::sync::{lock, try_lock, Mutex, Ordering};
 use crate::window::Staging;
-use crate::wire::{cmd_flags, hdr, Call, Command, Completion, Status};
+use crate::wire::{cmd_flags, hdr, req, Call, CallReply, CallRequest, Command, Completion, Status, Win};
 use crate::{Error, Result};
 
 /// How a blocked caller waits.
@@ -224,38 +228,72 @@ impl Client {
         self.inner.check_alive()
     }
 
-    /// Submit a call and return a future for its result. Its sequence number and slot are taken
+    /// Raw (positional argument words; for tests that send malformed commands): submit a call
+    /// and return a future for its result. Its sequence number and slot are taken
     /// on first poll (waiting for a slot if all are busy); dropping the future after submission
     /// detaches the call (fire-and-forget).
     pub fn call(&self, call: Call, stream: u32, args: [u64; 6]) -> CallFuture {
         CallFuture { inner: self.inner.clone(), seq: None, call, stream, args, state: FutState::Acquiring }
     }
 
-    /// Submit a call and block until it completes (a blocking round trip).
+    /// Raw: submit a call and block until it completes (a blocking round trip).
     pub fn call_blocking(&self, call: Call, stream: u32, args: [u64; 6]) -> Result<[u64; 2]> {
         self.inner.stats.blocking_waits.fetch_add(1, Ordering::Relaxed);
         let t = self.submit_flags(call, stream, args, cmd_flags::BLOCKING)?;
         t.wait()
     }
 
-    /// Submit a call without waiting; wait later with [`Ticket::wait`] or `.await`.
+    /// Raw: submit a call without waiting; wait later with [`Ticket::wait`] or `.await`.
     pub fn submit(&self, call: Call, stream: u32, args: [u64; 6]) -> Result<Ticket> {
         self.submit_flags(call, stream, args, 0)
     }
 
-    /// Submit and forget. A failure becomes the deferred error.
+    /// Raw: submit and forget. A failure becomes the deferred error.
     pub fn fire(&self, call: Call, stream: u32, args: [u64; 6]) -> Result<()> {
         self.submit(call, stream, args).map(drop)
     }
 
-    /// Submit a call with a completion action (see [`OnComplete`]), without waiting.
+    /// Raw: submit a call with a completion action (see [`OnComplete`]), without waiting.
     pub fn submit_then(&self, call: Call, stream: u32, args: [u64; 6], then: OnComplete) -> Result<Ticket> {
         self.submit_inner(call, stream, args, 0, Some(then))
     }
 
-    /// Submit a call with a completion action and forget it; a failure becomes the deferred error.
+    /// Raw: submit a call with a completion action and forget it; a failure becomes the deferred
+    /// error.
     pub fn fire_then(&self, call: Call, stream: u32, args: [u64; 6], then: OnComplete) -> Result<()> {
         self.submit_then(call, stream, args, then).map(drop)
+    }
+
+    /// [`Client::call`] with a typed request; the future yields the typed reply.
+    pub async fn call_req<R: CallRequest>(&self, stream: u32, r: R) -> Result<R::Reply> {
+        let words = self.call(R::CALL, stream, r.encode()).await?;
+        decode_reply::<R::Reply>(R::CALL, words)
+    }
+
+    /// [`Client::call_blocking`] with a typed request and reply.
+    pub fn call_blocking_req<R: CallRequest>(&self, stream: u32, r: R) -> Result<R::Reply> {
+        let words = self.call_blocking(R::CALL, stream, r.encode())?;
+        decode_reply::<R::Reply>(R::CALL, words)
+    }
+
+    /// [`Client::submit`] with a typed request; wait with [`Ticket::wait_reply`].
+    pub fn submit_req<R: CallRequest>(&self, stream: u32, r: R) -> Result<Ticket> {
+        self.submit(R::CALL, stream, r.encode())
+    }
+
+    /// [`Client::fire`] with a typed request.
+    pub fn fire_req<R: CallRequest>(&self, stream: u32, r: R) -> Result<()> {
+        self.fire(R::CALL, stream, r.encode())
+    }
+
+    /// [`Client::submit_then`] with a typed request.
+    pub fn submit_then_req<R: CallRequest>(&self, stream: u32, r: R, then: OnComplete) -> Result<Ticket> {
+        self.submit_then(R::CALL, stream, r.encode(), then)
+    }
+
+    /// [`Client::fire_then`] with a typed request.
+    pub fn fire_then_req<R: CallRequest>(&self, stream: u32, r: R, then: OnComplete) -> Result<()> {
+        self.fire_then(R::CALL, stream, r.encode(), then)
     }
 
     fn submit_flags(&self, call: Call, stream: u32, args: [u64; 6], flags: u16) -> Result<Ticket> {
@@ -345,7 +383,7 @@ impl Client {
             };
             self.inner.region.write_window(off, piece)?;
             let d = dst.wrapping_add((i * chunk) as u64);
-            match self.submit(Call::MemcpyHtoD, stream, [d, off, piece.len() as u64, 0, 0, 0]) {
+            match self.submit_req(stream, req::MemcpyHtoD { dst: d, src: Win::new(off, piece.len() as u64) }) {
                 Ok(t) => inflight.push_back((t, off)),
                 Err(e) => {
                     self.inner.staging.release(off);
@@ -377,7 +415,7 @@ impl Client {
             while pos < total {
                 let Some(off) = self.inner.staging.try_acquire() else { break };
                 let len = chunk.min(total - pos);
-                match self.submit(Call::MemcpyDtoH, stream, [src.wrapping_add(pos as u64), off, len as u64, 0, 0, 0]) {
+                match self.submit_req(stream, req::MemcpyDtoH { src: src.wrapping_add(pos as u64), dst: Win::new(off, len as u64) }) {
                     Ok(t) => inflight.push_back((t, off, pos, len)),
                     Err(e) => {
                         self.inner.staging.release(off);
@@ -436,6 +474,12 @@ impl Wake for ThreadWaker {
     fn wake_by_ref(self: &StdArc<Self>) {
         self.0.unpark();
     }
+}
+
+/// Decode the result words of a completed `call` as its typed reply; a reply that breaks the
+/// call table is the host's protocol error.
+pub fn decode_reply<R: CallReply>(call: Call, result: [u64; 2]) -> Result<R> {
+    R::decode(result).map_err(|_| Error::Protocol(format!("the host answered {call:?} with malformed results {result:#x?}")))
 }
 
 fn to_result(inner: &Inner, call: Call, o: Outcome) -> Result<[u64; 2]> {
@@ -862,6 +906,13 @@ impl Ticket {
     /// Block until the call completes.
     pub fn wait(self) -> Result<[u64; 2]> {
         self.wait_spinning(0)
+    }
+
+    /// Block until the call completes and decode its typed reply (`R` is the reply type of the
+    /// submitted request, e.g. `wire::reply::MemAlloc`).
+    pub fn wait_reply<R: CallReply>(self) -> Result<R> {
+        let call = self.call;
+        decode_reply(call, self.wait()?)
     }
 
     /// Block until the call completes, spinning at least `floor_ns` first (unless the client

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 use vgpu_transport::client::Ticket;
-use vgpu_transport::wire::Call;
+use vgpu_transport::wire::req;
 use vgpu_transport::{Client, ClientConfig, SpinPolicy};
 
 use crate::child::Mediator;
@@ -163,12 +163,12 @@ pub fn memcpy_gbps(size: usize, reps: usize) -> f64 {
 
 fn null_calls(c: &Client, iters: usize) -> Result<(f64, f64), String> {
     for _ in 0..200 {
-        c.call_blocking(Call::Nop, 0, [0; 6]).map_err(|e| e.to_string())?;
+        c.call_blocking_req(0, req::Nop {}).map_err(|e| e.to_string())?;
     }
     let mut lat = Vec::with_capacity(iters);
     for _ in 0..iters {
         let t = Instant::now();
-        c.call_blocking(Call::Nop, 0, [0; 6]).map_err(|e| e.to_string())?;
+        c.call_blocking_req(0, req::Nop {}).map_err(|e| e.to_string())?;
         lat.push(t.elapsed());
     }
     Ok(percentiles(lat))
@@ -182,7 +182,7 @@ fn async_throughput(c: &Client, ops: usize, depth: usize) -> Result<f64, String>
         if q.len() == depth {
             q.pop_front().expect("non-empty").wait().map_err(e)?;
         }
-        q.push_back(c.submit(Call::Nop, 0, [0; 6]).map_err(e)?);
+        q.push_back(c.submit_req(0, req::Nop {}).map_err(e)?);
     }
     for tk in q {
         tk.wait().map_err(e)?;
@@ -267,7 +267,7 @@ pub fn run(quick: bool, as_json: bool) -> Result<(), String> {
     progress(&format!("async throughput: {ops} null calls, 256 in flight"));
     out.insert("async_ops_per_s".into(), json!(async_throughput(&c, ops, 256)?));
 
-    let dev = c.call_blocking(Call::MemAlloc, 0, [max_size as u64, 0, 0, 0, 0, 0]).map_err(|e| e.to_string())?[0];
+    let dev = c.call_blocking_req(0, req::MemAlloc { size: max_size as u64 }).map_err(|e| e.to_string())?.ptr;
     let mut buf = vec![0x5au8; max_size];
     let mut sizes = Vec::new();
     let mut s = 4096usize;

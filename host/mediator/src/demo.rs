@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use vgpu_fatbin::synth::{SynthKernel, SynthModule};
 use vgpu_streams::{CudaError, Device};
-use vgpu_transport::wire::{Call, DeviceInfo};
+use vgpu_transport::wire::{req, DeviceInfo, Win};
 use vgpu_transport::{Client, ClientConfig};
 
 use crate::child::Mediator;
@@ -51,13 +51,13 @@ pub fn run() -> Result<(), String> {
 
     // Device.
     let info_off = c.staging().rest(c.region().layout().window_len).0;
-    c.call_blocking(Call::DeviceInfo, 0, [info_off, 512, 0, 0, 0, 0]).map_err(e)?;
+    c.call_blocking_req(0, req::DeviceInfo { out: Win::new(info_off, 512) }).map_err(e)?;
     let mut raw = [0u8; 512];
     c.region().read_window(info_off, &mut raw).map_err(e)?;
     // SAFETY: DeviceInfo is repr(C), 512 bytes, made only of integers and byte arrays, so any
     // 512 bytes are a valid value; read_unaligned copes with the array's alignment.
     let info: DeviceInfo = unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) };
-    let [free, total] = c.call_blocking(Call::MemGetInfo, 0, [0; 6]).map_err(e)?;
+    let vgpu_transport::wire::reply::MemGetInfo { free, total } = c.call_blocking_req(0, req::MemGetInfo {}).map_err(e)?;
     println!(
         "device: {} | {} total, {} free | window {}",
         info.name_str(),
@@ -68,8 +68,8 @@ pub fn run() -> Result<(), String> {
 
     // Memory: 64 MiB up, memset a slice, device-to-device copy, down again; verify every byte.
     const N: usize = 64 << 20;
-    let [a, _] = c.call_blocking(Call::MemAlloc, 0, [N as u64, 0, 0, 0, 0, 0]).map_err(e)?;
-    let [b, _] = c.call_blocking(Call::MemAlloc, 0, [N as u64, 0, 0, 0, 0, 0]).map_err(e)?;
+    let a = c.call_blocking_req(0, req::MemAlloc { size: N as u64 }).map_err(e)?.ptr;
+    let b = c.call_blocking_req(0, req::MemAlloc { size: N as u64 }).map_err(e)?.ptr;
     let src: Vec<u8> = (0..N).map(|i| (i * 131 % 251) as u8).collect();
     // The first pass touches fresh pages (device memory, the host buffer): time the second.
     let t = Instant::now();
@@ -78,8 +78,8 @@ pub fn run() -> Result<(), String> {
     let t = Instant::now();
     c.copy_to_device(a, &src, 0).map_err(e)?;
     let h2d = t.elapsed();
-    c.fire(Call::Memset, 0, [a + 4096, 0xAB, 4096, 0, 0, 0]).map_err(e)?;
-    c.fire(Call::MemcpyDtoD, 0, [b, a, N as u64, 0, 0, 0]).map_err(e)?;
+    c.fire_req(0, req::Memset { dst: a + 4096, value: 0xAB, len: 4096 }).map_err(e)?;
+    c.fire_req(0, req::MemcpyDtoD { dst: b, src: a, len: N as u64 }).map_err(e)?;
     let mut back = vec![0u8; N];
     let t = Instant::now();
     c.copy_from_device(b, &mut back, 0).map_err(e)?;
@@ -107,31 +107,32 @@ pub fn run() -> Result<(), String> {
     // Streams and events: four streams, work on each, events timing stream 1.
     let mut streams = Vec::new();
     for _ in 0..4 {
-        streams.push(c.call_blocking(Call::StreamCreate, 0, [1, 0, 0, 0, 0, 0]).map_err(e)?[0] as u32);
+        let flags = vgpu_transport::wire::stream_flags::NON_BLOCKING;
+        streams.push(c.call_blocking_req(0, req::StreamCreate { flags, priority: 0 }).map_err(e)?.stream as u32);
     }
-    let [ev0, _] = c.call_blocking(Call::EventCreate, 0, [0; 6]).map_err(e)?;
-    let [ev1, _] = c.call_blocking(Call::EventCreate, 0, [0; 6]).map_err(e)?;
-    c.fire(Call::EventRecord, streams[0], [ev0, 0, 0, 0, 0, 0]).map_err(e)?;
+    let ev0 = c.call_blocking_req(0, req::EventCreate { flags: 0 }).map_err(e)?.event;
+    let ev1 = c.call_blocking_req(0, req::EventCreate { flags: 0 }).map_err(e)?.event;
+    c.fire_req(streams[0], req::EventRecord { event: ev0 }).map_err(e)?;
     for (i, s) in streams.iter().enumerate() {
         let off = (i as u64) * (N as u64 / 4);
-        c.fire(Call::Memset, *s, [a + off, i as u64, N as u64 / 4, 0, 0, 0]).map_err(e)?;
+        c.fire_req(*s, req::Memset { dst: a + off, value: i as u8, len: N as u64 / 4 }).map_err(e)?;
     }
-    c.fire(Call::EventRecord, streams[0], [ev1, 0, 0, 0, 0, 0]).map_err(e)?;
-    c.call_blocking(Call::EventSync, 0, [ev1, 0, 0, 0, 0, 0]).map_err(e)?;
-    let [ms, _] = c.call_blocking(Call::EventElapsed, 0, [ev0, ev1, 0, 0, 0, 0]).map_err(e)?;
-    c.call_blocking(Call::DeviceSync, 0, [0; 6]).map_err(e)?;
+    c.fire_req(streams[0], req::EventRecord { event: ev1 }).map_err(e)?;
+    c.call_blocking_req(0, req::EventSync { event: ev1 }).map_err(e)?;
+    let ms = c.call_blocking_req(0, req::EventElapsed { start: ev0, end: ev1 }).map_err(e)?.ms;
+    c.call_blocking_req(0, req::DeviceSync {}).map_err(e)?;
     let mut probe = [0u8; 4];
     for (i, _) in streams.iter().enumerate() {
         c.copy_from_device(a + (i as u64) * (N as u64 / 4), &mut probe, 0).map_err(e)?;
         check(probe == [i as u8; 4], "memset on each stream")?;
     }
-    println!("streams: 4 streams x 16 MiB memset, concurrent; stream 0 took {:.3} ms between its events", f32::from_bits(ms as u32));
+    println!("streams: 4 streams x 16 MiB memset, concurrent; stream 0 took {:.3} ms between its events", ms);
 
     // Latency and throughput.
     let mut lat = Vec::with_capacity(2000);
     for _ in 0..2000 {
         let t = Instant::now();
-        c.call_blocking(Call::Nop, 0, [0; 6]).map_err(e)?;
+        c.call_blocking_req(0, req::Nop {}).map_err(e)?;
         lat.push(t.elapsed());
     }
     lat.sort();
@@ -143,7 +144,7 @@ pub fn run() -> Result<(), String> {
             let tk: vgpu_transport::client::Ticket = q.pop_front().expect("non-empty");
             tk.wait().map_err(e)?;
         }
-        q.push_back(c.submit(Call::Nop, 0, [0; 6]).map_err(e)?);
+        q.push_back(c.submit_req(0, req::Nop {}).map_err(e)?);
     }
     for tk in q {
         tk.wait().map_err(e)?;
@@ -156,10 +157,10 @@ pub fn run() -> Result<(), String> {
         ops as f64 / el.as_secs_f64() / 1e6
     );
     for s in streams {
-        c.call_blocking(Call::StreamDestroy, 0, [s as u64, 0, 0, 0, 0, 0]).map_err(e)?;
+        c.call_blocking_req(0, req::StreamDestroy { stream: s.into() }).map_err(e)?;
     }
-    c.call_blocking(Call::MemFree, 0, [a, 0, 0, 0, 0, 0]).map_err(e)?;
-    c.call_blocking(Call::MemFree, 0, [b, 0, 0, 0, 0, 0]).map_err(e)?;
+    c.call_blocking_req(0, req::MemFree { ptr: a }).map_err(e)?;
+    c.call_blocking_req(0, req::MemFree { ptr: b }).map_err(e)?;
     let st = c.stats();
     use vgpu_transport::sync::Ordering::Relaxed;
     println!(

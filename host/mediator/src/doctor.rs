@@ -20,7 +20,7 @@ use vgpu_transport::link::vfio::{self, VfioDevice};
 use vgpu_transport::link::LinkChoice;
 use vgpu_transport::region::Region;
 use vgpu_transport::sync::Ordering;
-use vgpu_transport::wire::{hdr, Call, HostState, PROTOCOL_VERSION};
+use vgpu_transport::wire::{hdr, req, HostState, PROTOCOL_VERSION};
 use vgpu_transport::{Client, ClientConfig};
 
 /// Options of `vgpu doctor`.
@@ -122,7 +122,7 @@ fn check_direct(r: &mut Report, socket: &Path) {
     match Client::connect(socket, ClientConfig::default()) {
         Ok(c) => {
             let t = Instant::now();
-            match c.call_blocking(Call::Nop, 0, [0; 6]) {
+            match c.call_blocking_req(0, req::Nop {}) {
                 Ok(_) => r.ok(&format!("a session works: Nop round trip {} us", t.elapsed().as_micros())),
                 Err(e) => r.fail(&format!("a Nop on a new session failed: {e}"), "see the mediator's log (VGPU_LOG=debug)"),
             }

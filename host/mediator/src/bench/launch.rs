@@ -21,7 +21,7 @@ use std::time::Instant;
 use serde_json::{json, Map, Value};
 use vgpu_fatbin::synth::{SynthKernel, SynthModule};
 use vgpu_streams::{CudaError, Device, Function, KernelArg, Stream};
-use vgpu_transport::wire::Call;
+use vgpu_transport::wire::req;
 
 use super::rt::enqueue_ns;
 use super::{percentiles, progress};
@@ -61,12 +61,12 @@ fn null_call_p50(dev: &Device, iters: usize) -> Result<f64, String> {
     let c = dev.context().client();
     let e = |e: vgpu_transport::Error| e.to_string();
     for _ in 0..200 {
-        c.call_blocking(Call::Nop, 0, [0; 6]).map_err(e)?;
+        c.call_blocking_req(0, req::Nop {}).map_err(e)?;
     }
     let mut lat = Vec::with_capacity(iters);
     for _ in 0..iters {
         let t = Instant::now();
-        c.call_blocking(Call::Nop, 0, [0; 6]).map_err(e)?;
+        c.call_blocking_req(0, req::Nop {}).map_err(e)?;
         lat.push(t.elapsed());
     }
     Ok(percentiles(lat).0)
@@ -144,8 +144,8 @@ fn measure(out: &mut Map<String, Value>, quick: bool, lat_iters: usize, dir: &st
             enqueue_ns(
                 ops / 2,
                 batch,
-                || client.fire(Call::Nop, 0, [0; 6]).map_err(|e| e.to_string()),
-                || client.call_blocking(Call::Nop, 0, [0; 6]).map(drop).map_err(|e| e.to_string()),
+                || client.fire_req(0, req::Nop {}).map_err(|e| e.to_string()),
+                || client.call_blocking_req(0, req::Nop {}).map(drop).map_err(|e| e.to_string()),
             )?,
         ];
         for (b, x) in best.iter_mut().zip(r) {
@@ -172,8 +172,8 @@ fn measure(out: &mut Map<String, Value>, quick: bool, lat_iters: usize, dir: &st
         Ok(n as f64 / t.elapsed().as_secs_f64())
     };
     let launch_rate = rate(&mut || s.launch(&k16, [64, 1, 1], [256, 1, 1], 0, &args16).map_err(cuda("launch")), &mut || sync(&s))?;
-    let fire_rate = rate(&mut || client.fire(Call::Nop, 0, [0; 6]).map_err(|e| e.to_string()), &mut || {
-        client.call_blocking(Call::Nop, 0, [0; 6]).map(drop).map_err(|e| e.to_string())
+    let fire_rate = rate(&mut || client.fire_req(0, req::Nop {}).map_err(|e| e.to_string()), &mut || {
+        client.call_blocking_req(0, req::Nop {}).map(drop).map_err(|e| e.to_string())
     })?;
     out.insert("launch_rate_n".into(), json!(n));
     out.insert("launch_rate_per_s".into(), json!(launch_rate));

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 use vgpu_streams::{rt, Context, CudaError, MemcpyKind, RawStream, STREAM_NON_BLOCKING};
-use vgpu_transport::wire::{Call, MAX_WINDOW};
+use vgpu_transport::wire::{req, MAX_WINDOW};
 
 use super::{memcpy_gbps, percentiles, progress};
 use crate::child::Mediator;
@@ -172,8 +172,8 @@ pub(super) fn run(out: &mut Map<String, Value>, quick: bool, lat_iters: usize, m
     let (fire_ns, fire_all_ns) = enqueue_ns(
         ops,
         batch,
-        || client.fire(Call::Nop, 0, [0; 6]).map_err(|e| e.to_string()),
-        || client.call_blocking(Call::Nop, 0, [0; 6]).map(drop).map_err(|e| e.to_string()),
+        || client.fire_req(0, req::Nop {}).map_err(|e| e.to_string()),
+        || client.call_blocking_req(0, req::Nop {}).map(drop).map_err(|e| e.to_string()),
     )?;
     out.insert("rt_memset_async_enqueue_ns".into(), json!(memset_ns));
     out.insert("rt_memset_async_with_syncs_ns".into(), json!(memset_all_ns));
@@ -187,7 +187,7 @@ pub(super) fn run(out: &mut Map<String, Value>, quick: bool, lat_iters: usize, m
         // SAFETY: `src` is a live 4-byte array; `dev` holds at least 4 bytes; synchronous copy.
         unsafe { rt::memcpy(dev as *mut u8, src.as_ptr(), src.len(), MemcpyKind::HostToDevice) }.map_err(cuda("cudaMemcpy H2D 4 B"))
     };
-    let null = || client.call_blocking(Call::Nop, 0, [0; 6]).map(drop).map_err(|e| e.to_string());
+    let null = || client.call_blocking_req(0, req::Nop {}).map(drop).map_err(|e| e.to_string());
     for _ in 0..200 {
         null()?;
         h2d()?;
