@@ -6,7 +6,7 @@
 #      runs `cargo build --release` of the vgpu binary and libcudart.so.12/.13 (vgpu-cudart12/13),
 #      builds the .cu suite (tests/cu/*.cu) and the benchmark (tests/cu/bench/gpubench.cu) with nvcc 13
 #      from PyPI (scripts/setup-nvcc.sh) against our libcudart.so.13, and stages everything in DIR
-#      (under 64 MiB): bin/vgpu, lib/libvgpu_cudart1{2,3}.so, cu/<programs>, and nvidia/libcudart.so.13
+#      (under 64 MiB): bin/vgpu, lib/libvgpu_cudart1{2,3}.so and lib/libvgpu.so, cu/<programs>, and nvidia/libcudart.so.13
 #      (NVIDIA's runtime from the same PyPI wheels, used for the native run only if the device machine
 #      has none of its own), and bin/cuda_executor (tests/cuda_executor.rs built with --no-run). DIR is under target/, so nothing of it (NVIDIA's files included) is in git.
 #      The binaries need glibc >= 2.34 on the device machine (built on Debian 12 here).
@@ -57,9 +57,9 @@ prepare() {
   echo "== cargo build --release (vgpu, libcudart.so.12/.13)"
   # Two commands: `--bin vgpu` would also filter out the cdylibs of the other packages.
   cargo build --release -p vgpu-mediator --bin vgpu
-  cargo build --release -p vgpu-cudart12 -p vgpu-cudart13
+  cargo build --release -p vgpu-cudart12 -p vgpu-cudart13 -p vgpu-runtime
   local rel="$here/target/release"
-  for f in vgpu libvgpu_cudart12.so libvgpu_cudart13.so; do
+  for f in vgpu libvgpu_cudart12.so libvgpu_cudart13.so libvgpu.so; do
     [[ -f "$rel/$f" ]] || die "$rel/$f was not built"
   done
   echo "== nvcc (scripts/setup-nvcc.sh)"
@@ -72,8 +72,8 @@ prepare() {
   mkdir -p "$dir/bin" "$dir/lib" "$dir/cu" "$dir/nvidia" "$dir/.link"
   cp "$rel/vgpu" "$dir/bin/vgpu"
   strip "$dir/bin/vgpu" 2>/dev/null || true
-  cp "$rel/libvgpu_cudart12.so" "$rel/libvgpu_cudart13.so" "$dir/lib/"
-  strip --strip-debug "$dir/lib/libvgpu_cudart12.so" "$dir/lib/libvgpu_cudart13.so" 2>/dev/null || true
+  cp "$rel/libvgpu_cudart12.so" "$rel/libvgpu_cudart13.so" "$rel/libvgpu.so" "$dir/lib/"
+  strip --strip-debug "$dir/lib/libvgpu_cudart12.so" "$dir/lib/libvgpu_cudart13.so" "$dir/lib/libvgpu.so" 2>/dev/null || true
   cp "$nvroot/lib/libcudart.so.13" "$dir/nvidia/libcudart.so.13"
   # The cuda executor's own integration test (tests/cuda_executor.rs), run there without cargo.
   echo "== cargo test --release --no-run: tests/cuda_executor.rs"
@@ -157,6 +157,7 @@ setup_run() {
   mkdir -p "$work/vgpu-lib"
   ln -s "$dir/lib/libvgpu_cudart13.so" "$work/vgpu-lib/libcudart.so.13"
   ln -s "$dir/lib/libvgpu_cudart12.so" "$work/vgpu-lib/libcudart.so.12"
+  ln -s "$dir/lib/libvgpu.so" "$work/vgpu-lib/libvgpu.so"
   mediator_pid=""
   trap cleanup EXIT
 }

@@ -79,7 +79,7 @@ VMLINUZ=$KDIR/boot/vmlinuz-$KVER
 say "building the mediator and libcudart (debug, shared with cargo test)"
 # Two invocations: `--bin` would filter the cdylib packages' targets away.
 cargo build --quiet -p vgpu-mediator --bin vgpu
-cargo build --quiet -p vgpu-cudart12 -p vgpu-cudart13
+cargo build --quiet -p vgpu-cudart12 -p vgpu-cudart13 -p vgpu-runtime
 VGPU=$ROOT/target/debug/vgpu
 say "building the static guest test binary (target/vm/cargo)"
 RUSTFLAGS='-C target-feature=+crt-static' cargo build --quiet --release --target x86_64-unknown-linux-gnu \
@@ -129,6 +129,8 @@ strip "$STAGE/vgpu/vgpu-test-guest" "$STAGE/vgpu/vgpu" 2>/dev/null || true
 if ((${#C_PROGRAMS[@]})); then
   CBUILD=$VM/c
   rm -rf "$CBUILD" && mkdir -p "$CBUILD/lib"
+  # The runtime both libraries load (one per process), beside them on LD_LIBRARY_PATH.
+  strip --strip-debug -o "$STAGE/vgpu/lib/libvgpu.so" "$ROOT/target/debug/libvgpu.so"
   for v in 12 13; do
     [[ -d $HEADERS/$v/include ]] || continue
     # Our library under its SONAME: link-time name here, run-time name in the guest.

@@ -75,13 +75,25 @@ fn libraries() -> &'static [PathBuf; 2] {
         if std::env::var_os("CARGO").is_some() {
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let st = Command::new(cargo)
-                .args(["build", "--quiet", "-p", "vgpu-cudart12", "-p", "vgpu-cudart13", "--profile", &profile, "--manifest-path"])
+                .args([
+                    "build",
+                    "--quiet",
+                    "-p",
+                    "vgpu-cudart12",
+                    "-p",
+                    "vgpu-cudart13",
+                    "-p",
+                    "vgpu-runtime",
+                    "--profile",
+                    &profile,
+                    "--manifest-path",
+                ])
                 .arg(workspace().join("Cargo.toml"))
                 .arg("--target-dir")
                 .arg(dir.parent().expect("the profile folder has a parent"))
                 .status()
                 .expect("running cargo build for the cudart libraries");
-            assert!(st.success(), "cargo build -p vgpu-cudart12 -p vgpu-cudart13 failed: {st}");
+            assert!(st.success(), "cargo build -p vgpu-cudart12 -p vgpu-cudart13 -p vgpu-runtime failed: {st}");
         }
         let libs = [dir.join("libvgpu_cudart12.so"), dir.join("libvgpu_cudart13.so")];
         for l in &libs {
@@ -320,6 +332,101 @@ fn conformance_suite_on_libcudart_so_12() {
 #[test]
 fn conformance_suite_on_libcudart_so_13() {
     conformance(13);
+}
+
+/// One runtime per process: a program linked against `libcudart.so.13` that `dlopen`s
+/// `libcudart.so.12` (`tests/c/one_runtime.c`) allocates with one, copies and frees with the
+/// other, shares a stream and the thread's last error between them, and has exactly one session
+/// in `vgpu stat` while it runs. Run from a deployment-shaped folder: both libraries and
+/// `libvgpu.so` side by side, found through `LD_LIBRARY_PATH` alone.
+#[test]
+fn libcudart_12_and_13_in_one_process_share_one_runtime() {
+    use std::io::{BufRead, BufReader, Write};
+    if require("gcc", "needed to compile tests/c").is_none() {
+        return;
+    }
+    let Some(root) = headers() else { return };
+    let tmp = TempDir::new("one-runtime");
+    let libdir = tmp.path().join("lib");
+    std::fs::create_dir_all(&libdir).expect("lib folder");
+    let [l12, l13] = libraries();
+    let runtime = l13.parent().expect("library folder").join("libvgpu.so");
+    for (from, name) in [(l12, "libcudart.so.12"), (l13, "libcudart.so.13"), (&runtime, "libvgpu.so")] {
+        std::fs::copy(from, libdir.join(name)).unwrap_or_else(|e| panic!("copying {}: {e}", from.display()));
+    }
+    let bin = tmp.path().join("one_runtime");
+    let o = run(Command::new("gcc")
+        .args(["-O1", "-g", "-Wall", "-Werror", "-std=gnu11", "-o"])
+        .arg(&bin)
+        .arg("-I")
+        .arg(root.join("13/include"))
+        .arg(workspace().join("tests/c/one_runtime.c"))
+        .arg(libdir.join("libcudart.so.13"))
+        .args(["-ldl", "-lpthread"]));
+    assert!(o.status.success(), "gcc one_runtime.c failed:\n{}", String::from_utf8_lossy(&o.stderr));
+
+    let m = mediator();
+    let mut child = Command::new(&bin)
+        .env("LD_LIBRARY_PATH", &libdir)
+        .env("VGPU_SOCKET", m.socket())
+        .env("VGPU_LOG", "warn")
+        .env_remove("LD_PRELOAD")
+        .env_remove("VGPU_RUNTIME")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting one_runtime");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("reading one_runtime's stdout");
+    if !line.starts_with("ready ") {
+        let o = child.wait_with_output().expect("one_runtime");
+        panic!("one_runtime did not get ready: {line:?}\nstderr:\n{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let pid = u64::from(child.id());
+    let report = stat(&m);
+    let mine: Vec<_> = report["sessions"].as_array().expect("sessions").iter().filter(|s| s["guest_pid"].as_u64() == Some(pid)).collect();
+    assert_eq!(mine.len(), 1, "sessions of pid {pid} (libcudart.so.12 + .13 loaded): {report:#}");
+
+    child.stdin.take().expect("stdin").write_all(b"go\n").expect("go-ahead");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).expect("the rest of stdout");
+    let o = child.wait_with_output().expect("one_runtime");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && rest.contains("ok one_runtime (CUDART_VERSION 13000)"), "{}\n{rest}\n{err}", o.status);
+}
+
+/// Without `libvgpu.so` anywhere, the first call fails with `cudaErrorInitializationError` and a
+/// message that names the fix; loading alone still runs nothing.
+#[test]
+fn a_missing_runtime_is_an_error_that_names_the_fix() {
+    if require("gcc", "needed to compile tests/c").is_none() {
+        return;
+    }
+    let Some(root) = headers() else { return };
+    let tmp = TempDir::new("no-runtime");
+    let libdir = tmp.path().join("lib");
+    std::fs::create_dir_all(&libdir).expect("lib folder");
+    // A copy, not a symlink: the folder of its real file has no libvgpu.so either.
+    std::fs::copy(&libraries()[1], libdir.join("libcudart.so.13")).expect("copying libcudart.so.13");
+    let src = tmp.path().join("count.c");
+    std::fs::write(
+        &src,
+        "#include <cuda_runtime_api.h>\n#include <stdio.h>\nint main(void) { int n = -1; cudaError_t e = cudaGetDeviceCount(&n); \
+         printf(\"%d %d\\n\", (int)e, n); return 0; }\n",
+    )
+    .expect("writing count.c");
+    let bin = tmp.path().join("count");
+    let o =
+        run(Command::new("gcc").arg("-o").arg(&bin).arg("-I").arg(root.join("13/include")).arg(&src).arg(libdir.join("libcudart.so.13")));
+    assert!(o.status.success(), "gcc count.c: {}", String::from_utf8_lossy(&o.stderr));
+    let o =
+        run(Command::new(&bin).env("LD_LIBRARY_PATH", &libdir).env_remove("LD_PRELOAD").env_remove("VGPU_RUNTIME").env("VGPU_LOG", "warn"));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(out.trim(), "3 -1", "cudaErrorInitializationError expected; stderr:\n{err}");
+    assert!(err.contains("libvgpu.so") && err.contains("cargo build -p vgpu-runtime") && err.contains("VGPU_RUNTIME"), "{err}");
 }
 
 /// Missing libraries: `vgpu run` refuses with the command that builds them.

@@ -2,10 +2,10 @@
 //!
 //! Each one: checks its C arguments the way the real runtime documents (null out-pointer →
 //! `cudaErrorInvalidValue`, unknown `cudaMemcpyKind` → `cudaErrorInvalidMemcpyDirection`, a device
-//! other than 0 → `cudaErrorInvalidDevice`), calls the matching [`vgpu_streams::rt`] function, and
+//! other than 0 → `cudaErrorInvalidDevice`), calls the matching runtime entry ([`vgpu_runtime_abi::rt`], in `libvgpu.so`), and
 //! writes its result through the out-pointer. Handles cross as integers: `cudaStream_t` is the
-//! [`RawStream`] value (0 = legacy default stream, 1 = `cudaStreamLegacy`, 2 =
-//! `cudaStreamPerThread`), `cudaEvent_t` the [`RawEvent`] value.
+//! runtime's stream handle (0 = legacy default stream, 1 = `cudaStreamLegacy`, 2 =
+//! `cudaStreamPerThread`), `cudaEvent_t` the runtime's event handle.
 //!
 //! Safety: every function here is `unsafe extern "C"` with the contract of its CUDA Runtime API
 //! documentation: each pointer argument is null (where the API allows it) or valid for the access
@@ -14,12 +14,15 @@
 #![allow(non_snake_case, clippy::missing_safety_doc)]
 
 use std::ffi::{c_char, c_int, c_uint, c_void};
-use std::sync::Mutex;
 
 use crate::codes::*;
-use crate::entry::{c, fail, guard, guard_value, non_null, unsupported, CallResult};
-use vgpu_streams::rt;
-use vgpu_streams::{CudaError, MemcpyKind, RawEvent, RawStream};
+use crate::entry::{fail, guard, guard_value, non_null, unsupported, CallResult};
+use vgpu_runtime_abi::rt;
+
+/// A `cudaStream_t` as the runtime's integer handle.
+pub type RawStream = u64;
+/// A `cudaEvent_t` as the runtime's integer handle.
+pub type RawEvent = u64;
 
 /// `cudaStream_t` / `cudaEvent_t`: opaque pointers in C.
 pub type Handle = *mut c_void;
@@ -52,15 +55,15 @@ pub unsafe fn put_version(p: *mut c_int, v: c_int) -> CallResult {
     Ok(())
 }
 
-fn memcpy_kind(kind: c_int) -> Result<MemcpyKind, cudaError_t> {
-    MemcpyKind::from_raw(kind).ok_or_else(|| fail(cudaErrorInvalidMemcpyDirection))
+/// A `cudaMemcpyKind` value (`cudaMemcpyHostToHost` 0 ..= `cudaMemcpyDefault` 4), or
+/// `cudaErrorInvalidMemcpyDirection`.
+pub fn memcpy_kind(kind: c_int) -> Result<c_int, cudaError_t> {
+    if (0..=4).contains(&kind) {
+        Ok(kind)
+    } else {
+        Err(fail(cudaErrorInvalidMemcpyDirection))
+    }
 }
-
-/// A user pointer carried to the thread that runs a host function or stream callback.
-struct UserData(*mut c_void);
-// SAFETY: CUDA's contract for `cudaLaunchHostFunc` / `cudaStreamAddCallback` is that `userData`
-// is handed, unchanged, to the callback on a runtime thread; what it points to is the program's.
-unsafe impl Send for UserData {}
 
 // ---------------------------------------------------------------------------------------------
 // Device and errors
@@ -69,7 +72,7 @@ unsafe impl Send for UserData {}
 pub unsafe extern "C" fn cudaGetDeviceCount(count: *mut c_int) -> cudaError_t {
     guard("cudaGetDeviceCount", || {
         non_null(count)?;
-        let n = c(rt::get_device_count())?;
+        let n = rt::get_device_count()?;
         // SAFETY: non-null (checked).
         unsafe { put(count, n) };
         Ok(())
@@ -80,7 +83,7 @@ pub unsafe extern "C" fn cudaGetDeviceCount(count: *mut c_int) -> cudaError_t {
 pub unsafe extern "C" fn cudaGetDevice(device: *mut c_int) -> cudaError_t {
     guard("cudaGetDevice", || {
         non_null(device)?;
-        let d = c(rt::get_device())?;
+        let d = rt::get_device()?;
         // SAFETY: non-null (checked).
         unsafe { put(device, d) };
         Ok(())
@@ -89,19 +92,19 @@ pub unsafe extern "C" fn cudaGetDevice(device: *mut c_int) -> cudaError_t {
 
 #[no_mangle]
 pub unsafe extern "C" fn cudaSetDevice(device: c_int) -> cudaError_t {
-    guard("cudaSetDevice", || c(rt::set_device(device)))
+    guard("cudaSetDevice", || rt::set_device(device))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cudaSetDeviceFlags(flags: c_uint) -> cudaError_t {
-    guard("cudaSetDeviceFlags", || c(rt::set_device_flags(flags)))
+    guard("cudaSetDeviceFlags", || rt::set_device_flags(flags))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cudaGetDeviceFlags(flags: *mut c_uint) -> cudaError_t {
     guard("cudaGetDeviceFlags", || {
         non_null(flags)?;
-        let f = c(rt::get_device_flags())?;
+        let f = rt::get_device_flags()?;
         // SAFETY: non-null (checked).
         unsafe { put(flags, f) };
         Ok(())
@@ -138,7 +141,7 @@ pub unsafe extern "C" fn cudaMemGetInfo(free: *mut usize, total: *mut usize) -> 
     guard("cudaMemGetInfo", || {
         non_null(free)?;
         non_null(total)?;
-        let (f, t) = c(rt::mem_get_info())?;
+        let (f, t) = rt::mem_get_info()?;
         // SAFETY: both non-null (checked).
         unsafe {
             put(free, f as usize);
@@ -151,7 +154,7 @@ pub unsafe extern "C" fn cudaMemGetInfo(free: *mut usize, total: *mut usize) -> 
 #[no_mangle]
 pub unsafe extern "C" fn cudaDeviceGetStreamPriorityRange(least: *mut c_int, greatest: *mut c_int) -> cudaError_t {
     guard("cudaDeviceGetStreamPriorityRange", || {
-        let (l, g) = c(rt::stream_priority_range())?;
+        let (l, g) = rt::stream_priority_range()?;
         // SAFETY: each pointer is written only when non-null (both may be NULL, as documented).
         unsafe {
             if !least.is_null() {
@@ -167,37 +170,26 @@ pub unsafe extern "C" fn cudaDeviceGetStreamPriorityRange(least: *mut c_int, gre
 
 #[no_mangle]
 pub unsafe extern "C" fn cudaDeviceSynchronize() -> cudaError_t {
-    guard("cudaDeviceSynchronize", || c(rt::device_synchronize()))
+    guard("cudaDeviceSynchronize", rt::device_synchronize)
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cudaDeviceReset() -> cudaError_t {
-    guard("cudaDeviceReset", || c(rt::device_reset()))
+    guard("cudaDeviceReset", rt::device_reset)
 }
 
-/// `cudaLimit` values and the defaults a CUDA 12/13 device starts with.
-const LIMIT_DEFAULTS: [usize; 7] = [1024, 1 << 20, 8 << 20, 2, 2048, 64, 0];
-
-static LIMITS: Mutex<[usize; 7]> = Mutex::new(LIMIT_DEFAULTS);
+// `cudaLimit` values live in the runtime (one per process): it checks the limit and the value.
 
 #[no_mangle]
 pub unsafe extern "C" fn cudaDeviceSetLimit(limit: c_int, value: usize) -> cudaError_t {
-    guard("cudaDeviceSetLimit", || {
-        let i = usize::try_from(limit).ok().filter(|&i| i < LIMIT_DEFAULTS.len()).ok_or_else(|| fail(cudaErrorUnsupportedLimit))?;
-        if i == 5 && value > 128 {
-            return Err(fail(cudaErrorInvalidValue));
-        }
-        LIMITS.lock().unwrap_or_else(|e| e.into_inner())[i] = value;
-        Ok(())
-    })
+    guard("cudaDeviceSetLimit", || rt::set_limit(limit, value))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cudaDeviceGetLimit(value: *mut usize, limit: c_int) -> cudaError_t {
     guard("cudaDeviceGetLimit", || {
         non_null(value)?;
-        let i = usize::try_from(limit).ok().filter(|&i| i < LIMIT_DEFAULTS.len()).ok_or_else(|| fail(cudaErrorUnsupportedLimit))?;
-        let v = LIMITS.lock().unwrap_or_else(|e| e.into_inner())[i];
+        let v = rt::get_limit(limit)?;
         // SAFETY: non-null (checked).
         unsafe { put(value, v) };
         Ok(())
@@ -231,12 +223,12 @@ pub unsafe extern "C" fn cudaDeviceEnablePeerAccess(peer: c_int, flags: c_uint) 
 
 #[no_mangle]
 pub unsafe extern "C" fn cudaGetLastError() -> cudaError_t {
-    guard_value("cudaGetLastError", cudaErrorUnknown, || rt::get_last_error().code())
+    guard_value("cudaGetLastError", cudaErrorUnknown, rt::get_last_error)
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cudaPeekAtLastError() -> cudaError_t {
-    guard_value("cudaPeekAtLastError", cudaErrorUnknown, || rt::peek_at_last_error().code())
+    guard_value("cudaPeekAtLastError", cudaErrorUnknown, rt::peek_at_last_error)
 }
 
 #[no_mangle]
@@ -256,7 +248,7 @@ pub unsafe extern "C" fn cudaGetErrorString(error: cudaError_t) -> *const c_char
 pub unsafe extern "C" fn cudaMalloc(dev_ptr: *mut *mut c_void, size: usize) -> cudaError_t {
     guard("cudaMalloc", || {
         non_null(dev_ptr)?;
-        let p = c(rt::malloc(size))?;
+        let p = rt::malloc(size)?;
         // SAFETY: non-null (checked).
         unsafe { put(dev_ptr, p as usize as *mut c_void) };
         Ok(())
@@ -265,7 +257,7 @@ pub unsafe extern "C" fn cudaMalloc(dev_ptr: *mut *mut c_void, size: usize) -> c
 
 #[no_mangle]
 pub unsafe extern "C" fn cudaFree(dev_ptr: *mut c_void) -> cudaError_t {
-    guard("cudaFree", || c(rt::free(dev_ptr as usize as u64)))
+    guard("cudaFree", || rt::free(dev_ptr as usize as u64))
 }
 
 #[no_mangle]
@@ -280,7 +272,7 @@ pub unsafe extern "C" fn cudaMallocManaged(dev_ptr: *mut *mut c_void, _size: usi
 pub unsafe extern "C" fn cudaMallocHost(ptr: *mut *mut c_void, size: usize) -> cudaError_t {
     guard("cudaMallocHost", || {
         non_null(ptr)?;
-        let p = c(rt::malloc_host(size))?;
+        let p = rt::malloc_host(size)?;
         // SAFETY: non-null (checked).
         unsafe { put(ptr, p.cast()) };
         Ok(())
@@ -291,7 +283,7 @@ pub unsafe extern "C" fn cudaMallocHost(ptr: *mut *mut c_void, size: usize) -> c
 pub unsafe extern "C" fn cudaHostAlloc(ptr: *mut *mut c_void, size: usize, flags: c_uint) -> cudaError_t {
     guard("cudaHostAlloc", || {
         non_null(ptr)?;
-        let p = c(rt::host_alloc(size, flags))?;
+        let p = rt::host_alloc(size, flags)?;
         // SAFETY: non-null (checked).
         unsafe { put(ptr, p.cast()) };
         Ok(())
@@ -300,7 +292,7 @@ pub unsafe extern "C" fn cudaHostAlloc(ptr: *mut *mut c_void, size: usize, flags
 
 #[no_mangle]
 pub unsafe extern "C" fn cudaFreeHost(ptr: *mut c_void) -> cudaError_t {
-    guard("cudaFreeHost", || c(rt::free_host(ptr.cast())))
+    guard("cudaFreeHost", || rt::free_host(ptr.cast()))
 }
 
 #[no_mangle]
@@ -321,7 +313,7 @@ pub unsafe extern "C" fn cudaHostRegister(ptr: *mut c_void, size: usize, flags: 
         if ptr.is_null() || size == 0 {
             return Err(fail(cudaErrorInvalidValue));
         }
-        c(rt::host_register(ptr.cast(), size, flags))
+        rt::host_register(ptr.cast(), size, flags)
     })
 }
 
@@ -329,18 +321,18 @@ pub unsafe extern "C" fn cudaHostRegister(ptr: *mut c_void, size: usize, flags: 
 pub unsafe extern "C" fn cudaHostUnregister(ptr: *mut c_void) -> cudaError_t {
     guard("cudaHostUnregister", || {
         non_null(ptr)?;
-        c(rt::host_unregister(ptr.cast()))
+        rt::host_unregister(ptr.cast())
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cudaMemset(dev_ptr: *mut c_void, value: c_int, count: usize) -> cudaError_t {
-    guard("cudaMemset", || c(rt::memset(dev_ptr as usize as u64, value, count)))
+    guard("cudaMemset", || rt::memset(dev_ptr as usize as u64, value, count))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cudaMemsetAsync(dev_ptr: *mut c_void, value: c_int, count: usize, s: Handle) -> cudaError_t {
-    guard("cudaMemsetAsync", || c(rt::memset_async(dev_ptr as usize as u64, value, count, stream(s))))
+    guard("cudaMemsetAsync", || rt::memset_async(dev_ptr as usize as u64, value, count, stream(s)))
 }
 
 #[no_mangle]
@@ -348,7 +340,7 @@ pub unsafe extern "C" fn cudaMemcpy(dst: *mut c_void, src: *const c_void, count:
     guard("cudaMemcpy", || {
         let k = memcpy_kind(kind)?;
         // SAFETY: the program passes `count` valid bytes at `src` and `dst` (CUDA's contract).
-        c(unsafe { rt::memcpy(dst.cast(), src.cast(), count, k) })
+        unsafe { rt::memcpy(dst.cast(), src.cast(), count, k) }
     })
 }
 
@@ -357,7 +349,7 @@ pub unsafe extern "C" fn cudaMemcpyAsync(dst: *mut c_void, src: *const c_void, c
     guard("cudaMemcpyAsync", || {
         let k = memcpy_kind(kind)?;
         // SAFETY: as `cudaMemcpy`; the program keeps the buffers alive until the copy completes.
-        c(unsafe { rt::memcpy_async(dst.cast(), src.cast(), count, k, stream(s)) })
+        unsafe { rt::memcpy_async(dst.cast(), src.cast(), count, k, stream(s)) }
     })
 }
 
@@ -374,7 +366,7 @@ pub unsafe extern "C" fn cudaMemcpy2D(
     guard("cudaMemcpy2D", || {
         let k = memcpy_kind(kind)?;
         // SAFETY: the program passes `height` rows of `width` bytes at the given pitches.
-        c(unsafe { rt::memcpy_2d(dst.cast(), dpitch, src.cast(), spitch, width, height, k) })
+        unsafe { rt::memcpy_2d(dst.cast(), dpitch, src.cast(), spitch, width, height, k) }
     })
 }
 
@@ -392,7 +384,7 @@ pub unsafe extern "C" fn cudaMemcpy2DAsync(
     guard("cudaMemcpy2DAsync", || {
         let k = memcpy_kind(kind)?;
         // SAFETY: as `cudaMemcpy2D`; the buffers stay alive until the copy completes.
-        c(unsafe { rt::memcpy_2d_async(dst.cast(), dpitch, src.cast(), spitch, width, height, k, stream(s)) })
+        unsafe { rt::memcpy_2d_async(dst.cast(), dpitch, src.cast(), spitch, width, height, k, stream(s)) }
     })
 }
 
@@ -404,7 +396,7 @@ pub unsafe extern "C" fn cudaMemcpyPeer(
     src_device: c_int,
     count: usize,
 ) -> cudaError_t {
-    guard("cudaMemcpyPeer", || c(rt::memcpy_peer(dst as usize as u64, dst_device, src as usize as u64, src_device, count)))
+    guard("cudaMemcpyPeer", || rt::memcpy_peer(dst as usize as u64, dst_device, src as usize as u64, src_device, count))
 }
 
 #[no_mangle]
@@ -417,7 +409,7 @@ pub unsafe extern "C" fn cudaMemcpyPeerAsync(
     s: Handle,
 ) -> cudaError_t {
     guard("cudaMemcpyPeerAsync", || {
-        c(rt::memcpy_peer_async(dst as usize as u64, dst_device, src as usize as u64, src_device, count, stream(s)))
+        rt::memcpy_peer_async(dst as usize as u64, dst_device, src as usize as u64, src_device, count, stream(s))
     })
 }
 
@@ -451,9 +443,9 @@ const _: () = assert!(std::mem::offset_of!(PointerAttributes13, reserved) == 24)
 /// pinned or registered host memory (`cudaMemoryTypeHost`), anything else unregistered host
 /// memory (`cudaMemoryTypeUnregistered`, device `cudaInvalidDeviceId`), as CUDA 11+ answers.
 pub fn pointer_attributes(ptr: *const c_void) -> Result<PointerAttributes, cudaError_t> {
-    let i = c(rt::pointer_attributes(ptr as usize as u64))?;
+    let i = rt::pointer_attributes(ptr as usize as u64)?;
     Ok(PointerAttributes {
-        type_: i.kind as c_int,
+        type_: i.kind,
         device: i.device,
         device_pointer: i.device_ptr as usize as *mut c_void,
         host_pointer: i.host_ptr as usize as *mut c_void,
@@ -466,7 +458,7 @@ pub fn pointer_attributes(ptr: *const c_void) -> Result<PointerAttributes, cudaE
 unsafe fn create_stream(name: &'static str, out: *mut Handle, flags: c_uint, priority: c_int) -> cudaError_t {
     guard(name, || {
         non_null(out)?;
-        let s = c(rt::stream_create(flags, priority))?;
+        let s = rt::stream_create(flags, priority)?;
         // SAFETY: non-null (checked).
         unsafe { put(out, s as usize as Handle) };
         Ok(())
@@ -493,29 +485,29 @@ pub unsafe extern "C" fn cudaStreamCreateWithPriority(out: *mut Handle, flags: c
 
 #[no_mangle]
 pub unsafe extern "C" fn cudaStreamDestroy(s: Handle) -> cudaError_t {
-    guard("cudaStreamDestroy", || c(rt::stream_destroy(stream(s))))
+    guard("cudaStreamDestroy", || rt::stream_destroy(stream(s)))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cudaStreamSynchronize(s: Handle) -> cudaError_t {
-    guard("cudaStreamSynchronize", || c(rt::stream_synchronize(stream(s))))
+    guard("cudaStreamSynchronize", || rt::stream_synchronize(stream(s)))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cudaStreamQuery(s: Handle) -> cudaError_t {
-    guard("cudaStreamQuery", || c(rt::stream_query(stream(s))))
+    guard("cudaStreamQuery", || rt::stream_query(stream(s)))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cudaStreamWaitEvent(s: Handle, e: Handle, flags: c_uint) -> cudaError_t {
-    guard("cudaStreamWaitEvent", || c(rt::stream_wait_event(stream(s), event(e), flags)))
+    guard("cudaStreamWaitEvent", || rt::stream_wait_event(stream(s), event(e), flags))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cudaStreamGetFlags(s: Handle, flags: *mut c_uint) -> cudaError_t {
     guard("cudaStreamGetFlags", || {
         non_null(flags)?;
-        let f = c(rt::stream_get_flags(stream(s)))?;
+        let f = rt::stream_get_flags(stream(s))?;
         // SAFETY: non-null (checked).
         unsafe { put(flags, f) };
         Ok(())
@@ -526,7 +518,7 @@ pub unsafe extern "C" fn cudaStreamGetFlags(s: Handle, flags: *mut c_uint) -> cu
 pub unsafe extern "C" fn cudaStreamGetPriority(s: Handle, priority: *mut c_int) -> cudaError_t {
     guard("cudaStreamGetPriority", || {
         non_null(priority)?;
-        let p = c(rt::stream_get_priority(stream(s)))?;
+        let p = rt::stream_get_priority(stream(s))?;
         // SAFETY: non-null (checked).
         unsafe { put(priority, p) };
         Ok(())
@@ -537,7 +529,7 @@ pub unsafe extern "C" fn cudaStreamGetPriority(s: Handle, priority: *mut c_int) 
 pub unsafe extern "C" fn cudaStreamIsCapturing(s: Handle, status: *mut c_int) -> cudaError_t {
     guard("cudaStreamIsCapturing", || {
         non_null(status)?;
-        let (st, _) = c(rt::stream_capture_info(stream(s)))?;
+        let (st, _) = rt::stream_capture_info(stream(s))?;
         // cudaStreamCaptureStatusNone = 0, Active = 1, Invalidated = 2.
         // SAFETY: non-null (checked).
         unsafe { put(status, st as c_int) };
@@ -554,15 +546,9 @@ pub type StreamCallback = Option<unsafe extern "C" fn(Handle, cudaError_t, *mut 
 pub unsafe extern "C" fn cudaLaunchHostFunc(s: Handle, f: HostFn, user_data: *mut c_void) -> cudaError_t {
     guard("cudaLaunchHostFunc", || {
         let f = f.ok_or_else(|| fail(cudaErrorInvalidValue))?;
-        let ud = UserData(user_data);
-        c(rt::launch_host_func(
-            stream(s),
-            Box::new(move || {
-                let ud = ud;
-                // SAFETY: CUDA's contract: `f` is a valid host function taking `userData`.
-                unsafe { f(ud.0) }
-            }),
-        ))
+        // SAFETY: CUDA's contract: `f` is a valid host function taking `userData`, called once
+        // on a runtime thread.
+        unsafe { rt::launch_host_func(stream(s), f, user_data) }
     })
 }
 
@@ -573,17 +559,9 @@ pub unsafe extern "C" fn cudaStreamAddCallback(s: Handle, cb: StreamCallback, us
         if flags != 0 {
             return Err(fail(cudaErrorInvalidValue));
         }
-        let ud = UserData(user_data);
-        let handle = s as usize;
-        c(rt::stream_add_callback(
-            stream(s),
-            Box::new(move |status: CudaError| {
-                let ud = ud;
-                // SAFETY: CUDA's contract: `cb` is a valid callback taking (stream, status, userData).
-                unsafe { cb(handle as Handle, status.code(), ud.0) }
-            }),
-            flags,
-        ))
+        // SAFETY: CUDA's contract: `cb` is a valid callback taking (stream, status, userData);
+        // the runtime passes `s` back unchanged as the stream.
+        unsafe { rt::stream_add_callback(stream(s), cb, s, user_data, flags) }
     })
 }
 
@@ -593,7 +571,7 @@ pub unsafe extern "C" fn cudaStreamAddCallback(s: Handle, cb: StreamCallback, us
 unsafe fn create_event(name: &'static str, out: *mut Handle, flags: c_uint) -> cudaError_t {
     guard(name, || {
         non_null(out)?;
-        let e = c(rt::event_create(flags))?;
+        let e = rt::event_create(flags)?;
         // SAFETY: non-null (checked).
         unsafe { put(out, e as usize as Handle) };
         Ok(())
@@ -614,34 +592,34 @@ pub unsafe extern "C" fn cudaEventCreateWithFlags(out: *mut Handle, flags: c_uin
 
 #[no_mangle]
 pub unsafe extern "C" fn cudaEventDestroy(e: Handle) -> cudaError_t {
-    guard("cudaEventDestroy", || c(rt::event_destroy(event(e))))
+    guard("cudaEventDestroy", || rt::event_destroy(event(e)))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cudaEventRecord(e: Handle, s: Handle) -> cudaError_t {
-    guard("cudaEventRecord", || c(rt::event_record(event(e), stream(s))))
+    guard("cudaEventRecord", || rt::event_record(event(e), stream(s)))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cudaEventRecordWithFlags(e: Handle, s: Handle, flags: c_uint) -> cudaError_t {
-    guard("cudaEventRecordWithFlags", || c(rt::event_record_with_flags(event(e), stream(s), flags)))
+    guard("cudaEventRecordWithFlags", || rt::event_record_with_flags(event(e), stream(s), flags))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cudaEventQuery(e: Handle) -> cudaError_t {
-    guard("cudaEventQuery", || c(rt::event_query(event(e))))
+    guard("cudaEventQuery", || rt::event_query(event(e)))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cudaEventSynchronize(e: Handle) -> cudaError_t {
-    guard("cudaEventSynchronize", || c(rt::event_synchronize(event(e))))
+    guard("cudaEventSynchronize", || rt::event_synchronize(event(e)))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cudaEventElapsedTime(ms: *mut f32, start: Handle, end: Handle) -> cudaError_t {
     guard("cudaEventElapsedTime", || {
         non_null(ms)?;
-        let t = c(rt::event_elapsed_time(event(start), event(end)))?;
+        let t = rt::event_elapsed_time(event(start), event(end))?;
         // SAFETY: non-null (checked).
         unsafe { put(ms, t) };
         Ok(())

@@ -1,5 +1,5 @@
 //! Device properties and attributes, built from the host's `DeviceInfo` (one round trip, then
-//! cached by `vgpu-streams`).
+//! cached by the runtime).
 //!
 //! `DeviceInfo` carries what the host knows for sure (name, memory, SM count, compute capability,
 //! warp size, threads and shared memory per block, clock, PCI address). The other properties
@@ -11,9 +11,9 @@
 use std::ffi::c_char;
 
 use crate::codes::{cudaErrorInvalidDevice, cudaErrorInvalidValue, cudaError_t};
-use crate::entry::{c, fail, non_null, CallResult};
+use crate::entry::{fail, non_null, CallResult};
 use crate::props::{DeviceProp12, DeviceProp13};
-use vgpu_streams::DeviceInfo;
+use vgpu_runtime_abi::{rt, DeviceInfo};
 
 /// Everything the facade reports about the device, in CUDA's units.
 #[derive(Clone, Debug)]
@@ -180,11 +180,11 @@ impl Facts {
 /// The device's facts: validates `device` (only device 0 exists; `cudaErrorInvalidDevice`
 /// otherwise, as the real runtime) and fetches `DeviceInfo`.
 pub fn facts(device: i32) -> Result<Facts, cudaError_t> {
-    let count = c(vgpu_streams::rt::get_device_count())?;
+    let count = rt::get_device_count()?;
     if device < 0 || device >= count {
         return Err(fail(cudaErrorInvalidDevice));
     }
-    Ok(Facts::from_info(&c(vgpu_streams::rt::device_info())?))
+    Ok(Facts::from_info(&rt::device_info()?))
 }
 
 /// A `cudaDeviceProp` layout of one CUDA major version.

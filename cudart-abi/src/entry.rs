@@ -1,14 +1,13 @@
 //! The guard around every entry point, and the facade's logging.
 //!
 //! Every `extern "C"` function runs its body through [`guard`]: a panic inside (ours or one in
-//! `vgpu-streams`) is caught and becomes `cudaErrorUnknown` with an error log, so no unwind ever
+//! the runtime's table thunks) is caught and becomes `cudaErrorUnknown` with an error log, so no unwind ever
 //! crosses the C boundary (which would abort the host program).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Once;
 
 use crate::codes::{cudaErrorNotSupported, cudaErrorUnknown, cudaError_t, cudaSuccess};
-use vgpu_streams::CudaError;
 
 /// The result type of an entry point's body: `Err` carries the `cudaError_t` to return.
 pub type CallResult = Result<(), cudaError_t>;
@@ -52,9 +51,7 @@ pub fn guard_value<T>(name: &'static str, fallback: T, body: impl FnOnce() -> T)
 /// An error the facade detected itself (a null out-pointer, an unknown enum value). It is
 /// recorded as the thread's last error, as the real runtime does.
 pub fn fail(code: cudaError_t) -> cudaError_t {
-    if let Some(e) = CudaError::from_code(code) {
-        vgpu_streams::error::set_last_error(e);
-    }
+    vgpu_runtime_abi::rt::set_last_error(code);
     code
 }
 
@@ -63,11 +60,6 @@ pub fn fail(code: cudaError_t) -> cudaError_t {
 pub fn unsupported(name: &str, why: &str) -> cudaError_t {
     tracing::warn!(target: "vgpu::cudart", "{name} is not supported by vgpu ({why}); returning cudaErrorNotSupported");
     fail(cudaErrorNotSupported)
-}
-
-/// `Result<T, CudaError>` from `vgpu-streams` → `Result<T, cudaError_t>`, for `?` in bodies.
-pub fn c<T>(r: vgpu_streams::Result<T>) -> Result<T, cudaError_t> {
-    r.map_err(|e| e.code())
 }
 
 /// `Err(fail(code))` if `p` is null.
@@ -94,10 +86,11 @@ mod tests {
 
     #[test]
     fn unsupported_is_logged_recorded_and_not_success() {
-        let _ = vgpu_streams::rt::get_last_error();
+        crate::tests::runtime_in_process();
+        let _ = vgpu_runtime_abi::rt::get_last_error();
         assert_eq!(unsupported("cudaSomething", "testing"), cudaErrorNotSupported);
-        assert_eq!(vgpu_streams::rt::get_last_error().code(), cudaErrorNotSupported);
+        assert_eq!(vgpu_runtime_abi::rt::get_last_error(), cudaErrorNotSupported);
         assert_eq!(non_null(std::ptr::null::<u8>()), Err(cudaErrorInvalidValue));
-        assert_eq!(vgpu_streams::rt::get_last_error().code(), cudaErrorInvalidValue);
+        assert_eq!(vgpu_runtime_abi::rt::get_last_error(), cudaErrorInvalidValue);
     }
 }

@@ -3,9 +3,9 @@
 //! stream capture and graphs. The entry points both versions export; the versions differ only
 //! in `cudaStreamGetCaptureInfo`, which each cdylib defines over [`capture_info`].
 //!
-//! Everything here converts C types and calls [`vgpu_streams::rt`] or
-//! [`vgpu_streams::kernel`]; the logic (registry, lazy upload, parameter packing, capture rules)
-//! lives in `vgpu-streams`.
+//! Everything here converts C types and calls the runtime ([`vgpu_runtime_abi::rt`], in
+//! `libvgpu.so`); the logic (registry, lazy upload, parameter packing, capture rules) lives in
+//! `vgpu-streams`, inside that one runtime.
 //!
 //! Safety: every function here is `unsafe extern "C"` with the contract of its CUDA Runtime API
 //! (or nvcc-generated code's) documentation: each pointer is null (where allowed) or valid for
@@ -16,10 +16,13 @@
 use std::ffi::{c_char, c_int, c_uint, c_ulonglong, c_void, CStr};
 
 use crate::api::Handle;
+use crate::api::{memcpy_kind as kind, RawStream};
 use crate::codes::*;
-use crate::entry::{c, fail, guard, guard_value, non_null, unsupported, CallResult};
-use vgpu_streams::kernel::{self, CallConfig};
-use vgpu_streams::{rt, CaptureStatus, LaunchConfig, MemcpyKind, RawStream, STREAM_PER_THREAD};
+use crate::entry::{fail, guard, guard_value, non_null, unsupported, CallResult};
+use vgpu_runtime_abi::{rt, CallConfig, LaunchParams as LaunchConfig, STREAM_PER_THREAD};
+
+/// `cudaStreamCaptureStatusNone`.
+const CAPTURE_NONE: c_int = 0;
 
 /// `dim3` / `uint3`.
 #[repr(C)]
@@ -148,7 +151,10 @@ unsafe fn name<'a>(p: *const c_char) -> &'a CStr {
 
 #[no_mangle]
 pub unsafe extern "C" fn __cudaRegisterFatBinary(fat_cubin: *mut c_void) -> *mut *mut c_void {
-    guard_value("__cudaRegisterFatBinary", std::ptr::null_mut(), || kernel::register_fatbin(fat_cubin as usize) as *mut *mut c_void)
+    guard_value("__cudaRegisterFatBinary", std::ptr::null_mut(), || {
+        // SAFETY: nvcc passes its fat binary wrapper, which lives as long as the program.
+        unsafe { rt::register_fatbin(fat_cubin as usize) }.map_or(std::ptr::null_mut(), |h| h as *mut *mut c_void)
+    })
 }
 
 #[no_mangle]
@@ -158,7 +164,9 @@ pub unsafe extern "C" fn __cudaRegisterFatBinaryEnd(_handle: *mut *mut c_void) {
 
 #[no_mangle]
 pub unsafe extern "C" fn __cudaUnregisterFatBinary(handle: *mut *mut c_void) {
-    guard_value("__cudaUnregisterFatBinary", (), || kernel::unregister_fatbin(handle as usize))
+    guard_value("__cudaUnregisterFatBinary", (), || {
+        let _ = rt::unregister_fatbin(handle as usize);
+    })
 }
 
 #[no_mangle]
@@ -183,7 +191,7 @@ pub unsafe extern "C" fn __cudaRegisterFunction(
                 name(device_name)
             }
         };
-        kernel::register_function(handle as usize, host_fun as usize, n)
+        let _ = rt::register_function(handle as usize, host_fun as usize, n);
     })
 }
 
@@ -201,7 +209,7 @@ pub unsafe extern "C" fn __cudaRegisterVar(
     guard_value("__cudaRegisterVar", (), || {
         // SAFETY: nvcc passes the variable's NUL-terminated device name.
         let n = unsafe { name(device_name) };
-        kernel::register_var(handle as usize, host_var as usize, n, size as u64, constant != 0, false)
+        let _ = rt::register_var(handle as usize, host_var as usize, n, size as u64, u32::from(constant != 0));
     })
 }
 
@@ -221,27 +229,27 @@ pub unsafe extern "C" fn __cudaRegisterManagedVar(
     guard_value("__cudaRegisterManagedVar", (), || {
         // SAFETY: nvcc passes the variable's NUL-terminated device name.
         let n = unsafe { name(device_name) };
-        kernel::register_var(handle as usize, host_var_ptr_address as usize, n, size as u64, constant != 0, true)
+        let _ = rt::register_var(handle as usize, host_var_ptr_address as usize, n, size as u64, u32::from(constant != 0) | 2);
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn __cudaInitModule(handle: *mut *mut c_void) -> c_char {
-    guard_value("__cudaInitModule", 0, || c_char::from(kernel::init_module(handle as usize)))
+    guard_value("__cudaInitModule", 0, || c_char::from(rt::init_module(handle as usize).unwrap_or(false)))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn __cudaPushCallConfiguration(grid: Dim3, block: Dim3, shared: usize, s: *mut c_void) -> c_uint {
     guard_value("__cudaPushCallConfiguration", 1, || {
-        kernel::push_call_configuration(CallConfig { grid: grid.arr(), block: block.arr(), shared: shared as u64, stream: stream(s) });
-        0
+        let r = rt::push_call_configuration(CallConfig { grid: grid.arr(), block: block.arr(), shared: shared as u64, stream: stream(s) });
+        c_uint::from(r.is_err())
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn __cudaPopCallConfiguration(grid: *mut Dim3, block: *mut Dim3, shared: *mut usize, s: *mut c_void) -> cudaError_t {
     guard("__cudaPopCallConfiguration", || {
-        let cfg = kernel::pop_call_configuration().ok_or_else(|| fail(cudaErrorMissingConfiguration))?;
+        let cfg = rt::pop_call_configuration()?;
         let d = |a: [u32; 3]| Dim3 { x: a[0], y: a[1], z: a[2] };
         // SAFETY: nvcc's stub passes its four locals (each written only when non-null).
         unsafe {
@@ -266,7 +274,7 @@ pub unsafe extern "C" fn __cudaPopCallConfiguration(grid: *mut Dim3, block: *mut
 pub unsafe extern "C" fn __cudaGetKernel(out: *mut *mut c_void, func: *const c_void) -> cudaError_t {
     guard("__cudaGetKernel", || {
         non_null(out)?;
-        let k = c(rt::get_kernel(func as usize))?;
+        let k = rt::get_kernel(func as usize)?;
         // SAFETY: non-null (checked).
         unsafe { put(out, k as *mut c_void) };
         Ok(())
@@ -277,11 +285,11 @@ pub unsafe extern "C" fn __cudaGetKernel(out: *mut *mut c_void, func: *const c_v
 /// As `cudaLaunchKernel`.
 unsafe fn launch(name: &'static str, func: *const c_void, cfg: LaunchConfig, args: *mut *mut c_void) -> cudaError_t {
     // SAFETY: CUDA's contract for `args`: one pointer per kernel parameter.
-    guard(name, || c(unsafe { rt::launch_kernel(func as usize, &cfg, args as *const *const c_void) }))
+    guard(name, || unsafe { rt::launch_kernel(func as usize, &cfg, args as *const *const c_void) })
 }
 
 fn config(grid: Dim3, block: Dim3, shared: usize, s: RawStream, cooperative: bool) -> LaunchConfig {
-    LaunchConfig { grid: grid.arr(), block: block.arr(), shared: shared as u64, stream: s, cooperative }
+    LaunchConfig { grid: grid.arr(), block: block.arr(), shared: shared as u64, stream: s, cooperative: u32::from(cooperative), _pad: 0 }
 }
 
 #[no_mangle]
@@ -436,7 +444,7 @@ unsafe fn launch_ex(name: &'static str, cfg: *const LaunchConfigC, func: *const 
         let s = if ptsz { stream_ptsz(cfg.stream) } else { stream(cfg.stream) };
         let lc = ex_config(name, &cfg, s)?;
         // SAFETY: CUDA's contract for `args`.
-        c(unsafe { rt::launch_kernel(func as usize, &lc, args as *const *const c_void) })
+        unsafe { rt::launch_kernel(func as usize, &lc, args as *const *const c_void) }
     })
 }
 
@@ -463,7 +471,8 @@ pub unsafe extern "C" fn cudaLaunchKernelExC_ptsz(
 pub unsafe extern "C" fn cudaFuncGetAttributes(out: *mut FuncAttributes, func: *const c_void) -> cudaError_t {
     guard("cudaFuncGetAttributes", || {
         non_null(out)?;
-        let (i, cl) = c(rt::func_get_attributes(func as usize))?;
+        let fa = rt::func_get_attributes(func as usize)?;
+        let (i, cl) = (fa.info, fa.cluster);
         let a = FuncAttributes {
             shared_size_bytes: i.shared_size_bytes as usize,
             const_size_bytes: i.const_size_bytes as usize,
@@ -491,19 +500,19 @@ pub unsafe extern "C" fn cudaFuncGetAttributes(out: *mut FuncAttributes, func: *
 
 #[no_mangle]
 pub unsafe extern "C" fn cudaFuncSetAttribute(func: *const c_void, attr: c_int, value: c_int) -> cudaError_t {
-    guard("cudaFuncSetAttribute", || c(rt::func_set_attribute(func as usize, attr, value)))
+    guard("cudaFuncSetAttribute", || rt::func_set_attribute(func as usize, attr, value))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cudaFuncSetCacheConfig(func: *const c_void, config: c_int) -> cudaError_t {
     // cudaFuncCachePreferNone..cudaFuncCachePreferEqual (0..=3): a preference, as on CUDA.
-    guard("cudaFuncSetCacheConfig", || c(rt::func_set_preference(func as usize, config, 3)))
+    guard("cudaFuncSetCacheConfig", || rt::func_set_preference(func as usize, config, 3))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cudaFuncSetSharedMemConfig(func: *const c_void, config: c_int) -> cudaError_t {
     // cudaSharedMemBankSizeDefault..EightByte (0..=2): ignored by every device since Volta.
-    guard("cudaFuncSetSharedMemConfig", || c(rt::func_set_preference(func as usize, config, 2)))
+    guard("cudaFuncSetSharedMemConfig", || rt::func_set_preference(func as usize, config, 2))
 }
 
 /// # Safety
@@ -511,7 +520,7 @@ pub unsafe extern "C" fn cudaFuncSetSharedMemConfig(func: *const c_void, config:
 unsafe fn occupancy(name: &'static str, out: *mut c_int, func: *const c_void, block: c_int, shared: usize, flags: c_uint) -> cudaError_t {
     guard(name, || {
         non_null(out)?;
-        let n = c(rt::occupancy_max_active_blocks(func as usize, block, shared, flags))?;
+        let n = rt::occupancy_max_active_blocks(func as usize, block, shared, flags)?;
         // SAFETY: non-null (checked).
         unsafe { put(out, n) };
         Ok(())
@@ -544,10 +553,6 @@ pub unsafe extern "C" fn cudaOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(
 // ---------------------------------------------------------------------------------------------
 // Symbols
 
-fn kind(k: c_int) -> Result<MemcpyKind, cudaError_t> {
-    MemcpyKind::from_raw(k).ok_or_else(|| fail(cudaErrorInvalidMemcpyDirection))
-}
-
 #[no_mangle]
 pub unsafe extern "C" fn cudaMemcpyToSymbol(
     symbol: *const c_void,
@@ -559,7 +564,7 @@ pub unsafe extern "C" fn cudaMemcpyToSymbol(
     guard("cudaMemcpyToSymbol", || {
         let k = kind(k)?;
         // SAFETY: CUDA's contract: `src` holds `count` bytes.
-        c(unsafe { rt::memcpy_to_symbol(symbol as usize, src.cast(), count, offset, k, None) })
+        unsafe { rt::memcpy_to_symbol(symbol as usize, src.cast(), count, offset, k, None) }
     })
 }
 
@@ -574,7 +579,7 @@ pub unsafe extern "C" fn cudaMemcpyFromSymbol(
     guard("cudaMemcpyFromSymbol", || {
         let k = kind(k)?;
         // SAFETY: CUDA's contract: `dst` holds `count` bytes.
-        c(unsafe { rt::memcpy_from_symbol(dst.cast(), symbol as usize, count, offset, k, None) })
+        unsafe { rt::memcpy_from_symbol(dst.cast(), symbol as usize, count, offset, k, None) }
     })
 }
 
@@ -590,7 +595,7 @@ pub unsafe extern "C" fn cudaMemcpyToSymbolAsync(
     guard("cudaMemcpyToSymbolAsync", || {
         let k = kind(k)?;
         // SAFETY: CUDA's contract: `src` holds `count` bytes until the copy is done.
-        c(unsafe { rt::memcpy_to_symbol(symbol as usize, src.cast(), count, offset, k, Some(stream(s))) })
+        unsafe { rt::memcpy_to_symbol(symbol as usize, src.cast(), count, offset, k, Some(stream(s))) }
     })
 }
 
@@ -606,7 +611,7 @@ pub unsafe extern "C" fn cudaMemcpyFromSymbolAsync(
     guard("cudaMemcpyFromSymbolAsync", || {
         let k = kind(k)?;
         // SAFETY: CUDA's contract: `dst` holds `count` bytes until the copy is done.
-        c(unsafe { rt::memcpy_from_symbol(dst.cast(), symbol as usize, count, offset, k, Some(stream(s))) })
+        unsafe { rt::memcpy_from_symbol(dst.cast(), symbol as usize, count, offset, k, Some(stream(s))) }
     })
 }
 
@@ -614,7 +619,7 @@ pub unsafe extern "C" fn cudaMemcpyFromSymbolAsync(
 pub unsafe extern "C" fn cudaGetSymbolAddress(dev_ptr: *mut *mut c_void, symbol: *const c_void) -> cudaError_t {
     guard("cudaGetSymbolAddress", || {
         non_null(dev_ptr)?;
-        let (a, _) = c(rt::symbol(symbol as usize))?;
+        let (a, _) = rt::symbol(symbol as usize)?;
         // SAFETY: non-null (checked).
         unsafe { put(dev_ptr, a as usize as *mut c_void) };
         Ok(())
@@ -625,7 +630,7 @@ pub unsafe extern "C" fn cudaGetSymbolAddress(dev_ptr: *mut *mut c_void, symbol:
 pub unsafe extern "C" fn cudaGetSymbolSize(size: *mut usize, symbol: *const c_void) -> cudaError_t {
     guard("cudaGetSymbolSize", || {
         non_null(size)?;
-        let (_, n) = c(rt::symbol(symbol as usize))?;
+        let (_, n) = rt::symbol(symbol as usize)?;
         // SAFETY: non-null (checked).
         unsafe { put(size, n as usize) };
         Ok(())
@@ -637,7 +642,7 @@ pub unsafe extern "C" fn cudaGetSymbolSize(size: *mut usize, symbol: *const c_vo
 
 #[no_mangle]
 pub unsafe extern "C" fn cudaStreamBeginCapture(s: Handle, mode: c_int) -> cudaError_t {
-    guard("cudaStreamBeginCapture", || c(rt::stream_begin_capture(stream(s), mode)))
+    guard("cudaStreamBeginCapture", || rt::stream_begin_capture(stream(s), mode))
 }
 
 #[no_mangle]
@@ -647,7 +652,7 @@ pub unsafe extern "C" fn cudaStreamEndCapture(s: Handle, graph: *mut Handle) -> 
         let r = rt::stream_end_capture(stream(s));
         // SAFETY: non-null (checked); NULL on failure, as CUDA.
         unsafe { put(graph, r.as_ref().map_or(std::ptr::null_mut(), |&g| g as usize as Handle)) };
-        c(r).map(drop)
+        r.map(drop)
     })
 }
 
@@ -656,7 +661,7 @@ pub unsafe extern "C" fn cudaThreadExchangeStreamCaptureMode(mode: *mut c_int) -
     guard("cudaThreadExchangeStreamCaptureMode", || {
         non_null(mode)?;
         // SAFETY: non-null (checked).
-        let old = c(rt::thread_exchange_capture_mode(unsafe { mode.read_unaligned() }))?;
+        let old = rt::thread_exchange_capture_mode(unsafe { mode.read_unaligned() })?;
         // SAFETY: as above.
         unsafe { put(mode, old) };
         Ok(())
@@ -679,11 +684,11 @@ pub unsafe fn capture_info(
     num_deps: *mut usize,
 ) -> CallResult {
     non_null(status)?;
-    let (st, cid) = c(rt::stream_capture_info(stream(s)))?;
+    let (st, cid) = rt::stream_capture_info(stream(s))?;
     // SAFETY: each pointer is written only when non-null (the caller's contract for the rest).
     unsafe {
         put(status, st as c_int);
-        if st != CaptureStatus::None {
+        if st != CAPTURE_NONE {
             if !id.is_null() {
                 put(id, cid);
             }
@@ -708,7 +713,7 @@ pub unsafe fn capture_info(
 pub unsafe extern "C" fn cudaGraphInstantiate(exec: *mut Handle, graph: Handle, flags: c_ulonglong) -> cudaError_t {
     guard("cudaGraphInstantiate", || {
         non_null(exec)?;
-        let e = c(rt::graph_instantiate(graph as usize as u64, flags))?;
+        let e = rt::graph_instantiate(graph as usize as u64, flags)?;
         // SAFETY: non-null (checked).
         unsafe { put(exec, e as usize as Handle) };
         Ok(())
@@ -719,7 +724,7 @@ pub unsafe extern "C" fn cudaGraphInstantiate(exec: *mut Handle, graph: Handle, 
 pub unsafe extern "C" fn cudaGraphInstantiateWithFlags(exec: *mut Handle, graph: Handle, flags: c_ulonglong) -> cudaError_t {
     guard("cudaGraphInstantiateWithFlags", || {
         non_null(exec)?;
-        let e = c(rt::graph_instantiate(graph as usize as u64, flags))?;
+        let e = rt::graph_instantiate(graph as usize as u64, flags)?;
         // SAFETY: non-null (checked).
         unsafe { put(exec, e as usize as Handle) };
         Ok(())
@@ -748,7 +753,7 @@ pub unsafe extern "C" fn cudaGraphInstantiateWithParams(
                 put(exec, e as usize as Handle);
             }
         }
-        c(r).map(drop)
+        r.map(drop)
     })
 }
 
@@ -756,7 +761,7 @@ pub unsafe extern "C" fn cudaGraphInstantiateWithParams(
 pub unsafe extern "C" fn cudaGraphExecUpdate(exec: Handle, graph: Handle, info: *mut GraphExecUpdateResultInfo) -> cudaError_t {
     guard("cudaGraphExecUpdate", || {
         non_null(info)?;
-        let result = c(rt::graph_exec_update(exec as usize as u64, graph as usize as u64))?;
+        let result = rt::graph_exec_update(exec as usize as u64, graph as usize as u64)?;
         let i =
             GraphExecUpdateResultInfo { result: result as c_int, error_node: std::ptr::null_mut(), error_from_node: std::ptr::null_mut() };
         // SAFETY: non-null (checked).
@@ -770,22 +775,22 @@ pub unsafe extern "C" fn cudaGraphExecUpdate(exec: Handle, graph: Handle, info: 
 
 #[no_mangle]
 pub unsafe extern "C" fn cudaGraphLaunch(exec: Handle, s: Handle) -> cudaError_t {
-    guard("cudaGraphLaunch", || c(rt::graph_launch(exec as usize as u64, stream(s))))
+    guard("cudaGraphLaunch", || rt::graph_launch(exec as usize as u64, stream(s)))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cudaGraphLaunch_ptsz(exec: Handle, s: Handle) -> cudaError_t {
-    guard("cudaGraphLaunch_ptsz", || c(rt::graph_launch(exec as usize as u64, stream_ptsz(s))))
+    guard("cudaGraphLaunch_ptsz", || rt::graph_launch(exec as usize as u64, stream_ptsz(s)))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cudaGraphExecDestroy(exec: Handle) -> cudaError_t {
-    guard("cudaGraphExecDestroy", || c(rt::graph_exec_destroy(exec as usize as u64)))
+    guard("cudaGraphExecDestroy", || rt::graph_exec_destroy(exec as usize as u64))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cudaGraphDestroy(graph: Handle) -> cudaError_t {
-    guard("cudaGraphDestroy", || c(rt::graph_destroy(graph as usize as u64)))
+    guard("cudaGraphDestroy", || rt::graph_destroy(graph as usize as u64))
 }
 
 #[cfg(test)]
@@ -813,6 +818,7 @@ mod tests {
 
     #[test]
     fn call_configuration_round_trips_through_the_c_abi() {
+        crate::tests::runtime_in_process();
         let (g, b) = (Dim3 { x: 3, y: 2, z: 1 }, Dim3 { x: 128, y: 1, z: 1 });
         // SAFETY: by-value arguments; the stream handle is an opaque integer.
         assert_eq!(unsafe { __cudaPushCallConfiguration(g, b, 64, 0x20 as *mut c_void) }, 0);
@@ -827,12 +833,13 @@ mod tests {
 
     #[test]
     fn launch_attributes_are_honoured_or_refused() {
+        crate::tests::runtime_in_process();
         let mut a = [attr(attr::PROGRAMMATIC_STREAM_SERIALIZATION, &[1]), attr(attr::PRIORITY, &[3]), attr(attr::COOPERATIVE, &[1])];
         let lc = ex_config("t", &cfg(&mut a), 5).unwrap();
-        assert!(lc.cooperative);
+        assert_eq!(lc.cooperative, 1);
         assert_eq!((lc.grid, lc.block, lc.shared, lc.stream), ([2, 1, 1], [64, 1, 1], 128, 5));
         let mut a = [attr(attr::CLUSTER_DIMENSION, &[1, 1, 1])];
-        assert!(!ex_config("t", &cfg(&mut a), 0).unwrap().cooperative, "a 1x1x1 cluster is a plain launch");
+        assert_eq!(ex_config("t", &cfg(&mut a), 0).unwrap().cooperative, 0, "a 1x1x1 cluster is a plain launch");
         let mut a = [attr(attr::CLUSTER_DIMENSION, &[2, 1, 1])];
         assert_eq!(ex_config("t", &cfg(&mut a), 0).err(), Some(cudaErrorNotSupported));
         let mut a = [attr(attr::LAUNCH_COMPLETION_EVENT, &[])];

@@ -2,10 +2,13 @@
 //!
 //! The CUDA Runtime API as `extern "C"` functions: the facade that the `vgpu-cudart12` and
 //! `vgpu-cudart13` packages link as `libcudart.so.12` and `libcudart.so.13`. It is thin by design:
-//! it checks C arguments (null pointers, enum values), converts C types and handles to what
-//! [`vgpu_streams::rt`] takes, and turns its `Result` into a `cudaError_t`. Every ordering,
-//! staging, connection and error-stickiness rule lives in `vgpu-streams`; no protocol logic lives
-//! here.
+//! it checks C arguments (null pointers, enum values), converts C types and handles to what the
+//! runtime takes, and calls it through [`vgpu_runtime_abi::rt`]. The runtime is `libvgpu.so`
+//! (package `vgpu-runtime`, embedding `vgpu-streams`), loaded once per process whichever of our
+//! libraries asks first, so `libcudart.so.12`, `.13` and the coming `libcuda.so.1` and
+//! `libcublas.so.*` share one session, one device context and one kernel registry (see
+//! `docs/runtime-abi.md`). Every ordering, staging, connection and error-stickiness rule lives in
+//! the runtime; no protocol logic lives here.
 //!
 //! - [`codes`]: every `cudaError_t` value with the real name and message;
 //! - [`props`]: `cudaDeviceProp` of CUDA 12.x and 13.x, offset for offset;
@@ -18,7 +21,8 @@
 //!   `cudaPointerGetAttributes`) are defined by the two cdylib packages on top of
 //!   [`device::get_properties`], [`api::put_version`] and [`api::pointer_attributes`].
 //!
-//! No constructor does any work: the first call into [`vgpu_streams::rt`] connects to the mediator.
+//! No constructor does any work: the first call loads the runtime, whose first call connects to
+//! the mediator.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -30,3 +34,12 @@ pub mod kernel;
 pub mod props;
 
 pub use codes::cudaError_t;
+
+#[cfg(test)]
+pub(crate) mod tests {
+    /// Unit tests use the runtime linked into the test binary (`vgpu-runtime`'s rlib) instead of
+    /// loading `libvgpu.so`; the loader is exercised by the C programs in `tests/cudart.rs`.
+    pub fn runtime_in_process() {
+        let _ = vgpu_runtime_abi::loader::install(&vgpu::TABLE);
+    }
+}

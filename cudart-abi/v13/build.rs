@@ -1,7 +1,7 @@
-//! Links `libvgpu_cudart13.so` as `libcudart.so.13`: SONAME and version node `libcudart.so.13`.
-
-include!("../link.rs");
+//! Links `libvgpu_cudart13.so` as `libcudart.so.13`: SONAME and version node `libcudart.so.13`,
+//! and `$ORIGIN` in its run path (it loads `libvgpu.so` from its own folder).
 
 fn main() {
-    link_as_libcudart(13);
+    vgpu_abi_link::link_versioned("libcudart.so.13", "libcudart.so.13", "exports.txt");
+    vgpu_abi_link::runpath_origin();
 }

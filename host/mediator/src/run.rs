@@ -23,6 +23,10 @@ use crate::child::Mediator;
 
 /// The file cargo builds for each CUDA major version, and the name programs look for.
 pub const LIBRARIES: [(&str, &str); 2] = [("libvgpu_cudart12.so", "libcudart.so.12"), ("libvgpu_cudart13.so", "libcudart.so.13")];
+/// The runtime every CUDA-named library loads (one per process), found beside them.
+pub const RUNTIME: &str = "libvgpu.so";
+/// The command that builds all of them.
+const BUILD: &str = "cargo build -p vgpu-cudart12 -p vgpu-cudart13 -p vgpu-runtime";
 
 /// Options of `vgpu run`.
 #[derive(Clone, Debug)]
@@ -51,13 +55,20 @@ pub fn find_libraries(explicit: Option<&Path>, exe: &Path) -> Result<(PathBuf, [
             None => {
                 return Err(format!(
                     "{built} (or {soname}) not found in {} ({how}). Build the CUDA Runtime drop-ins with \
-                     `cargo build -p vgpu-cudart12 -p vgpu-cudart13` in the same profile as this vgpu \
+                     `{BUILD}` in the same profile as this vgpu \
                      (add --release for a release vgpu), or point VGPU_LIB_DIR (or --lib-dir) at the \
                      folder that holds them",
                     dir.display()
                 ))
             }
         }
+    }
+    if !dir.join(RUNTIME).is_file() {
+        return Err(format!(
+            "{RUNTIME} (the vgpu runtime the CUDA libraries load) not found in {} ({how}). Build it with `{BUILD}` \
+             in the same profile as this vgpu, or point VGPU_LIB_DIR (or --lib-dir) at the folder that holds it",
+            dir.display()
+        ));
     }
     let [a, b]: [PathBuf; 2] = found.try_into().map_err(|_| "internal: two libraries expected".to_string())?;
     Ok((dir, [a, b]))
@@ -74,6 +85,11 @@ impl LibLinks {
         for (lib, (_, soname)) in libs.iter().zip(LIBRARIES) {
             let target = std::fs::canonicalize(lib).map_err(|e| format!("{}: {e}", lib.display()))?;
             std::os::unix::fs::symlink(&target, links.0.join(soname)).map_err(|e| format!("linking {soname}: {e}"))?;
+        }
+        // The runtime beside them, so the libraries' `dlopen("libvgpu.so")` finds it on LD_LIBRARY_PATH.
+        if let Some(rt) = libs[0].parent().map(|d| d.join(RUNTIME)).filter(|p| p.is_file()) {
+            let target = std::fs::canonicalize(&rt).map_err(|e| format!("{}: {e}", rt.display()))?;
+            std::os::unix::fs::symlink(&target, links.0.join(RUNTIME)).map_err(|e| format!("linking {RUNTIME}: {e}"))?;
         }
         Ok(links)
     }
