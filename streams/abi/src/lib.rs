@@ -121,26 +121,12 @@ pub const VERSION_NODE: &str = "VGPU_RUNTIME_1";
 /// The runtime's file name and SONAME.
 pub const LIBRARY: &str = "libvgpu.so";
 
-/// FNV-1a over bytes, at compile time.
-const fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
+/// FNV-1a over bytes, at compile time; with `skip_ws`, ASCII whitespace is left out
+/// (`stringify!` lays lines out as it likes).
+const fn fnv1a(mut h: u64, bytes: &[u8], skip_ws: bool) -> u64 {
     let mut i = 0;
     while i < bytes.len() {
-        h ^= bytes[i] as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        i += 1;
-    }
-    h
-}
-
-const fn mix(h: u64, v: usize) -> u64 {
-    fnv1a(h, &(v as u64).to_le_bytes())
-}
-
-/// FNV-1a over the bytes that are not ASCII whitespace (`stringify!` lays lines out as it likes).
-const fn fnv1a_tokens(mut h: u64, bytes: &[u8]) -> u64 {
-    let mut i = 0;
-    while i < bytes.len() {
-        if !bytes[i].is_ascii_whitespace() {
+        if !(skip_ws && bytes[i].is_ascii_whitespace()) {
             h ^= bytes[i] as u64;
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
@@ -149,9 +135,13 @@ const fn fnv1a_tokens(mut h: u64, bytes: &[u8]) -> u64 {
     h
 }
 
+const fn mix(h: u64, v: usize) -> u64 {
+    fnv1a(h, &(v as u64).to_le_bytes(), false)
+}
+
 /// The hash of [`SIGNATURES`] and of the size of every struct that crosses the ABI.
 pub const ABI_HASH: u64 = {
-    let mut h = fnv1a_tokens(0xcbf2_9ce4_8422_2325, SIGNATURES.as_bytes());
+    let mut h = fnv1a(0xcbf2_9ce4_8422_2325, SIGNATURES.as_bytes(), true);
     h = mix(h, std::mem::size_of::<DeviceInfo>());
     h = mix(h, std::mem::size_of::<FuncInfo>());
     h = mix(h, std::mem::size_of::<PointerAttrs>());
@@ -412,7 +402,7 @@ mod tests {
         assert_ne!(ABI_HASH, 0);
         let flat = SIGNATURES.split_whitespace().collect::<Vec<_>>().join(" ");
         assert!(flat.contains("fn malloc (size : usize, out : *mut u64);"), "{flat}");
-        assert_eq!(fnv1a_tokens(1, b"a b"), fnv1a_tokens(1, b"ab"));
-        assert_ne!(fnv1a(1, b"a"), fnv1a(1, b"b"));
+        assert_eq!(fnv1a(1, b"a b", true), fnv1a(1, b"ab", true));
+        assert_ne!(fnv1a(1, b"a", false), fnv1a(1, b"b", false));
     }
 }
