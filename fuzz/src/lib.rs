@@ -75,6 +75,21 @@ impl<'a> Bytes<'a> {
     }
 }
 
+/// The PTX parser (`vgpu-ptx`): the module's declarations, then every function body. Bytes that
+/// are not UTF-8 are cut at the first bad byte (the host hands the parser `&str`).
+pub fn ptx(data: &[u8]) {
+    let text = match std::str::from_utf8(data) {
+        Ok(t) => t,
+        Err(e) => std::str::from_utf8(&data[..e.valid_up_to()]).unwrap_or(""),
+    };
+    let Ok(m) = vgpu_ptx::Module::parse(text) else { return };
+    for f in &m.functions {
+        if let Err(e) = m.body(f) {
+            assert!(e.line >= 1, "an error without a line: {e}");
+        }
+    }
+}
+
 /// The fatbin parser: wrapper, container, every entry's image (decompressed), every cubin.
 pub fn fatbin(data: &[u8]) {
     let _ = Wrapper::parse(data);

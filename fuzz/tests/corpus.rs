@@ -39,3 +39,8 @@ fn commands_corpus() {
 fn handshake_corpus() {
     replay("handshake", vgpu_fuzz::handshake);
 }
+
+#[test]
+fn ptx_corpus() {
+    replay("ptx", vgpu_fuzz::ptx);
+}
