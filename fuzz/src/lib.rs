@@ -75,7 +75,8 @@ impl<'a> Bytes<'a> {
     }
 }
 
-/// The PTX parser (`vgpu-ptx`): the module's declarations, then every function body. Bytes that
+/// The PTX parser (`vgpu-ptx`): the module's declarations, then every function body and its
+/// lowering. Bytes that
 /// are not UTF-8 are cut at the first bad byte (the host hands the parser `&str`).
 pub fn ptx(data: &[u8]) {
     let text = match std::str::from_utf8(data) {
@@ -84,8 +85,14 @@ pub fn ptx(data: &[u8]) {
     };
     let Ok(m) = vgpu_ptx::Module::parse(text) else { return };
     for f in &m.functions {
-        if let Err(e) = m.body(f) {
-            assert!(e.line >= 1, "an error without a line: {e}");
+        match m.body(f) {
+            Err(e) => assert!(e.line >= 1, "an error without a line: {e}"),
+            Ok(Some(_)) => {
+                if let Ok(k) = m.lower(f) {
+                    assert!(k.param_bytes as u64 <= vgpu_ptx::lower::MAX_PARAMS && k.regs.len() as u32 <= vgpu_ptx::lower::MAX_REGS);
+                }
+            }
+            Ok(None) => {}
         }
     }
 }

@@ -8,8 +8,11 @@
 //!    function's signature in one pass and only *skips* bodies (brace matching); [`Module::body`]
 //!    parses one body when it is first needed. A ggml build carries millions of PTX lines and
 //!    most kernels never run;
-//! 3. validation and lowering to a compact form (registers as slots, types and modifiers
-//!    resolved, labels as indices), and 4. execution: the next stages of issue 11.
+//! 3. [`lower`]: [`Module::lower`] turns one function into a [`lower::Kernel`]: opcodes and
+//!    modifiers as enums (an unknown one is refused at load time), registers as slots, labels
+//!    as instruction indices, parameters, variables and functions resolved to offsets and
+//!    indices;
+//! 4. execution: the next stage of issue 11.
 //!
 //! The input is untrusted (it comes from the guest): every error is an [`Error`] naming the
 //! line, its text and what was expected; nothing panics, recursion is bounded, sizes are
@@ -19,6 +22,7 @@
 
 pub mod ast;
 pub mod lex;
+pub mod lower;
 pub mod parse;
 
 use ast::{Body, FnKind, Function, Variable};
@@ -95,6 +99,11 @@ impl<'a> Module<'a> {
             parse::module(&mut c)?
         };
         Ok(Module { src, lines, header, variables, functions })
+    }
+
+    /// The trimmed text of 1-based `line` (at most 120 characters), for error messages.
+    pub fn line_text(&self, line: u32) -> String {
+        self.src.lines().nth(line.saturating_sub(1) as usize).unwrap_or("").trim().chars().take(120).collect()
     }
 
     /// The function called `name`.
