@@ -12,7 +12,13 @@
 //!    modifiers as enums (an unknown one is refused at load time), registers as slots, labels
 //!    as instruction indices, parameters, variables and functions resolved to offsets and
 //!    indices;
-//! 4. execution: the next stage of issue 11.
+//! 4. [`exec`]: [`exec::run`] executes a kernel over a grid on the CPU: 32-lane warps with a
+//!    PC per lane (the lanes at the lowest PC run together), barriers, shared/local/param
+//!    memory here and global memory through the device's [`exec::Memory`], atomics, shuffles
+//!    and votes, integer and float arithmetic, conversions. Not yet: calls (device functions,
+//!    `printf`), half and bfloat16, `mma`/`ldmatrix`, textures; each is an
+//!    [`exec::ExecError::Unsupported`] naming the line, never a wrong result. Wiring it into the
+//!    `emu` executor is the next step.
 //!
 //! The input is untrusted (it comes from the guest): every error is an [`Error`] naming the
 //! line, its text and what was expected; nothing panics, recursion is bounded, sizes are
@@ -21,6 +27,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod ast;
+pub mod exec;
 pub mod lex;
 pub mod lower;
 pub mod parse;

@@ -14,7 +14,7 @@ __constant__ float k_table[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
 __device__ unsigned int g_count;
 __device__ float *g_ptr = nullptr;
 
-__device__ __noinline__ float helper(float x, int i) { return x * k_table[i & 15]; }
+__device__ __forceinline__ float helper(float x, int i) { return x * k_table[i & 15]; }
 
 extern "C" __global__ void warp_ops(const float *in, float *out, unsigned *ballots, int n) {
   int i = blockIdx.x * blockDim.x + threadIdx.x;

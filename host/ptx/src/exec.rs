@@ -1,0 +1,1206 @@
+//! Execution: a lowered [`Kernel`] over a grid, on the CPU.
+//!
+//! - **Blocks** run one after another in increasing linear block index (cub's decoupled
+//!   look-back waits only on earlier blocks, so it completes).
+//! - **Warps** of 32 lanes; each lane has its own PC. A warp step runs the instruction at the
+//!   lowest PC among its live lanes, for the lanes at that PC (one simple correct scheme for
+//!   divergence and reconvergence under unstructured control flow). Warps of a block take
+//!   turns in time slices, so a warp spinning on shared memory lets the others progress.
+//! - **Barriers** (`bar.sync`/`barrier.sync`): a lane that reaches one waits; when every live
+//!   lane of the block waits, all go on. Exited lanes count as arrived.
+//! - **Memory**: global (and `.const`, and module variables) through [`Memory`], the device's
+//!   allocations, checked by it; shared per block and local per thread here, bounds-checked;
+//!   parameters from the launch's buffer. Generic addresses: shared and local are mapped at
+//!   [`SHARED_WINDOW`] and [`LOCAL_WINDOW`], everything else is global.
+//! - **Stopping**: `cancel()` is asked before every time slice (the device passes its kill
+//!   switch); an instruction budget bounds a launch.
+//!
+//! Anything the interpreter does not implement is an [`ExecError::Unsupported`] naming the
+//! instruction and line, never a silent wrong result.
+
+use crate::ast::Scalar;
+use crate::lower::{Inst, Kernel, Mod, Op, Opd, RegId, Special, Word};
+
+/// Where generic addresses of shared memory start (offset 0 of the block's shared memory).
+pub const SHARED_WINDOW: u64 = 0xffff_8000_0000_0000;
+/// Where generic addresses of local memory start (offset 0 of the thread's frame).
+pub const LOCAL_WINDOW: u64 = 0xffff_9000_0000_0000;
+const WINDOW_SPAN: u64 = 1 << 40;
+
+/// Instructions a warp runs before the next warp of its block gets a turn.
+const SLICE: u32 = 256;
+
+/// Global memory as the device has it.
+pub trait Memory {
+    /// Copy `buf.len()` bytes at device address `addr` into `buf`.
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Fault>;
+    /// Copy `data` to device address `addr`.
+    fn write(&self, addr: u64, data: &[u8]) -> Result<(), Fault>;
+    /// Atomically replace the `size`-byte value at `addr` (1 <= size <= 8) by `f(old)`, returning `old`.
+    fn atomic(&self, addr: u64, size: usize, f: &mut dyn FnMut(u64) -> u64) -> Result<u64, Fault>;
+}
+
+/// A bad global access: the address and length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fault {
+    pub addr: u64,
+    pub len: u64,
+}
+
+/// Why a launch stopped.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ExecError {
+    /// `cudaErrorIllegalAddress`.
+    #[error("{kernel}: illegal address {addr:#x} ({len} bytes) at PTX line {line}")]
+    IllegalAddress { kernel: String, addr: u64, len: u64, line: u32 },
+    /// `cudaErrorLaunchFailure` after `trap`.
+    #[error("{kernel}: trap at PTX line {line}")]
+    Trap { kernel: String, line: u32 },
+    /// The interpreter lacks this.
+    #[error("{kernel}: PTX line {line}: {what} is not supported by vgpu's PTX interpreter")]
+    Unsupported { kernel: String, line: u32, what: String },
+    /// Stopped by the caller or by the instruction budget.
+    #[error("{kernel}: stopped after {steps} warp instructions ({why})")]
+    Stopped { kernel: String, steps: u64, why: &'static str },
+    /// A launch the kernel cannot take (parameter buffer, dimensions).
+    #[error("{kernel}: {what}")]
+    BadLaunch { kernel: String, what: String },
+}
+
+/// One launch.
+pub struct Launch<'a> {
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    /// The packed parameters (the kernel's `param_bytes`).
+    pub params: &'a [u8],
+    /// Bytes of dynamic shared memory.
+    pub dynamic_shared: u32,
+    /// The device address of each module variable, by index in `Module::variables`.
+    pub globals: &'a [u64],
+    /// Warp instructions the launch may run in all (0: no limit).
+    pub budget: u64,
+}
+
+struct Warp {
+    pc: [u32; 32],
+    /// Lanes that exist (a partial last warp has fewer).
+    exists: u32,
+    exited: u32,
+    at_barrier: u32,
+    regs: Vec<u64>,
+    local: Vec<u8>,
+    base_thread: u32,
+}
+
+struct Ctx<'k, 'a> {
+    k: &'k Kernel,
+    l: &'a Launch<'a>,
+    mem: &'a dyn Memory,
+    shared: Vec<u8>,
+    ctaid: [u32; 3],
+    steps: u64,
+}
+
+type R<T> = Result<T, ExecError>;
+
+/// Run `k` over `launch` on `mem`. Returns when every thread has exited, or on the first
+/// error (the launch's effects so far stay, as on a device).
+pub fn run(k: &Kernel, launch: &Launch<'_>, mem: &dyn Memory, cancel: &dyn Fn() -> bool) -> R<()> {
+    let bad = |what: String| ExecError::BadLaunch { kernel: k.name.clone(), what };
+    if (launch.params.len() as u64) < u64::from(k.param_bytes) {
+        return Err(bad(format!("{} bytes of parameters, the kernel takes {}", launch.params.len(), k.param_bytes)));
+    }
+    let threads: u64 = launch.block.iter().map(|&d| u64::from(d)).product();
+    if threads == 0 || threads > 1024 || launch.grid.contains(&0) {
+        return Err(bad(format!("grid {:?} block {:?}", launch.grid, launch.block)));
+    }
+    if u64::from(k.local_bytes) * threads > 64 << 20 {
+        return Err(bad(format!("{} bytes of local memory per thread for {threads} threads (at most 64 MiB a block)", k.local_bytes)));
+    }
+    let shared_len = u64::from(k.dynamic_shared_offset) + u64::from(launch.dynamic_shared);
+    if shared_len > 256 << 10 {
+        return Err(bad(format!("{shared_len} bytes of shared memory")));
+    }
+    let mut cx = Ctx { k, l: launch, mem, shared: vec![0; shared_len as usize], ctaid: [0; 3], steps: 0 };
+    for z in 0..launch.grid[2] {
+        for y in 0..launch.grid[1] {
+            for x in 0..launch.grid[0] {
+                cx.ctaid = [x, y, z];
+                cx.shared.fill(0);
+                run_block(&mut cx, threads as u32, cancel)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run_block(cx: &mut Ctx<'_, '_>, threads: u32, cancel: &dyn Fn() -> bool) -> R<()> {
+    let nregs = cx.k.regs.len();
+    let mut warps: Vec<Warp> = (0..threads.div_ceil(32))
+        .map(|w| {
+            let n = (threads - w * 32).min(32);
+            Warp {
+                pc: [0; 32],
+                exists: if n == 32 { u32::MAX } else { (1u32 << n) - 1 },
+                exited: 0,
+                at_barrier: 0,
+                regs: vec![0; nregs * 32],
+                local: vec![0; cx.k.local_bytes as usize * n as usize],
+                base_thread: w * 32,
+            }
+        })
+        .collect();
+    loop {
+        let mut progressed = false;
+        let mut all_done = true;
+        for w in warps.iter_mut() {
+            let live = w.exists & !w.exited;
+            if live == 0 {
+                continue;
+            }
+            all_done = false;
+            if live & !w.at_barrier == 0 {
+                continue;
+            }
+            if cancel() {
+                return Err(ExecError::Stopped { kernel: cx.k.name.clone(), steps: cx.steps, why: "cancelled" });
+            }
+            for _ in 0..SLICE {
+                if !step(cx, w)? {
+                    break;
+                }
+                progressed = true;
+            }
+        }
+        if all_done {
+            return Ok(());
+        }
+        if !progressed {
+            // Every live lane waits at a barrier: release them all.
+            for w in warps.iter_mut() {
+                for lane in 0..32 {
+                    if w.at_barrier & (1 << lane) != 0 {
+                        w.pc[lane] += 1;
+                    }
+                }
+                w.at_barrier = 0;
+            }
+        }
+    }
+}
+
+/// One warp instruction. Returns false when the warp can't go on now (all live lanes at a
+/// barrier or exited).
+fn step(cx: &mut Ctx<'_, '_>, w: &mut Warp) -> R<bool> {
+    let ready = w.exists & !w.exited & !w.at_barrier;
+    if ready == 0 {
+        return Ok(false);
+    }
+    let pc = (0..32).filter(|&l| ready & (1 << l) != 0).map(|l| w.pc[l]).min().unwrap_or(0);
+    let mut mask = 0u32;
+    for l in 0..32 {
+        if ready & (1 << l) != 0 && w.pc[l] == pc {
+            mask |= 1 << l;
+        }
+    }
+    cx.steps += 1;
+    if cx.l.budget != 0 && cx.steps > cx.l.budget {
+        return Err(ExecError::Stopped { kernel: cx.k.name.clone(), steps: cx.steps, why: "instruction budget spent" });
+    }
+    let Some(inst) = cx.k.insts.get(pc as usize) else {
+        // Running off the end is an implicit exit.
+        w.exited |= mask;
+        return Ok(true);
+    };
+    // The guard: lanes whose predicate fails skip the instruction.
+    let mut run = mask;
+    if let Some((neg, p)) = inst.guard {
+        for l in 0..32 {
+            if mask & (1 << l) != 0 && ((reg(w, p, l) & 1 != 0) == neg) {
+                run &= !(1 << l);
+            }
+        }
+    }
+    let mut next = [pc + 1; 32];
+    exec(cx, w, inst, run, mask, &mut next)?;
+    for (l, &n) in next.iter().enumerate() {
+        if mask & (1 << l) != 0 && w.exited & (1 << l) == 0 && w.at_barrier & (1 << l) == 0 {
+            w.pc[l] = n;
+        }
+    }
+    Ok(true)
+}
+
+fn reg(w: &Warp, r: RegId, lane: usize) -> u64 {
+    w.regs[r as usize * 32 + lane]
+}
+
+fn set(w: &mut Warp, r: RegId, lane: usize, v: u64) {
+    w.regs[r as usize * 32 + lane] = v;
+}
+
+fn unsupported(cx: &Ctx<'_, '_>, i: &Inst, what: impl Into<String>) -> ExecError {
+    ExecError::Unsupported { kernel: cx.k.name.clone(), line: i.line, what: what.into() }
+}
+
+/// The instruction's types, in order.
+fn types(i: &Inst) -> impl Iterator<Item = Scalar> + '_ {
+    i.mods.iter().filter_map(|m| if let Mod::Ty(t) = m { Some(*t) } else { None })
+}
+
+fn has(i: &Inst, w: Word) -> bool {
+    i.mods.contains(&Mod::W(w))
+}
+
+fn last_type(cx: &Ctx<'_, '_>, i: &Inst) -> R<Scalar> {
+    types(i).last().ok_or_else(|| unsupported(cx, i, format!("{} without a type", i.op.word())))
+}
+
+fn bits(t: Scalar) -> u32 {
+    t.size() * 8
+}
+
+fn mask_to(t: Scalar, v: u64) -> u64 {
+    match bits(t) {
+        64 | 128 => v,
+        n => v & ((1u64 << n) - 1),
+    }
+}
+
+fn sext(t: Scalar, v: u64) -> i64 {
+    let n = bits(t).min(64);
+    ((v << (64 - n)) as i64) >> (64 - n)
+}
+
+fn is_signed(t: Scalar) -> bool {
+    matches!(t, Scalar::S8 | Scalar::S16 | Scalar::S32 | Scalar::S64)
+}
+
+fn is_float(t: Scalar) -> bool {
+    matches!(t, Scalar::F32 | Scalar::F64 | Scalar::F16 | Scalar::Bf16)
+}
+
+fn f32v(v: u64) -> f32 {
+    f32::from_bits(v as u32)
+}
+
+fn f(t: Scalar, v: u64) -> f64 {
+    match t {
+        Scalar::F64 => f64::from_bits(v),
+        _ => f64::from(f32v(v)),
+    }
+}
+
+fn from_f(t: Scalar, x: f64) -> u64 {
+    match t {
+        Scalar::F64 => x.to_bits(),
+        _ => u64::from((x as f32).to_bits()),
+    }
+}
+
+fn special(cx: &Ctx<'_, '_>, w: &Warp, s: Special, lane: usize) -> u64 {
+    let tid = w.base_thread + lane as u32;
+    let b = cx.l.block;
+    let t = [tid % b[0], (tid / b[0]) % b[1], tid / (b[0] * b[1])];
+    u64::from(match s {
+        Special::Tid(a) => t[a as usize],
+        Special::Ntid(a) => b[a as usize],
+        Special::Ctaid(a) => cx.ctaid[a as usize],
+        Special::Nctaid(a) => cx.l.grid[a as usize],
+        Special::Laneid => lane as u32,
+        Special::Warpid => w.base_thread / 32,
+        Special::Nwarpid => b.iter().product::<u32>().div_ceil(32),
+        Special::Smid => 0,
+        Special::Nsmid => 1,
+        Special::LanemaskEq => 1 << lane,
+        Special::LanemaskLe => ((1u64 << (lane + 1)) - 1) as u32,
+        Special::LanemaskLt => ((1u64 << lane) - 1) as u32,
+        Special::LanemaskGe => !(((1u64 << lane) - 1) as u32),
+        Special::LanemaskGt => !(((1u64 << (lane + 1)) - 1) as u32),
+        Special::Clock | Special::Clock64 | Special::Globaltimer => return cx.steps,
+        Special::Envreg(_) => 0,
+    })
+}
+
+/// A source operand's value for `lane`, as bits of type `t`.
+fn src(cx: &Ctx<'_, '_>, w: &Warp, i: &Inst, o: &Opd, t: Scalar, lane: usize) -> R<u64> {
+    Ok(match o {
+        Opd::Reg(r) => reg(w, *r, lane),
+        Opd::Imm(v) => {
+            if is_float(t) {
+                // An integer literal as a float operand is its value.
+                from_f(t, *v as i64 as f64)
+            } else {
+                *v
+            }
+        }
+        Opd::Float(b) => {
+            if is_float(t) {
+                from_f(t, f64::from_bits(*b))
+            } else {
+                *b
+            }
+        }
+        Opd::Special(s) => special(cx, w, *s, lane),
+        Opd::Global(v) => *cx.l.globals.get(*v as usize).ok_or_else(|| unsupported(cx, i, "a module variable without an address"))?,
+        Opd::Shared(off) | Opd::Local(off) | Opd::Param(off) => u64::from(*off),
+        Opd::Not(inner) => (src(cx, w, i, inner, t, lane)? & 1) ^ 1,
+        other => return Err(unsupported(cx, i, format!("the operand {other:?} of {}", i.op.word()))),
+    })
+}
+
+fn dst(cx: &Ctx<'_, '_>, i: &Inst, n: usize) -> R<RegId> {
+    match i.opds.get(n) {
+        Some(Opd::Reg(r)) => Ok(*r),
+        other => Err(unsupported(cx, i, format!("{} with destination {other:?}", i.op.word()))),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Where {
+    Global,
+    Shared,
+    Local,
+    Param,
+}
+
+/// The space and address of a memory operand for `lane`.
+fn address(cx: &Ctx<'_, '_>, w: &Warp, i: &Inst, o: &Opd, lane: usize) -> R<(Where, u64)> {
+    let declared = i.mods.iter().find_map(|m| match m {
+        Mod::W(Word::Global) | Mod::W(Word::Const) => Some(Where::Global),
+        Mod::W(Word::Shared) => Some(Where::Shared),
+        Mod::W(Word::Local) => Some(Where::Local),
+        Mod::W(Word::Param) => Some(Where::Param),
+        _ => None,
+    });
+    let Opd::Addr(base, off) = o else { return Err(unsupported(cx, i, format!("the address {o:?}"))) };
+    let (space, base) = match base.as_deref() {
+        None => (declared, 0),
+        Some(Opd::Reg(r)) => (declared, reg(w, *r, lane)),
+        Some(Opd::Global(v)) => (Some(Where::Global), src(cx, w, i, &Opd::Global(*v), Scalar::U64, lane)?),
+        Some(Opd::Shared(s)) => (Some(Where::Shared), u64::from(*s)),
+        Some(Opd::Local(s)) => (Some(Where::Local), u64::from(*s)),
+        Some(Opd::Param(s)) => (Some(Where::Param), u64::from(*s)),
+        Some(other) => return Err(unsupported(cx, i, format!("an address based on {other:?}"))),
+    };
+    let a = base.wrapping_add(*off as u64);
+    Ok(match space {
+        Some(s) => (s, a),
+        None if (SHARED_WINDOW..SHARED_WINDOW + WINDOW_SPAN).contains(&a) => (Where::Shared, a - SHARED_WINDOW),
+        None if (LOCAL_WINDOW..LOCAL_WINDOW + WINDOW_SPAN).contains(&a) => (Where::Local, a - LOCAL_WINDOW),
+        None => (Where::Global, a),
+    })
+}
+
+fn illegal(cx: &Ctx<'_, '_>, i: &Inst, addr: u64, len: usize) -> ExecError {
+    ExecError::IllegalAddress { kernel: cx.k.name.clone(), addr, len: len as u64, line: i.line }
+}
+
+fn slice_of(buf: &[u8], at: u64, len: usize) -> Option<std::ops::Range<usize>> {
+    let s = usize::try_from(at).ok()?;
+    let e = s.checked_add(len)?;
+    (e <= buf.len()).then_some(s..e)
+}
+
+fn load(cx: &Ctx<'_, '_>, w: &Warp, i: &Inst, space: Where, a: u64, lane: usize, out: &mut [u8]) -> R<()> {
+    let len = out.len();
+    match space {
+        Where::Global => cx.mem.read(a, out).map_err(|f| illegal(cx, i, f.addr, f.len as usize)),
+        Where::Shared => {
+            let r = slice_of(&cx.shared, a, len).ok_or_else(|| illegal(cx, i, a, len))?;
+            out.copy_from_slice(&cx.shared[r]);
+            Ok(())
+        }
+        Where::Local => {
+            let frame = cx.k.local_bytes as u64;
+            if a.checked_add(len as u64).is_none_or(|e| e > frame) {
+                return Err(illegal(cx, i, a, len));
+            }
+            let at = frame * lane as u64 + a;
+            let r = slice_of(&w.local, at, len).ok_or_else(|| illegal(cx, i, a, len))?;
+            out.copy_from_slice(&w.local[r]);
+            Ok(())
+        }
+        Where::Param => {
+            let r = slice_of(cx.l.params, a, len).ok_or_else(|| illegal(cx, i, a, len))?;
+            out.copy_from_slice(&cx.l.params[r]);
+            Ok(())
+        }
+    }
+}
+
+fn store(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, space: Where, a: u64, lane: usize, data: &[u8]) -> R<()> {
+    let len = data.len();
+    match space {
+        Where::Global => cx.mem.write(a, data).map_err(|f| illegal(cx, i, f.addr, f.len as usize)),
+        Where::Shared => {
+            let r = slice_of(&cx.shared, a, len).ok_or_else(|| illegal(cx, i, a, len))?;
+            cx.shared[r].copy_from_slice(data);
+            Ok(())
+        }
+        Where::Local => {
+            let frame = cx.k.local_bytes as u64;
+            if a.checked_add(len as u64).is_none_or(|e| e > frame) {
+                return Err(illegal(cx, i, a, len));
+            }
+            let at = frame * lane as u64 + a;
+            let r = slice_of(&w.local, at, len).ok_or_else(|| illegal(cx, i, a, len))?;
+            w.local[r].copy_from_slice(data);
+            Ok(())
+        }
+        Where::Param => Err(unsupported(cx, i, "a store to kernel parameters")),
+    }
+}
+
+fn lanes(m: u32) -> impl Iterator<Item = usize> {
+    (0..32).filter(move |l| m & (1 << l) != 0)
+}
+
+/// The fewest operands each instruction takes (checked before any is read).
+fn min_operands(op: Op) -> usize {
+    match op {
+        Op::Ret | Op::Exit | Op::Trap | Op::Membar | Op::Fence | Op::Bar | Op::Barrier | Op::Call => 0,
+        Op::Bra => 1,
+        Op::Mov | Op::Ld | Op::Ldu | Op::St | Op::Cvta | Op::Cvt | Op::Vote | Op::Red => 2,
+        Op::Abs
+        | Op::Neg
+        | Op::Not
+        | Op::Cnot
+        | Op::Popc
+        | Op::Clz
+        | Op::Brev
+        | Op::Rcp
+        | Op::Sqrt
+        | Op::Rsqrt
+        | Op::Ex2
+        | Op::Lg2
+        | Op::Sin
+        | Op::Cos
+        | Op::Tanh => 2,
+        Op::Setp | Op::Atom => 3,
+        Op::Mad | Op::Fma | Op::Sad | Op::Dp4a | Op::Prmt | Op::Bfe | Op::Mad24 | Op::Selp | Op::Shfl => 4,
+        Op::Bfi => 5,
+        _ => 3,
+    }
+}
+
+fn exec(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32, mask: u32, next: &mut [u32; 32]) -> R<()> {
+    if i.opds.len() < min_operands(i.op) {
+        return Err(unsupported(cx, i, format!("{} with {} operands", i.op.word(), i.opds.len())));
+    }
+    if types(i).any(|t| t.size() > 8) {
+        return Err(unsupported(cx, i, "128-bit operands"));
+    }
+    match i.op {
+        Op::Bra => {
+            let Some(Opd::Label(t)) = i.opds.first() else { return Err(unsupported(cx, i, "an indirect branch")) };
+            for l in lanes(run) {
+                next[l] = *t;
+            }
+        }
+        Op::Ret | Op::Exit => w.exited |= run,
+        Op::Trap => {
+            if run != 0 {
+                return Err(ExecError::Trap { kernel: cx.k.name.clone(), line: i.line });
+            }
+        }
+        Op::Bar | Op::Barrier => {
+            if has(i, Word::Warp) {
+                // bar.warp.sync: lanes already run in lockstep at one PC.
+            } else if has(i, Word::Red) || has(i, Word::Arrive) || i.opds.len() > 1 {
+                return Err(unsupported(cx, i, "bar with a thread count, .arrive or .red"));
+            } else {
+                w.at_barrier |= run;
+                // Lanes whose guard failed go on.
+            }
+        }
+        Op::Membar | Op::Fence => {}
+        Op::Mov => {
+            let t = last_type(cx, i)?;
+            match (i.opds.first(), i.opds.get(1)) {
+                (Some(Opd::Vector(parts)), Some(s)) => {
+                    // Unpack: mov.b64 {%r1, %r2}, %rd1.
+                    if !matches!(parts.len(), 2 | 4) {
+                        return Err(unsupported(cx, i, "a mov vector that is not of 2 or 4"));
+                    }
+                    let each = bits(t) / parts.len() as u32;
+                    for l in lanes(run) {
+                        let v = src(cx, w, i, s, t, l)?;
+                        for (k, p) in parts.iter().enumerate() {
+                            if let Opd::Reg(r) = p {
+                                set(w, *r, l, (v >> (k as u32 * each)) & ((1u64 << each) - 1));
+                            }
+                        }
+                    }
+                }
+                (Some(Opd::Reg(d)), Some(Opd::Vector(parts))) => {
+                    if !matches!(parts.len(), 2 | 4) {
+                        return Err(unsupported(cx, i, "a mov vector that is not of 2 or 4"));
+                    }
+                    let each = bits(t) / parts.len() as u32;
+                    for l in lanes(run) {
+                        let mut v = 0u64;
+                        for (k, p) in parts.iter().enumerate() {
+                            v |= (src(cx, w, i, p, Scalar::B64, l)? & ((1u64 << each) - 1)) << (k as u32 * each);
+                        }
+                        set(w, *d, l, v);
+                    }
+                }
+                _ => {
+                    let d = dst(cx, i, 0)?;
+                    for l in lanes(run) {
+                        let v = src(cx, w, i, &i.opds[1], t, l)?;
+                        set(w, d, l, mask_to(t, v));
+                    }
+                }
+            }
+        }
+        Op::Ld | Op::Ldu => {
+            let t = last_type(cx, i)?;
+            let size = t.size() as usize;
+            let vec = if has(i, Word::V4) {
+                4
+            } else if has(i, Word::V2) {
+                2
+            } else {
+                1
+            };
+            let dsts: Vec<Opd> = match &i.opds[0] {
+                Opd::Vector(v) => v.clone(),
+                o => vec![o.clone()],
+            };
+            if dsts.len() != vec {
+                return Err(unsupported(cx, i, "a vector load whose destination count differs"));
+            }
+            for l in lanes(run) {
+                let (space, a) = address(cx, w, i, &i.opds[1], l)?;
+                let mut buf = [0u8; 64];
+                load(cx, w, i, space, a, l, &mut buf[..size * vec])?;
+                for (k, d) in dsts.iter().enumerate() {
+                    let mut v = [0u8; 8];
+                    v[..size].copy_from_slice(&buf[k * size..k * size + size]);
+                    let raw = u64::from_le_bytes(v);
+                    let val = if is_signed(t) { sext(t, raw) as u64 } else { raw };
+                    match d {
+                        Opd::Reg(r) => set(w, *r, l, val),
+                        Opd::Sink => {}
+                        other => return Err(unsupported(cx, i, format!("a load into {other:?}"))),
+                    }
+                }
+            }
+        }
+        Op::St => {
+            let t = last_type(cx, i)?;
+            let size = t.size() as usize;
+            let srcs: Vec<Opd> = match &i.opds[1] {
+                Opd::Vector(v) => v.clone(),
+                o => vec![o.clone()],
+            };
+            if srcs.len() > 4 {
+                return Err(unsupported(cx, i, "a store of more than 4 elements"));
+            }
+            for l in lanes(run) {
+                let (space, a) = address(cx, w, i, &i.opds[0], l)?;
+                let mut buf = [0u8; 64];
+                for (k, s) in srcs.iter().enumerate() {
+                    let v = src(cx, w, i, s, t, l)?;
+                    buf[k * size..k * size + size].copy_from_slice(&v.to_le_bytes()[..size]);
+                }
+                store(cx, w, i, space, a, l, &buf[..size * srcs.len()])?;
+            }
+        }
+        Op::Cvta => {
+            let shared = has(i, Word::Shared);
+            let local = has(i, Word::Local);
+            let to = has(i, Word::To);
+            let d = dst(cx, i, 0)?;
+            for l in lanes(run) {
+                let v = src(cx, w, i, &i.opds[1], Scalar::U64, l)?;
+                let out = match (shared, local, to) {
+                    (true, _, false) => v.wrapping_add(SHARED_WINDOW),
+                    (true, _, true) => v.wrapping_sub(SHARED_WINDOW),
+                    (_, true, false) => v.wrapping_add(LOCAL_WINDOW),
+                    (_, true, true) => v.wrapping_sub(LOCAL_WINDOW),
+                    _ => v, // global and const are identity-mapped
+                };
+                set(w, d, l, out);
+            }
+        }
+        Op::Setp => setp(cx, w, i, run)?,
+        Op::Selp => {
+            let t = last_type(cx, i)?;
+            let d = dst(cx, i, 0)?;
+            for l in lanes(run) {
+                let c = src(cx, w, i, &i.opds[3], Scalar::Pred, l)? & 1;
+                let v = if c != 0 { src(cx, w, i, &i.opds[1], t, l)? } else { src(cx, w, i, &i.opds[2], t, l)? };
+                set(w, d, l, v);
+            }
+        }
+        Op::Cvt => cvt(cx, w, i, run)?,
+        Op::Shfl => shfl(cx, w, i, run)?,
+        Op::Vote => {
+            let d = i.opds.first().cloned().unwrap_or(Opd::Sink);
+            let mut ballot = 0u32;
+            for l in lanes(run) {
+                if src(cx, w, i, &i.opds[1], Scalar::Pred, l)? & 1 != 0 {
+                    ballot |= 1 << l;
+                }
+            }
+            let value = if has(i, Word::Ballot) {
+                u64::from(ballot)
+            } else if has(i, Word::Any) {
+                u64::from(ballot != 0)
+            } else if has(i, Word::All) {
+                u64::from(ballot == run)
+            } else {
+                return Err(unsupported(cx, i, "this vote mode"));
+            };
+            if let Opd::Reg(r) = d {
+                for l in lanes(run) {
+                    set(w, r, l, value);
+                }
+            }
+        }
+        Op::Atom | Op::Red => atom(cx, w, i, run)?,
+        Op::Call => return Err(unsupported(cx, i, "call (device functions and printf)")),
+        _ => alu(cx, w, i, run)?,
+    }
+    let _ = mask;
+    Ok(())
+}
+
+fn setp(cx: &Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32) -> R<()> {
+    let t = last_type(cx, i)?;
+    let cmp = i
+        .mods
+        .iter()
+        .find_map(|m| match m {
+            Mod::W(
+                c @ (Word::Eq
+                | Word::Ne
+                | Word::Lt
+                | Word::Le
+                | Word::Gt
+                | Word::Ge
+                | Word::Lo
+                | Word::Ls
+                | Word::Hi
+                | Word::Hs
+                | Word::Equ
+                | Word::Neu
+                | Word::Ltu
+                | Word::Leu
+                | Word::Gtu
+                | Word::Geu
+                | Word::Num
+                | Word::Nan),
+            ) => Some(*c),
+            _ => None,
+        })
+        .ok_or_else(|| unsupported(cx, i, "setp without a comparison"))?;
+    let combine = i.mods.iter().rev().find_map(|m| match m {
+        Mod::W(c @ (Word::And | Word::Or | Word::Xor)) => Some(*c),
+        _ => None,
+    });
+    let (p, q) = match &i.opds[0] {
+        Opd::Reg(p) => (*p, None),
+        Opd::PredPair(p, q) => (*p, Some(*q)),
+        other => return Err(unsupported(cx, i, format!("setp into {other:?}"))),
+    };
+    for l in lanes(run) {
+        let a = src(cx, w, i, &i.opds[1], t, l)?;
+        let b = src(cx, w, i, &i.opds[2], t, l)?;
+        let r = if is_float(t) {
+            let (x, y) = (f(t, a), f(t, b));
+            let un = x.is_nan() || y.is_nan();
+            match cmp {
+                Word::Eq => x == y,
+                Word::Ne => !un && x != y,
+                Word::Lt => x < y,
+                Word::Le => x <= y,
+                Word::Gt => x > y,
+                Word::Ge => x >= y,
+                Word::Equ => un || x == y,
+                Word::Neu => un || x != y,
+                Word::Ltu => un || x < y,
+                Word::Leu => un || x <= y,
+                Word::Gtu => un || x > y,
+                Word::Geu => un || x >= y,
+                Word::Num => !un,
+                Word::Nan => un,
+                _ => return Err(unsupported(cx, i, "this float comparison")),
+            }
+        } else if is_signed(t) {
+            let (x, y) = (sext(t, a), sext(t, b));
+            match cmp {
+                Word::Eq => x == y,
+                Word::Ne => x != y,
+                Word::Lt => x < y,
+                Word::Le => x <= y,
+                Word::Gt => x > y,
+                Word::Ge => x >= y,
+                _ => return Err(unsupported(cx, i, "this signed comparison")),
+            }
+        } else {
+            let (x, y) = (mask_to(t, a), mask_to(t, b));
+            match cmp {
+                Word::Eq => x == y,
+                Word::Ne => x != y,
+                Word::Lt | Word::Lo => x < y,
+                Word::Le | Word::Ls => x <= y,
+                Word::Gt | Word::Hi => x > y,
+                Word::Ge | Word::Hs => x >= y,
+                _ => return Err(unsupported(cx, i, "this unsigned comparison")),
+            }
+        };
+        let (mut r, mut nr) = (r, !r);
+        if let Some(c) = combine {
+            let c_in = src(
+                cx,
+                w,
+                i,
+                i.opds.get(3).ok_or_else(|| unsupported(cx, i, "setp with a boolean op and no predicate"))?,
+                Scalar::Pred,
+                l,
+            )? & 1
+                != 0;
+            let op = |x: bool| match c {
+                Word::And => x && c_in,
+                Word::Or => x || c_in,
+                _ => x ^ c_in,
+            };
+            (r, nr) = (op(r), op(nr));
+        }
+        set(w, p, l, u64::from(r));
+        if let Some(q) = q {
+            set(w, q, l, u64::from(nr));
+        }
+    }
+    Ok(())
+}
+
+fn round_f(x: f64, i: &Inst) -> f64 {
+    if has(i, Word::Rni) || has(i, Word::Rn) {
+        x.round_ties_even()
+    } else if has(i, Word::Rzi) || has(i, Word::Rz) {
+        x.trunc()
+    } else if has(i, Word::Rmi) || has(i, Word::Rm) {
+        x.floor()
+    } else if has(i, Word::Rpi) || has(i, Word::Rp) {
+        x.ceil()
+    } else {
+        x
+    }
+}
+
+fn cvt(cx: &Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32) -> R<()> {
+    let ts: Vec<Scalar> = types(i).collect();
+    let [dt, st] = ts[..] else { return Err(unsupported(cx, i, "cvt without two types")) };
+    if matches!(dt, Scalar::F16 | Scalar::Bf16 | Scalar::F16x2 | Scalar::Bf16x2)
+        || matches!(st, Scalar::F16 | Scalar::Bf16 | Scalar::F16x2 | Scalar::Bf16x2)
+    {
+        return Err(unsupported(cx, i, "half and bfloat16 conversions"));
+    }
+    let d = dst(cx, i, 0)?;
+    for l in lanes(run) {
+        let v = src(cx, w, i, &i.opds[1], st, l)?;
+        let out = match (is_float(dt), is_float(st)) {
+            (true, true) => {
+                let x = f(st, v);
+                let x = if dt == st { round_f(x, i) } else { x };
+                from_f(dt, x)
+            }
+            (true, false) => from_f(dt, if is_signed(st) { sext(st, v) as f64 } else { mask_to(st, v) as f64 }),
+            (false, true) => {
+                let x = round_f(f(st, v), i);
+                let x = if x.is_nan() { 0.0 } else { x };
+                if is_signed(dt) {
+                    let n = bits(dt);
+                    let (lo, hi) = (-(2f64.powi(n as i32 - 1)), 2f64.powi(n as i32 - 1) - 1.0);
+                    mask_to(dt, x.clamp(lo, hi) as i64 as u64)
+                } else {
+                    let hi = 2f64.powi(bits(dt) as i32) - 1.0;
+                    x.clamp(0.0, hi) as u64
+                }
+            }
+            (false, false) => {
+                let s = if is_signed(st) { sext(st, v) as u64 } else { mask_to(st, v) };
+                let s = if has(i, Word::Sat) && is_signed(st) != is_signed(dt) && (s as i64) < 0 { 0 } else { s };
+                if is_signed(dt) {
+                    sext(dt, mask_to(dt, s)) as u64
+                } else {
+                    mask_to(dt, s)
+                }
+            }
+        };
+        set(w, d, l, out);
+    }
+    Ok(())
+}
+
+fn shfl(cx: &Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32) -> R<()> {
+    // shfl.sync.mode.b32 d[|p], a, b, c, membermask;
+    let (d, p) = match &i.opds[0] {
+        Opd::Reg(d) => (*d, None),
+        Opd::PredPair(d, p) => (*d, Some(*p)),
+        other => return Err(unsupported(cx, i, format!("shfl into {other:?}"))),
+    };
+    let vals: Vec<u64> =
+        (0..32).map(|l| if run & (1 << l) != 0 { src(cx, w, i, &i.opds[1], Scalar::B32, l).unwrap_or(0) } else { 0 }).collect();
+    let mut out = [(0u64, false); 32];
+    for l in lanes(run) {
+        let b = src(cx, w, i, &i.opds[2], Scalar::B32, l)? as u32;
+        let c = src(cx, w, i, &i.opds[3], Scalar::B32, l)? as u32;
+        let seg_mask = (c >> 8) & 0x1f;
+        let max_lane = c & 0x1f;
+        let lane = l as u32;
+        let min_lane = lane & seg_mask;
+        let max_lane = min_lane | (max_lane & !seg_mask);
+        let (j, ok) = if has(i, Word::Up) {
+            let j = lane.wrapping_sub(b);
+            (j, j as i32 >= min_lane as i32)
+        } else if has(i, Word::Down) {
+            let j = lane.wrapping_add(b);
+            (j, j <= max_lane)
+        } else if has(i, Word::Bfly) {
+            let j = lane ^ b;
+            (j, j <= max_lane)
+        } else if has(i, Word::Idx) {
+            let j = min_lane | (b & !seg_mask);
+            (j, j <= max_lane)
+        } else {
+            return Err(unsupported(cx, i, "this shfl mode"));
+        };
+        let j = if ok && j < 32 && run & (1 << j) != 0 { j } else { lane };
+        out[l] = (vals[j as usize], ok);
+    }
+    for l in lanes(run) {
+        set(w, d, l, out[l].0);
+        if let Some(p) = p {
+            set(w, p, l, u64::from(out[l].1));
+        }
+    }
+    Ok(())
+}
+
+fn atom(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32) -> R<()> {
+    let t = last_type(cx, i)?;
+    let size = t.size() as usize;
+    let red = i.op == Op::Red;
+    let (addr_at, first_src) = if red { (0, 1) } else { (1, 2) };
+    let op = i
+        .mods
+        .iter()
+        .find_map(|m| match m {
+            Mod::W(
+                o @ (Word::AddOp
+                | Word::Inc
+                | Word::Dec
+                | Word::Min
+                | Word::Max
+                | Word::Exch
+                | Word::Cas
+                | Word::And
+                | Word::Or
+                | Word::Xor),
+            ) => Some(*o),
+            _ => None,
+        })
+        .ok_or_else(|| unsupported(cx, i, "atom without an operation"))?;
+    // Lanes in order: the result is as if they ran one after another.
+    for l in lanes(run) {
+        let (space, a) = address(cx, w, i, &i.opds[addr_at], l)?;
+        let b = src(cx, w, i, &i.opds[first_src], t, l)?;
+        let c = if op == Word::Cas { src(cx, w, i, &i.opds[first_src + 1], t, l)? } else { 0 };
+        let mut apply = |old: u64| -> u64 {
+            let old = mask_to(t, old);
+            let r = match op {
+                Word::AddOp if is_float(t) => from_f(t, f(t, old) + f(t, b)),
+                Word::AddOp => old.wrapping_add(b),
+                Word::Inc => {
+                    if old >= mask_to(t, b) {
+                        0
+                    } else {
+                        old + 1
+                    }
+                }
+                Word::Dec => {
+                    if old == 0 || old > mask_to(t, b) {
+                        mask_to(t, b)
+                    } else {
+                        old - 1
+                    }
+                }
+                Word::Min if is_signed(t) => sext(t, old).min(sext(t, b)) as u64,
+                Word::Max if is_signed(t) => sext(t, old).max(sext(t, b)) as u64,
+                Word::Min if is_float(t) => from_f(t, f(t, old).min(f(t, b))),
+                Word::Max if is_float(t) => from_f(t, f(t, old).max(f(t, b))),
+                Word::Min => old.min(mask_to(t, b)),
+                Word::Max => old.max(mask_to(t, b)),
+                Word::Exch => b,
+                Word::Cas => {
+                    if old == mask_to(t, b) {
+                        c
+                    } else {
+                        old
+                    }
+                }
+                Word::And => old & b,
+                Word::Or => old | b,
+                _ => old ^ b,
+            };
+            mask_to(t, r)
+        };
+        let old = match space {
+            Where::Global => cx.mem.atomic(a, size, &mut apply).map_err(|f| illegal(cx, i, f.addr, f.len as usize))?,
+            Where::Shared => {
+                let r = slice_of(&cx.shared, a, size).ok_or_else(|| illegal(cx, i, a, size))?;
+                let mut v = [0u8; 8];
+                v[..size].copy_from_slice(&cx.shared[r.clone()]);
+                let old = u64::from_le_bytes(v);
+                let new = apply(old);
+                cx.shared[r].copy_from_slice(&new.to_le_bytes()[..size]);
+                old
+            }
+            _ => return Err(unsupported(cx, i, "atomics outside global and shared memory")),
+        };
+        if !red {
+            if let Opd::Reg(d) = i.opds[0] {
+                set(w, d, l, if is_signed(t) { sext(t, old) as u64 } else { old });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn alu(cx: &Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32) -> R<()> {
+    let t = last_type(cx, i)?;
+    let d = dst(cx, i, 0)?;
+    let wide = has(i, Word::Wide);
+    let hi = has(i, Word::Hi);
+    let n = i.opds.len();
+    for l in lanes(run) {
+        let a = src(cx, w, i, &i.opds[1], t, l)?;
+        let b = if n > 2 { src(cx, w, i, &i.opds[2], t, l)? } else { 0 };
+        let c = if n > 3 && i.op != Op::Setp { src(cx, w, i, &i.opds[3], if wide { wide_of(t) } else { t }, l)? } else { 0 };
+        let v = if is_float(t) {
+            let (x, y, z) = (f(t, a), f(t, b), f(t, c));
+            let r = match i.op {
+                Op::Add => x + y,
+                Op::Sub => x - y,
+                Op::Mul => x * y,
+                Op::Fma | Op::Mad => x.mul_add(y, z),
+                Op::Div => x / y,
+                Op::Abs => x.abs(),
+                Op::Neg => -x,
+                Op::Min => x.min(y),
+                Op::Max => x.max(y),
+                Op::Rcp => 1.0 / x,
+                Op::Sqrt => x.sqrt(),
+                Op::Rsqrt => 1.0 / x.sqrt(),
+                Op::Ex2 => x.exp2(),
+                Op::Lg2 => x.log2(),
+                Op::Sin => x.sin(),
+                Op::Cos => x.cos(),
+                Op::Tanh => x.tanh(),
+                Op::Copysign => y.copysign(x),
+                _ => return Err(unsupported(cx, i, format!("{} on floats", i.op.word()))),
+            };
+            let r = if t == Scalar::F32 { f64::from(r as f32) } else { r };
+            let r = if has(i, Word::Sat) {
+                if r.is_nan() {
+                    0.0
+                } else {
+                    r.clamp(0.0, 1.0)
+                }
+            } else {
+                r
+            };
+            let r = if has(i, Word::Ftz) && t == Scalar::F32 && r != 0.0 && r.abs() < f64::from(f32::MIN_POSITIVE) {
+                0.0f64.copysign(r)
+            } else {
+                r
+            };
+            from_f(t, r)
+        } else {
+            let s = is_signed(t);
+            let (x, y) = (if s { sext(t, a) as u64 } else { mask_to(t, a) }, if s { sext(t, b) as u64 } else { mask_to(t, b) });
+            let nb = bits(t);
+            let full = |x: u64, y: u64| -> u128 {
+                if s {
+                    (x as i64 as i128 * y as i64 as i128) as u128
+                } else {
+                    x as u128 * y as u128
+                }
+            };
+            let r = match i.op {
+                Op::Add => x.wrapping_add(y),
+                Op::Sub => x.wrapping_sub(y),
+                Op::Mul | Op::Mad if wide => {
+                    let p = full(x, y) as u64;
+                    if i.op == Op::Mad {
+                        p.wrapping_add(c)
+                    } else {
+                        p
+                    }
+                }
+                Op::Mul | Op::Mad if hi => {
+                    let p = (full(x, y) >> nb) as u64;
+                    if i.op == Op::Mad {
+                        p.wrapping_add(c)
+                    } else {
+                        p
+                    }
+                }
+                Op::Mul => x.wrapping_mul(y),
+                Op::Mad => x.wrapping_mul(y).wrapping_add(c),
+                Op::Mul24 => (x & 0xff_ffff).wrapping_mul(y & 0xff_ffff),
+                Op::Mad24 => (x & 0xff_ffff).wrapping_mul(y & 0xff_ffff).wrapping_add(c),
+                Op::Sad => (if s { (x as i64).abs_diff(y as i64) } else { x.abs_diff(y) }).wrapping_add(c),
+                Op::Div | Op::Rem => {
+                    if mask_to(t, y) == 0 {
+                        // Division by zero: all ones, as the hardware.
+                        u64::MAX
+                    } else if s {
+                        let (p, q) = (x as i64, y as i64);
+                        (if i.op == Op::Div { p.wrapping_div(q) } else { p.wrapping_rem(q) }) as u64
+                    } else if i.op == Op::Div {
+                        x / y
+                    } else {
+                        x % y
+                    }
+                }
+                Op::Min => {
+                    if s {
+                        (x as i64).min(y as i64) as u64
+                    } else {
+                        x.min(y)
+                    }
+                }
+                Op::Max => {
+                    if s {
+                        (x as i64).max(y as i64) as u64
+                    } else {
+                        x.max(y)
+                    }
+                }
+                Op::Abs => (x as i64).unsigned_abs(),
+                Op::Neg => x.wrapping_neg(),
+                Op::And => a & b,
+                Op::Or => a | b,
+                Op::Xor => a ^ b,
+                Op::Not => !a,
+                Op::Cnot => u64::from(mask_to(t, a) == 0),
+                Op::Shl => {
+                    let sh = b as u32;
+                    if sh >= nb {
+                        0
+                    } else {
+                        a << sh
+                    }
+                }
+                Op::Shr => {
+                    let sh = (b as u32).min(nb);
+                    if s {
+                        (sext(t, a) >> sh.min(63)) as u64
+                    } else if sh >= nb {
+                        0
+                    } else {
+                        mask_to(t, a) >> sh
+                    }
+                }
+                Op::Popc => u64::from(mask_to(t, a).count_ones()),
+                Op::Clz => u64::from(mask_to(t, a).leading_zeros() - (64 - nb)),
+                Op::Brev => mask_to(t, a).reverse_bits() >> (64 - nb),
+                Op::Bfi => {
+                    // bfi.b32 d, a (insert), b (base), c (pos), e (len)
+                    let pos = c as u32 & 0xff;
+                    let len = src(cx, w, i, &i.opds[4], Scalar::U32, l)? as u32 & 0xff;
+                    if len == 0 || pos >= nb {
+                        b
+                    } else {
+                        let len = len.min(nb - pos);
+                        let m = if len >= 64 { u64::MAX } else { ((1u64 << len) - 1) << pos };
+                        (b & !m) | ((a << pos) & m)
+                    }
+                }
+                Op::Bfe => {
+                    let pos = b as u32 & 0xff;
+                    let len = c as u32 & 0xff;
+                    if len == 0 {
+                        0
+                    } else {
+                        let v = if pos >= 64 { 0 } else { mask_to(t, a) >> pos };
+                        let len = len.min(nb);
+                        let m = if len >= 64 { u64::MAX } else { (1u64 << len) - 1 };
+                        let v = v & m;
+                        if s && len < 64 && (v >> (len - 1)) & 1 != 0 {
+                            v | !m
+                        } else {
+                            v
+                        }
+                    }
+                }
+                Op::Dp4a => {
+                    // dp4a.atype.btype d, a, b, c (c is s32/u32).
+                    let ts: Vec<Scalar> = types(i).collect();
+                    let (sa, sb) = (ts.first().is_some_and(|t| is_signed(*t)), ts.get(1).is_some_and(|t| is_signed(*t)));
+                    let byte = |v: u64, k: u32, sg: bool| -> i64 {
+                        let b = (v >> (8 * k)) & 0xff;
+                        if sg {
+                            b as u8 as i8 as i64
+                        } else {
+                            b as i64
+                        }
+                    };
+                    let mut acc = sext(Scalar::S32, c);
+                    for k in 0..4 {
+                        acc = acc.wrapping_add(byte(a, k, sa) * byte(b, k, sb));
+                    }
+                    acc as u64
+                }
+                Op::Prmt => {
+                    if i.mods.iter().any(|m| matches!(m, Mod::W(Word::F4e | Word::B4e | Word::Rc8 | Word::Ecl | Word::Ecr | Word::Rc16))) {
+                        return Err(unsupported(cx, i, "prmt modes"));
+                    }
+                    let bytes = (mask_to(Scalar::B32, b) << 32 | mask_to(Scalar::B32, a)).to_le_bytes();
+                    let mut out = 0u64;
+                    for k in 0..4 {
+                        let sel = (c >> (4 * k)) & 0xf;
+                        let mut byte = bytes[(sel & 7) as usize];
+                        if sel & 8 != 0 {
+                            byte = if byte & 0x80 != 0 { 0xff } else { 0 };
+                        }
+                        out |= u64::from(byte) << (8 * k);
+                    }
+                    out
+                }
+                _ => return Err(unsupported(cx, i, format!("{} on integers", i.op.word()))),
+            };
+            let out_t = if wide { wide_of(t) } else { t };
+            let r = if has(i, Word::Sat) && t == Scalar::S32 && matches!(i.op, Op::Add | Op::Sub) {
+                let (p, q) = (x as i64, y as i64);
+                (if i.op == Op::Add { p + q } else { p - q }).clamp(i32::MIN as i64, i32::MAX as i64) as u64
+            } else {
+                r
+            };
+            if is_signed(out_t) {
+                sext(out_t, mask_to(out_t, r)) as u64
+            } else {
+                mask_to(out_t, r)
+            }
+        };
+        set(w, d, l, v);
+    }
+    Ok(())
+}
+
+fn wide_of(t: Scalar) -> Scalar {
+    match t {
+        Scalar::S16 => Scalar::S32,
+        Scalar::U16 => Scalar::U32,
+        Scalar::S32 => Scalar::S64,
+        Scalar::U32 => Scalar::U64,
+        other => other,
+    }
+}

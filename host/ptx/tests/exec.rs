@@ -1,0 +1,299 @@
+//! The interpreter on nvcc's PTX of the project's kernels (`tests/data`, from `tests/cu` and
+//! `tests/cu/surface.cu`), against results computed here in Rust.
+
+use std::cell::RefCell;
+use std::path::Path;
+
+use vgpu_ptx::ast::Init;
+use vgpu_ptx::exec::{run, ExecError, Fault, Launch, Memory};
+use vgpu_ptx::Module;
+
+/// Global memory: allocations at 0x1000_0000 apart, bounds-checked.
+#[derive(Default)]
+struct Mem {
+    blocks: RefCell<Vec<(u64, Vec<u8>)>>,
+}
+
+impl Mem {
+    fn alloc(&self, bytes: &[u8]) -> u64 {
+        let mut b = self.blocks.borrow_mut();
+        let base = 0x1000_0000 * (b.len() as u64 + 1);
+        b.push((base, bytes.to_vec()));
+        base
+    }
+    fn get(&self, addr: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0; len];
+        self.read(addr, &mut v).unwrap();
+        v
+    }
+    fn with<T>(&self, addr: u64, len: usize, f: impl FnOnce(&mut [u8]) -> T) -> Result<T, Fault> {
+        let mut b = self.blocks.borrow_mut();
+        for (base, data) in b.iter_mut() {
+            if addr >= *base && addr - *base + len as u64 <= data.len() as u64 {
+                let s = (addr - *base) as usize;
+                return Ok(f(&mut data[s..s + len]));
+            }
+        }
+        Err(Fault { addr, len: len as u64 })
+    }
+}
+
+impl Memory for Mem {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Fault> {
+        self.with(addr, buf.len(), |d| buf.copy_from_slice(d))
+    }
+    fn write(&self, addr: u64, data: &[u8]) -> Result<(), Fault> {
+        self.with(addr, data.len(), |d| d.copy_from_slice(data))
+    }
+    fn atomic(&self, addr: u64, size: usize, f: &mut dyn FnMut(u64) -> u64) -> Result<u64, Fault> {
+        self.with(addr, size, |d| {
+            let mut v = [0u8; 8];
+            v[..size].copy_from_slice(d);
+            let old = u64::from_le_bytes(v);
+            d.copy_from_slice(&f(old).to_le_bytes()[..size]);
+            old
+        })
+    }
+}
+
+fn data(name: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)).unwrap()
+}
+
+/// Allocate every module variable with its initializer; their addresses by index.
+fn globals(m: &Module, mem: &Mem) -> Vec<u64> {
+    m.variables
+        .iter()
+        .map(|v| {
+            let mut bytes = vec![0u8; v.size() as usize];
+            let el = v.ty.size() as usize;
+            for (k, init) in v.init.iter().flatten().enumerate() {
+                let raw = match init {
+                    Init::Int(x) => *x as u64,
+                    Init::Float(b) => {
+                        if el == 4 {
+                            u64::from((f64::from_bits(*b) as f32).to_bits())
+                        } else {
+                            *b
+                        }
+                    }
+                    Init::Symbol(..) => 0,
+                };
+                if (k + 1) * el <= bytes.len() {
+                    bytes[k * el..(k + 1) * el].copy_from_slice(&raw.to_le_bytes()[..el]);
+                }
+            }
+            mem.alloc(&bytes)
+        })
+        .collect()
+}
+
+fn params(parts: &[&[u8]], offsets: &[u32], total: u32) -> Vec<u8> {
+    let mut p = vec![0u8; total as usize];
+    for (b, &o) in parts.iter().zip(offsets) {
+        p[o as usize..o as usize + b.len()].copy_from_slice(b);
+    }
+    p
+}
+
+fn launch<'a>(grid: u32, block: u32, params: &'a [u8], globals: &'a [u64], dynamic_shared: u32) -> Launch<'a> {
+    Launch { grid: [grid, 1, 1], block: [block, 1, 1], params, dynamic_shared, globals, budget: 50_000_000 }
+}
+
+fn floats(b: &[u8]) -> Vec<f32> {
+    b.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+#[test]
+fn use_symbols_reads_constants_and_globals_and_counts_atomically() {
+    let src = data("symbols.ptx");
+    let m = Module::parse(&src).unwrap();
+    let mem = Mem::default();
+    let g = globals(&m, &mem);
+    // coef = 0.5 * i, written as cudaMemcpyToSymbol would.
+    let coef_i = m.variables.iter().position(|v| v.name == "coef").unwrap();
+    let coef: Vec<u8> = (0..64).flat_map(|i| (0.5f32 * i as f32).to_le_bytes()).collect();
+    mem.write(g[coef_i], &coef).unwrap();
+    let n = 300usize;
+    let out = mem.alloc(&vec![0u8; n * 4]);
+    let k = m.lower(m.function("_Z11use_symbolsPfi").unwrap()).unwrap();
+    let p = params(&[&out.to_le_bytes(), &(n as u32).to_le_bytes()], &[0, 8], k.param_bytes);
+    run(&k, &launch(3, 128, &p, &g, 0), &mem, &|| false).unwrap();
+    let got = floats(&mem.get(out, n * 4));
+    for (i, v) in got.iter().enumerate() {
+        let table = if i % 128 < 5 { (1u32 << (i % 128)) as f32 } else { 0.0 };
+        assert_eq!(*v, 0.5 * (i % 64) as f32 * 3.0 + table, "out[{i}]");
+    }
+    let counter_i = m.variables.iter().position(|v| v.name == "counter").unwrap();
+    assert_eq!(u32::from_le_bytes(mem.get(g[counter_i], 4).try_into().unwrap()), n as u32);
+}
+
+#[test]
+fn block_sum_uses_dynamic_shared_memory_and_barriers() {
+    let src = data("shared.ptx");
+    let m = Module::parse(&src).unwrap();
+    let mem = Mem::default();
+    let g = globals(&m, &mem);
+    let (blocks, n) = (4usize, 1000usize);
+    let input: Vec<f32> = (0..blocks * n).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
+    let din = mem.alloc(&input.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<_>>());
+    let k = m.lower(m.function("_Z9block_sumPKfPfi").unwrap()).unwrap();
+    for threads in [32u32, 128, 256] {
+        let out = mem.alloc(&vec![0u8; blocks * 4]);
+        let p = params(&[&din.to_le_bytes(), &out.to_le_bytes(), &(n as u32).to_le_bytes()], &[0, 8, 16], k.param_bytes);
+        run(&k, &launch(blocks as u32, threads, &p, &g, threads * 4), &mem, &|| false).unwrap();
+        let got = floats(&mem.get(out, blocks * 4));
+        for b in 0..blocks {
+            let want: f32 = input[b * n..(b + 1) * n].iter().sum();
+            assert!((got[b] - want).abs() < 1e-3, "{threads} threads, block {b}: {} vs {want}", got[b]);
+        }
+    }
+}
+
+#[test]
+fn warp_shuffles_and_votes_match_their_definitions() {
+    let src = data("surface_80.ptx");
+    let m = Module::parse(&src).unwrap();
+    let mem = Mem::default();
+    let g = globals(&m, &mem);
+    let n = 64usize;
+    let input: Vec<f32> = (0..n).map(|i| i as f32 - 20.0).collect();
+    let din = mem.alloc(&input.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<_>>());
+    let out = mem.alloc(&vec![0u8; n * 4]);
+    let ballots = mem.alloc(&vec![0u8; n * 4]);
+    let k = m.lower(m.function("warp_ops").unwrap()).unwrap();
+    let p = params(
+        &[&din.to_le_bytes(), &out.to_le_bytes(), &ballots.to_le_bytes(), &(n as u32).to_le_bytes()],
+        &[0, 8, 16, 24],
+        k.param_bytes,
+    );
+    run(&k, &launch(1, 64, &p, &g, 0), &mem, &|| false).unwrap();
+    // The same computation, lane by lane, in Rust.
+    let table: Vec<f32> = (1..=16).map(|v| v as f32).collect();
+    let got = floats(&mem.get(out, n * 4));
+    let got_b: Vec<u32> = mem.get(ballots, n * 4).chunks(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect();
+    for w in 0..2 {
+        let mut v: Vec<f32> = (0..32).map(|l| input[w * 32 + l]).collect();
+        let mut off = 16;
+        while off > 0 {
+            let prev = v.clone();
+            for l in 0..32 {
+                v[l] = prev[l] + prev[l ^ off];
+            }
+            off >>= 1;
+        }
+        let prev = v.clone();
+        for l in 0..32 {
+            let down = if l + 1 < 32 { prev[l + 1] } else { prev[l] };
+            let up = if l >= 2 { prev[l - 2] } else { prev[l] };
+            v[l] = prev[l] + (down + up + prev[3]);
+        }
+        let mut b = 0u32;
+        for (l, x) in v.iter().enumerate() {
+            if *x > 0.0 {
+                b |= 1 << l;
+            }
+        }
+        let any_neg = v.iter().any(|x| *x < 0.0);
+        let all_ne1 = v.iter().all(|x| *x != 1.0);
+        let b2 = if any_neg && all_ne1 { b ^ 1 } else { b };
+        for (l, vl) in v.iter().enumerate() {
+            let i = w * 32 + l;
+            let want_b = b2.wrapping_add(b2.count_ones()).wrapping_add(b2.leading_zeros()).wrapping_add(b2.reverse_bits());
+            assert_eq!(got_b[i], want_b, "ballot word of thread {i}");
+            assert_eq!(got[i], vl * table[i & 15], "out[{i}]");
+        }
+    }
+}
+
+#[test]
+fn a_bad_address_is_an_illegal_address_error_and_a_spin_can_be_stopped() {
+    let src = data("streams.ptx");
+    let m = Module::parse(&src).unwrap();
+    let mem = Mem::default();
+    let g = globals(&m, &mem);
+    let k = m.lower(m.function("_Z4axpbPfiff").unwrap()).unwrap();
+    let x = mem.alloc(&[0u8; 16]);
+    // n = 8 on a 4-float buffer: thread 4 faults.
+    let p = params(&[&x.to_le_bytes(), &8u32.to_le_bytes(), &2f32.to_le_bytes(), &1f32.to_le_bytes()], &[0, 8, 12, 16], k.param_bytes);
+    let e = run(&k, &launch(1, 8, &p, &g, 0), &mem, &|| false).unwrap_err();
+    assert!(matches!(e, ExecError::IllegalAddress { addr, .. } if addr == x + 16), "{e}");
+    // n = 4: right, and the cancelled flag stops a launch before it starts work.
+    let p = params(&[&x.to_le_bytes(), &4u32.to_le_bytes(), &2f32.to_le_bytes(), &1f32.to_le_bytes()], &[0, 8, 12, 16], k.param_bytes);
+    run(&k, &launch(1, 8, &p, &g, 0), &mem, &|| false).unwrap();
+    assert_eq!(floats(&mem.get(x, 16)), [1.0, 1.0, 1.0, 1.0]);
+    let e = run(&k, &launch(1, 8, &p, &g, 0), &mem, &|| true).unwrap_err();
+    assert!(matches!(e, ExecError::Stopped { .. }), "{e}");
+    // A short parameter buffer is refused.
+    let e = run(&k, &launch(1, 8, &p[..8], &g, 0), &mem, &|| false).unwrap_err();
+    assert!(matches!(e, ExecError::BadLaunch { .. }), "{e}");
+}
+
+#[test]
+fn atomics_on_shared_and_global_memory_count_exactly() {
+    let src = data("surface_90.ptx");
+    let m = Module::parse(&src).unwrap();
+    let mem = Mem::default();
+    let g = globals(&m, &mem);
+    let k = m.lower(m.function("atomics").unwrap()).unwrap();
+    let ctr = mem.alloc(&vec![0u8; 64 * 4]);
+    let big = mem.alloc(&[0u8; 8]);
+    let fsum = mem.alloc(&[0u8; 4]);
+    let (blocks, threads) = (3u32, 100u32);
+    let p = params(&[&ctr.to_le_bytes(), &big.to_le_bytes(), &fsum.to_le_bytes(), &77u32.to_le_bytes()], &[0, 8, 16, 24], k.param_bytes);
+    run(&k, &launch(blocks, threads, &p, &g, 0), &mem, &|| false).unwrap();
+    let c: Vec<i32> = mem.get(ctr, 64 * 4).chunks(4).map(|b| i32::from_le_bytes(b.try_into().unwrap())).collect();
+    for (j, v) in c.iter().enumerate().take(32) {
+        // Each block adds its histogram: threads t with t % 32 == j.
+        let per_block = (0..threads).filter(|t| t % 32 == j as u32).count() as i32;
+        assert_eq!(*v, per_block * blocks as i32, "ctr[{j}]");
+    }
+    assert_eq!(c[40], 77, "atomicExch");
+    assert_eq!(c[41], threads as i32 - 1, "atomicMax");
+    assert_eq!(u64::from_le_bytes(mem.get(big, 8).try_into().unwrap()), 1, "atomicCAS");
+    assert_eq!(f32::from_le_bytes(mem.get(fsum, 4).try_into().unwrap()), 1.5 * (blocks * threads) as f32, "atomicAdd f32");
+    let gc = m.variables.iter().position(|v| v.name == "g_count").unwrap();
+    assert_eq!(u32::from_le_bytes(mem.get(g[gc], 4).try_into().unwrap()), blocks * threads, "atomicInc below its limit");
+}
+
+/// Every kernel of the test PTX, launched with parameters that are garbage or point at a small
+/// buffer, never panics: it finishes, faults, traps, runs out of budget or is unsupported.
+#[test]
+fn every_kernel_with_garbage_parameters_ends_without_a_panic() {
+    let mut seed = 0x1234_5678_9abc_def1u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for name in
+        ["symbols.ptx", "shared.ptx", "streams.ptx", "templates.ptx", "params.ptx", "surface_90.ptx", "surface_75-use_fast_math.ptx"]
+    {
+        let src = data(name);
+        let m = Module::parse(&src).unwrap();
+        let mem = Mem::default();
+        let g = globals(&m, &mem);
+        let buf = mem.alloc(&[0u8; 4096]);
+        for f in m.entries() {
+            let k = m.lower(f).unwrap();
+            for round in 0..4 {
+                let mut p = vec![0u8; k.param_bytes as usize + 8];
+                for c in p.chunks_mut(8) {
+                    let v = if round % 2 == 0 { buf + next() % 4096 } else { next() };
+                    let n = c.len();
+                    c.copy_from_slice(&v.to_le_bytes()[..n]);
+                }
+                let l = Launch {
+                    grid: [2, 1, 1],
+                    block: [1 + (next() % 64) as u32, 1, 1],
+                    params: &p,
+                    dynamic_shared: 256,
+                    globals: &g,
+                    budget: 200_000,
+                };
+                let _ = run(&k, &l, &mem, &|| false);
+            }
+        }
+    }
+}
