@@ -56,7 +56,7 @@ prepare() {
   command -v cargo >/dev/null || die "--prepare needs cargo (build here, run on the device machine)"
   echo "== cargo build --release (vgpu, libcudart.so.12/.13)"
   # Two commands: `--bin vgpu` would also filter out the cdylibs of the other packages.
-  cargo build --release -p vgpu-mediator --bin vgpu
+  cargo build --release -p vgpu-cli --bin vgpu
   cargo build --release -p vgpu-cudart12 -p vgpu-cudart13 -p vgpu-runtime
   local rel="$here/target/release"
   for f in vgpu libvgpu_cudart12.so libvgpu_cudart13.so libvgpu.so; do

@@ -78,7 +78,7 @@ VMLINUZ=$KDIR/boot/vmlinuz-$KVER
 # --- builds ----------------------------------------------------------------------------------
 say "building the mediator and libcudart (debug, shared with cargo test)"
 # Two invocations: `--bin` would filter the cdylib packages' targets away.
-cargo build --quiet -p vgpu-mediator --bin vgpu
+cargo build --quiet -p vgpu-cli --bin vgpu
 cargo build --quiet -p vgpu-cudart12 -p vgpu-cudart13 -p vgpu-runtime
 VGPU=$ROOT/target/debug/vgpu
 say "building the static guest test binary (target/vm/cargo)"
@@ -86,7 +86,7 @@ RUSTFLAGS='-C target-feature=+crt-static' cargo build --quiet --release --target
   -p vgpu-tests --bin vgpu-test-guest --target-dir "$VM/cargo"
 # `vgpu doctor` in the guest, from the same static build (it shares every dependency).
 RUSTFLAGS='-C target-feature=+crt-static' cargo build --quiet --release --target x86_64-unknown-linux-gnu \
-  -p vgpu-mediator --bin vgpu --target-dir "$VM/cargo"
+  -p vgpu-cli --bin vgpu --target-dir "$VM/cargo"
 GUEST_BIN=$VM/cargo/x86_64-unknown-linux-gnu/release/vgpu-test-guest
 GUEST_VGPU=$VM/cargo/x86_64-unknown-linux-gnu/release/vgpu
 is_static "$GUEST_BIN" || die "$GUEST_BIN is not statically linked"

@@ -36,7 +36,7 @@ pub fn args(a: u64, b: u64, c: u64) -> [u64; 6] {
 /// that holds the running test executable.
 ///
 /// Cargo does not build a dependency's binaries for another package's tests, so the first call
-/// in each test process runs `cargo build -p vgpu-mediator --bin vgpu` for the same profile and
+/// in each test process runs `cargo build -p vgpu-cli --bin vgpu` for the same profile and
 /// target folder. That is a no-op when the binary is fresh, and it keeps a stale binary from
 /// being tested in place of the current sources. Outside cargo (no `CARGO` in the environment)
 /// an existing binary is used as it is.
@@ -59,13 +59,13 @@ pub fn vgpu_exe() -> &'static Path {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
         let st = Process::new(cargo)
-            .args(["build", "--quiet", "-p", "vgpu-mediator", "--bin", "vgpu", "--profile", &profile, "--manifest-path"])
+            .args(["build", "--quiet", "-p", "vgpu-cli", "--bin", "vgpu", "--profile", &profile, "--manifest-path"])
             .arg(&manifest)
             .arg("--target-dir")
             .arg(target_dir)
             .status()
             .expect("running cargo build for the vgpu binary");
-        assert!(st.success(), "cargo build -p vgpu-mediator --bin vgpu failed: {st}");
+        assert!(st.success(), "cargo build -p vgpu-cli --bin vgpu failed: {st}");
         assert!(exe.exists(), "cargo built the vgpu binary but it is not at {}", exe.display());
         exe
     })

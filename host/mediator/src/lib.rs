@@ -10,19 +10,18 @@
 //! - [`ivshmem`]: the ivshmem-server protocol (the mediator is peer 0 of QEMU's `ivshmem-doorbell`);
 //! - [`emu`]: the CPU executor;
 //! - [`cuda`]: the GPU executor (CUDA driver API, loaded at run time);
-//! - [`bench`] and [`demo`]: measurements and the README's first command;
-//! - [`run`]: `vgpu run -- APP`, a CUDA program on our `libcudart.so.12`/`.13`.
+//! - [`child`]: a mediator started as a child process (for tests and the `vgpu` commands).
+//!
+//! The `vgpu` binary and the commands that act as a guest (`bench`, `demo`, `doctor`, `run`)
+//! live in `vgpu-cli` (`cli/`), so this crate depends on no guest crate.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
-pub mod bench;
 pub mod child;
 pub mod cuda;
-pub mod demo;
 pub mod emu;
 pub mod ivshmem;
 pub mod modules;
-pub mod run;
 pub mod serve;
 pub mod worker;
 

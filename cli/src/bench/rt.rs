@@ -20,7 +20,7 @@ use vgpu_streams::{rt, Context, CudaError, MemcpyKind, RawStream, STREAM_NON_BLO
 use vgpu_transport::wire::{req, MAX_WINDOW};
 
 use super::{memcpy_gbps, percentiles, progress};
-use crate::child::Mediator;
+use vgpu_mediator::child::Mediator;
 
 /// Window room asked for beyond the largest pinned buffer (staging is 4 MiB; the rest is slack).
 const WINDOW_SLACK_MIB: u64 = 16;
@@ -215,7 +215,7 @@ pub(super) fn run(out: &mut Map<String, Value>, quick: bool, lat_iters: usize, m
     if pinned_cap < max_size {
         progress(&format!(
             "runtime: pinned memory up to {} only (the data window holds no more); larger sizes are pageable only",
-            crate::serve::human_bytes(pinned_cap as u64)
+            vgpu_mediator::serve::human_bytes(pinned_cap as u64)
         ));
     }
     if !pinned.is_null() {
@@ -244,7 +244,7 @@ pub(super) fn run(out: &mut Map<String, Value>, quick: bool, lat_iters: usize, m
         } else {
             3
         };
-        progress(&format!("runtime bandwidth {} ({reps} reps), pageable and pinned", crate::serve::human_bytes(size as u64)));
+        progress(&format!("runtime bandwidth {} ({reps} reps), pageable and pinned", vgpu_mediator::serve::human_bytes(size as u64)));
         // SAFETY: `pageable` holds `max_size >= size` bytes and is not otherwise used meanwhile.
         let (pg_h2d, pg_d2h) = unsafe { rt_bandwidth(dev, pageable.as_mut_ptr(), size, reps)? };
         let pinned_bw = if size <= pinned_cap {
@@ -362,7 +362,7 @@ pub(super) fn render(v: &Value, s: &mut String) {
     let pinned_cap = v["rt_pinned_max_bytes"].as_u64().unwrap_or(0);
     s.push_str(&format!(
         "\ncudaMemcpy GB/s (pageable: Vec; pinned: cudaMallocHost, window {})\n",
-        crate::serve::human_bytes(v["rt_window_bytes"].as_u64().unwrap_or(0))
+        vgpu_mediator::serve::human_bytes(v["rt_window_bytes"].as_u64().unwrap_or(0))
     ));
     s.push_str(&format!(
         "{:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8}\n",
@@ -374,7 +374,7 @@ pub(super) fn render(v: &Value, s: &mut String) {
         let opt = |x: f64, w: usize| if x.is_nan() { format!("{:>w$}", "-") } else { format!("{x:>w$.2}") };
         s.push_str(&format!(
             "{:>10} {:>9.2} {:>9.2} {} {} {:>9.2} {:>8.2} {:>8.2} {} {}\n",
-            crate::serve::human_bytes(b["bytes"].as_u64().unwrap_or(0)),
+            vgpu_mediator::serve::human_bytes(b["bytes"].as_u64().unwrap_or(0)),
             g("pageable_h2d_gbps"),
             g("pageable_d2h_gbps"),
             opt(g("pinned_h2d_gbps"), 9),
@@ -390,7 +390,7 @@ pub(super) fn render(v: &Value, s: &mut String) {
     if pinned_cap < largest {
         s.push_str(&format!(
             "pinned: measured up to {} only (the largest buffer the data window holds)\n",
-            crate::serve::human_bytes(pinned_cap)
+            vgpu_mediator::serve::human_bytes(pinned_cap)
         ));
     }
 }

@@ -25,7 +25,7 @@ use vgpu_transport::wire::req;
 
 use super::rt::enqueue_ns;
 use super::{percentiles, progress};
-use crate::child::Mediator;
+use vgpu_mediator::child::Mediator;
 
 /// `__global__ void k16(unsigned long long, unsigned long long)`: 16 bytes of parameters.
 const K16: &str = "_Z3k16yy";
@@ -185,7 +185,7 @@ fn measure(out: &mut Map<String, Value>, quick: bool, lat_iters: usize, dir: &st
     let sizes = [("small", 0usize), ("1mib", 1 << 20)];
     progress(&format!(
         "launches: first launch of a module, by upload and by hash from the cache, {samples} modules each of ~{} and 1 MiB",
-        crate::serve::human_bytes(image.len() as u64)
+        vgpu_mediator::serve::human_bytes(image.len() as u64)
     ));
     let second = Device::connect(m.socket()).map_err(cuda("connecting a second session"))?;
     let s2 = second.stream_with(true, 0).map_err(cuda("cudaStreamCreate"))?;
@@ -306,13 +306,13 @@ pub(super) fn render(v: &Value, s: &mut String) {
     ));
     for (label, key, ratio) in [
         (
-            format!("by upload, {}", crate::serve::human_bytes(v["launch_first_small_bytes"].as_u64().unwrap_or(0))),
+            format!("by upload, {}", vgpu_mediator::serve::human_bytes(v["launch_first_small_bytes"].as_u64().unwrap_or(0))),
             "launch_first_upload_small_p50_us",
             "first_upload_small_vs_null_call",
         ),
         ("by hash from the cache, same module".to_string(), "launch_first_by_hash_small_p50_us", "first_by_hash_small_vs_null_call"),
         (
-            format!("by upload, {}", crate::serve::human_bytes(v["launch_first_1mib_bytes"].as_u64().unwrap_or(0))),
+            format!("by upload, {}", vgpu_mediator::serve::human_bytes(v["launch_first_1mib_bytes"].as_u64().unwrap_or(0))),
             "launch_first_upload_1mib_p50_us",
             "first_upload_1mib_vs_null_call",
         ),

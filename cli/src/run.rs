@@ -19,7 +19,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::child::Mediator;
+use vgpu_mediator::child::Mediator;
 
 /// The file cargo builds for each CUDA major version, and the name programs look for.
 pub const LIBRARIES: [(&str, &str); 2] = [("libvgpu_cudart12.so", "libcudart.so.12"), ("libvgpu_cudart13.so", "libcudart.so.13")];
@@ -124,7 +124,7 @@ pub fn run(opts: RunOpts) -> Result<u8, String> {
     let links = LibLinks::new(&libs)?;
 
     // A running mediator, or a private one for this program.
-    let wanted = opts.socket.clone().unwrap_or_else(crate::default_socket);
+    let wanted = opts.socket.clone().unwrap_or_else(vgpu_mediator::default_socket);
     let mut private = None;
     let socket = if std::os::unix::net::UnixStream::connect(&wanted).is_ok() {
         if std::env::var_os("VGPU_LAUNCH_LOG").is_some_and(|l| !l.is_empty()) {

@@ -6,9 +6,13 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
+mod demo;
 mod doctor;
+mod run;
+
 use vgpu_mediator::emu::EmuLimits;
-use vgpu_mediator::{bench, default_socket, demo, run, serve, worker, ExecutorKind};
+use vgpu_mediator::{default_socket, serve, worker, ExecutorKind};
 
 #[derive(Parser)]
 #[command(name = "vgpu", version, about = "vgpu: use a real GPU across a VM boundary", long_about = None)]

@@ -24,7 +24,7 @@ use vgpu_transport::client::Ticket;
 use vgpu_transport::wire::req;
 use vgpu_transport::{Client, ClientConfig, SpinPolicy};
 
-use crate::child::Mediator;
+use vgpu_mediator::child::Mediator;
 
 fn progress(msg: &str) {
     eprintln!("[bench] {msg}");
@@ -241,7 +241,7 @@ pub fn run(quick: bool, as_json: bool) -> Result<(), String> {
         let m = Mediator::start_self("emu", 0)?;
         let c =
             Client::connect(m.socket(), ClientConfig { spin: SpinPolicy::Never, ..ClientConfig::default() }).map_err(|e| e.to_string())?;
-        let worker = crate::serve::query_stat(m.socket())?["sessions"][0]["worker_pid"].as_u64().map(|p| p as u32);
+        let worker = vgpu_mediator::serve::query_stat(m.socket())?["sessions"][0]["worker_pid"].as_u64().map(|p| p as u32);
         for (p, suffix) in placements {
             if let (Some((guest_cpu, host_cpu)), Some(w)) = (p.cpus(), worker) {
                 pin_process(None, Some(guest_cpu));
@@ -291,7 +291,7 @@ pub fn run(quick: bool, as_json: bool) -> Result<(), String> {
         } else {
             3
         };
-        progress(&format!("bandwidth {} ({} reps)", crate::serve::human_bytes(size as u64), reps));
+        progress(&format!("bandwidth {} ({} reps)", vgpu_mediator::serve::human_bytes(size as u64), reps));
         let (h2d, d2h) = bandwidth(&c, dev, &mut buf[..size], reps)?;
         let mcs = memcpy_gbps(size, reps.min(10));
         bw.push(json!({ "bytes": size, "h2d_gbps": h2d, "d2h_gbps": d2h, "memcpy_gbps": mcs }));
@@ -389,7 +389,7 @@ fn render(v: &Value) -> String {
         let g = |k: &str| b[k].as_f64().unwrap_or(f64::NAN);
         s.push_str(&format!(
             "{:>10} {:>10.2} {:>10.2} {:>10.2} {:>9.2} {:>9.2}\n",
-            crate::serve::human_bytes(b["bytes"].as_u64().unwrap_or(0)),
+            vgpu_mediator::serve::human_bytes(b["bytes"].as_u64().unwrap_or(0)),
             g("h2d_gbps"),
             g("d2h_gbps"),
             g("memcpy_gbps"),

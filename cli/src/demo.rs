@@ -12,8 +12,8 @@ use vgpu_streams::{CudaError, Device};
 use vgpu_transport::wire::{req, DeviceInfo, Win};
 use vgpu_transport::{Client, ClientConfig};
 
-use crate::child::Mediator;
-use crate::serve::{human_bytes, query_stat, render_stat};
+use vgpu_mediator::child::Mediator;
+use vgpu_mediator::serve::{human_bytes, query_stat, render_stat};
 
 fn check(ok: bool, what: &str) -> Result<(), String> {
     if ok {
