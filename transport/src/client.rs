@@ -203,11 +203,6 @@ impl Client {
         Ok(Client { inner, reactor: Some(reactor), wake_reactor })
     }
 
-    /// Connect to a mediator over the `direct` link (Unix socket at `path`).
-    pub fn connect(path: impl AsRef<std::path::Path>, cfg: ClientConfig) -> Result<Client> {
-        crate::link::direct::connect(path.as_ref(), cfg)
-    }
-
     /// The shared region (for window access).
     pub fn region(&self) -> &Region {
         &self.inner.region

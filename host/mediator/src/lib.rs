@@ -25,8 +25,6 @@ pub mod modules;
 pub mod serve;
 pub mod worker;
 
-use std::path::PathBuf;
-
 /// Which executor runs a session's commands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExecutorKind {
@@ -48,16 +46,9 @@ impl ExecutorKind {
     }
 }
 
-/// The default socket: `$VGPU_SOCKET`, else `$XDG_RUNTIME_DIR/vgpu.sock`, else `/tmp/vgpu.sock`.
-pub fn default_socket() -> PathBuf {
-    if let Some(s) = std::env::var_os("VGPU_SOCKET") {
-        return s.into();
-    }
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) => PathBuf::from(d).join("vgpu.sock"),
-        None => PathBuf::from("/tmp/vgpu.sock"),
-    }
-}
+/// The default socket: `$VGPU_SOCKET`, else `$XDG_RUNTIME_DIR/vgpu.sock`, else `/tmp/vgpu.sock`
+/// (one definition, the transport's, for guests and host alike).
+pub use vgpu_transport::link::default_socket;
 
 /// Set up `tracing` from `VGPU_LOG` (default `info`), to stderr: see [`vgpu_transport::logging`].
 pub fn init_logging() {

@@ -223,6 +223,15 @@ pub fn connect_raw(path: &Path, window_len: u64, depth: u32) -> Result<RawGuest>
     Ok(RawGuest { region, doorbell, interrupt, interrupt1, socket })
 }
 
+impl Client {
+    /// Connect to a mediator over the `direct` link (Unix socket at `path`). Defined here, with
+    /// the link, so that `client` does not import `link` (links build on the client, not the
+    /// other way round).
+    pub fn connect(path: impl AsRef<std::path::Path>, cfg: ClientConfig) -> Result<Client> {
+        connect(path.as_ref(), cfg)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
