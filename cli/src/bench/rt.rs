@@ -1,5 +1,8 @@
-//! Runtime-level figures: `vgpu_streams::rt`, the layer the CUDA Runtime facade
-//! (`libcudart.so.12`/`.13`) calls, each measured beside its anchor in the same run:
+//! Runtime-level figures: the path the CUDA Runtime facade (`libcudart.so.12`/`.13`) takes, the
+//! runtime's table (`vgpu_runtime_abi::rt` → `libvgpu.so`'s entries → `vgpu_streams::rt`; the
+//! table is linked in-process here, as `loader::install` does, so the figures include the
+//! indirect call, the panic guard and the out-pointer, but not a `dlopen`), each measured
+//! beside its anchor in the same run:
 //!
 //! - a local call (`cudaGetLastError`) vs. an uncontended mutex lock/unlock (and a `getppid`
 //!   syscall, for scale);
@@ -16,7 +19,8 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
-use vgpu_streams::{rt, Context, CudaError, MemcpyKind, RawStream, STREAM_NON_BLOCKING};
+use vgpu_runtime_abi::rt;
+use vgpu_streams::{Context, CudaError, MemcpyKind, RawStream, STREAM_NON_BLOCKING};
 use vgpu_transport::wire::{req, MAX_WINDOW};
 
 use super::{memcpy_gbps, percentiles, progress};
@@ -25,9 +29,19 @@ use vgpu_mediator::child::Mediator;
 /// Window room asked for beyond the largest pinned buffer (staging is 4 MiB; the rest is slack).
 const WINDOW_SLACK_MIB: u64 = 16;
 
-fn cuda(what: &str) -> impl Fn(CudaError) -> String + '_ {
+fn cuda(what: &str) -> impl Fn(i32) -> String + '_ {
+    move |code| match CudaError::from_code(code) {
+        Some(e) => format!("{what}: {} ({})", e.name(), e.description()),
+        None => format!("{what}: error {code}"),
+    }
+}
+
+fn context_error(what: &str) -> impl Fn(CudaError) -> String + '_ {
     move |e| format!("{what}: {} ({})", e.name(), e.description())
 }
+
+const H2D: i32 = MemcpyKind::HostToDevice as i32;
+const D2H: i32 = MemcpyKind::DeviceToHost as i32;
 
 /// Start the mediator the runtime figures use (adaptive spin, the default 50 µs) and point the
 /// process-wide context at it, with a data window big enough for `max_size` bytes of pinned
@@ -38,6 +52,8 @@ fn cuda(what: &str) -> impl Fn(CudaError) -> String + '_ {
 pub(super) fn prepare(max_size: usize) -> Result<Mediator, String> {
     // Bound to this thread's life: the process-wide context stays connected until exit, and a
     // mediator stopped before that would show it a lost link (a warning at the end of the run).
+    // The runtime's table, in-process: the figures are of the path libcudart's entries take.
+    vgpu_runtime_abi::loader::install(&vgpu::TABLE);
     let m = Mediator::start_self_bound("emu", 50)?;
     let window_mib = ((max_size as u64) >> 20).saturating_add(WINDOW_SLACK_MIB).min(MAX_WINDOW >> 20);
     // `set_var` is not thread-safe against concurrent `getenv` (from C code in another thread).
@@ -106,11 +122,11 @@ unsafe fn rt_bandwidth(dev: u64, host: *mut u8, len: usize, reps: usize) -> Resu
         let t = Instant::now();
         // SAFETY: `host` is valid for `len` bytes (caller); `dev` is an allocation of at least
         // `len` bytes; the copy is synchronous.
-        unsafe { rt::memcpy(dev as *mut u8, host, len, MemcpyKind::HostToDevice) }.map_err(cuda("cudaMemcpy H2D"))?;
+        unsafe { rt::memcpy(dev as *mut u8, host, len, H2D) }.map_err(cuda("cudaMemcpy H2D"))?;
         h2d = h2d.min(t.elapsed());
         let t = Instant::now();
         // SAFETY: as above; nothing else touches `host` during the call.
-        unsafe { rt::memcpy(host, dev as *const u8, len, MemcpyKind::DeviceToHost) }.map_err(cuda("cudaMemcpy D2H"))?;
+        unsafe { rt::memcpy(host, dev as *const u8, len, D2H) }.map_err(cuda("cudaMemcpy D2H"))?;
         d2h = d2h.min(t.elapsed());
     }
     let g = |d: Duration| len as f64 / d.as_secs_f64() / 1e9;
@@ -134,7 +150,7 @@ fn largest_pinned(want: usize) -> (*mut u8, usize) {
 /// Measure everything and add the `rt_*` keys (and their ratios under `ratios_rt`) to `out`.
 pub(super) fn run(out: &mut Map<String, Value>, quick: bool, lat_iters: usize, max_size: usize) -> Result<(), String> {
     rt::get_device_count().map_err(cuda("connecting the process-wide context to $VGPU_SOCKET"))?;
-    let ctx = Context::global().map_err(cuda("context"))?;
+    let ctx = Context::global().map_err(context_error("context"))?;
     let client = ctx.client();
 
     // A local call.
@@ -185,7 +201,7 @@ pub(super) fn run(out: &mut Map<String, Value>, quick: bool, lat_iters: usize, m
     let src = [0xa5u8; 4];
     let h2d = || {
         // SAFETY: `src` is a live 4-byte array; `dev` holds at least 4 bytes; synchronous copy.
-        unsafe { rt::memcpy(dev as *mut u8, src.as_ptr(), src.len(), MemcpyKind::HostToDevice) }.map_err(cuda("cudaMemcpy H2D 4 B"))
+        unsafe { rt::memcpy(dev as *mut u8, src.as_ptr(), src.len(), H2D) }.map_err(cuda("cudaMemcpy H2D 4 B"))
     };
     let null = || client.call_blocking_req(0, req::Nop {}).map(drop).map_err(|e| e.to_string());
     for _ in 0..200 {
