@@ -8,7 +8,7 @@
 //! nvcc comes from `$VGPU_NVCC`, `target/nvcc` or `scripts/setup-nvcc.sh`; without it the tests
 //! print SKIPPED and pass, except under CI (`CI` set), where they fail.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -35,52 +35,12 @@ const SCALE: &str = "_Z5scalePff4Pairc";
 const DYNSHARED: &str = "_Z9dynsharedPh";
 const NOPARAMS: &str = "noparams";
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn skip_or_fail(msg: String) -> Option<PathBuf> {
-    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
-        panic!("{msg}: CI must run the kernel tests");
-    }
-    eprintln!("SKIPPED: {msg}");
-    None
-}
-
-/// nvcc: `$VGPU_NVCC`, else `target/nvcc/...`, else what `scripts/setup-nvcc.sh` sets up.
-fn nvcc() -> Option<PathBuf> {
-    static NVCC: OnceLock<Option<PathBuf>> = OnceLock::new();
-    NVCC.get_or_init(|| {
-        if let Some(p) = std::env::var_os("VGPU_NVCC").map(PathBuf::from) {
-            return if p.is_file() { Some(p) } else { skip_or_fail(format!("VGPU_NVCC={} is not a file", p.display())) };
-        }
-        let p = root().join("target/nvcc/nvidia/cu13/bin/nvcc");
-        if p.is_file() {
-            return Some(p);
-        }
-        let out = Command::new("bash").arg(root().join("scripts/setup-nvcc.sh")).output();
-        match out {
-            Ok(o) if o.status.success() => {
-                let p = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
-                if p.is_file() {
-                    Some(p)
-                } else {
-                    skip_or_fail(format!("scripts/setup-nvcc.sh printed {}, which is not a file", p.display()))
-                }
-            }
-            Ok(o) => skip_or_fail(format!("scripts/setup-nvcc.sh failed: {}", String::from_utf8_lossy(&o.stderr).trim())),
-            Err(e) => skip_or_fail(format!("running scripts/setup-nvcc.sh: {e}")),
-        }
-    })
-    .clone()
-}
-
 fn compile(out: &str, args: &[&str]) -> Option<Vec<u8>> {
-    let nvcc = nvcc()?;
+    let nvcc = vgpu_tests::nvcc::nvcc()?;
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("emu-kernels");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!("{}-{out}", std::process::id()));
-    let st = Command::new(&nvcc).args(args).arg("-o").arg(&path).arg(SRC).status().expect("running nvcc");
+    let st = Command::new(nvcc).args(args).arg("-o").arg(&path).arg(SRC).status().expect("running nvcc");
     assert!(st.success(), "nvcc {args:?} failed");
     let bytes = std::fs::read(&path).unwrap();
     let _ = std::fs::remove_file(&path);

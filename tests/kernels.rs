@@ -22,6 +22,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use vgpu_tests::nvcc::nvcc;
 use vgpu_tests::*;
 
 /// How long one program may run on emu before it counts as hung.
@@ -29,42 +30,6 @@ const PROGRAM_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn skip<T>(msg: &str) -> Option<T> {
-    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
-        panic!("{msg}: CI must run this test");
-    }
-    eprintln!("SKIPPED: {msg}");
-    None
-}
-
-/// nvcc: `$VGPU_NVCC`, else whatever `scripts/setup-nvcc.sh` prints (it fetches the wheels once
-/// and is a no-op afterwards). `None` (skip) if neither works.
-fn nvcc() -> Option<&'static Path> {
-    static NVCC: OnceLock<Option<PathBuf>> = OnceLock::new();
-    NVCC.get_or_init(|| {
-        if let Some(p) = std::env::var_os("VGPU_NVCC").map(PathBuf::from) {
-            if p.is_file() {
-                return Some(p);
-            }
-            eprintln!("VGPU_NVCC={} is not a file; trying scripts/setup-nvcc.sh", p.display());
-        }
-        let o = Command::new("bash").arg(workspace().join("scripts/setup-nvcc.sh")).stderr(Stdio::inherit()).output();
-        match o {
-            Ok(o) if o.status.success() => {
-                let p = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
-                if p.is_file() {
-                    Some(p)
-                } else {
-                    skip(&format!("scripts/setup-nvcc.sh printed {}, which is not a file", p.display()))
-                }
-            }
-            Ok(o) => skip(&format!("scripts/setup-nvcc.sh failed ({}): cannot build tests/cu without nvcc", o.status)),
-            Err(e) => skip(&format!("running scripts/setup-nvcc.sh: {e}")),
-        }
-    })
-    .as_deref()
 }
 
 /// Our `libcudart.so.13` (`libvgpu_cudart13.so`), built by cargo for this profile next to the

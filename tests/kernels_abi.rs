@@ -22,6 +22,7 @@ use std::sync::{Arc, OnceLock};
 
 use vgpu_streams::kernel::{self, LaunchConfig};
 use vgpu_streams::{CaptureMode, CaptureStatus, Context, CudaError, Device, MemcpyKind};
+use vgpu_tests::nvcc::nvcc;
 use vgpu_tests::*;
 use vgpu_transport::sync::Ordering::Relaxed;
 
@@ -45,35 +46,6 @@ extern "C" __global__ void other(int *p) { *p = 7; }
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn skip<T>(msg: &str) -> Option<T> {
-    assert!(std::env::var_os("CI").is_none_or(|v| v.is_empty()), "{msg}: CI must run this test");
-    eprintln!("SKIPPED: {msg}");
-    None
-}
-
-/// nvcc: `$VGPU_NVCC`, else what `scripts/setup-nvcc.sh` prints.
-fn nvcc() -> Option<&'static Path> {
-    static NVCC: OnceLock<Option<PathBuf>> = OnceLock::new();
-    NVCC.get_or_init(|| {
-        if let Some(p) = std::env::var_os("VGPU_NVCC").map(PathBuf::from).filter(|p| p.is_file()) {
-            return Some(p);
-        }
-        match Command::new("bash").arg(workspace().join("scripts/setup-nvcc.sh")).output() {
-            Ok(o) if o.status.success() => {
-                let p = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
-                if p.is_file() {
-                    Some(p)
-                } else {
-                    skip(&format!("scripts/setup-nvcc.sh printed {}, not a file", p.display()))
-                }
-            }
-            Ok(o) => skip(&format!("scripts/setup-nvcc.sh failed: {}", String::from_utf8_lossy(&o.stderr).trim())),
-            Err(e) => skip(&format!("running scripts/setup-nvcc.sh: {e}")),
-        }
-    })
-    .as_deref()
 }
 
 /// The fatbin containers of `KERNELS` and `OTHER` (sm_80 cubins), built once per test process.

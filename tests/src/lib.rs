@@ -12,6 +12,8 @@ use std::process::Command as Process;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod nvcc;
+
 use serde_json::Value;
 use vgpu_mediator::child::Mediator;
 use vgpu_transport::link::direct;

@@ -2,30 +2,20 @@
 //! at test time (see tests/nvcc.rs for how nvcc is found; without it these tests skip, except
 //! under CI).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
+
+/// The one nvcc finder of the workspace's tests.
+#[path = "../../../tests/src/nvcc.rs"]
+mod nvcc_finder;
+use nvcc_finder::nvcc;
 
 use vgpu_fatbin::{Cubin, Fatbin, GlobalKind};
 
 const SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cu/attrs.cu");
 
-fn nvcc() -> Option<PathBuf> {
-    let path = std::env::var_os("VGPU_NVCC")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/nvcc/nvidia/cu13/bin/nvcc"));
-    if path.is_file() {
-        return Some(path);
-    }
-    let msg = format!("nvcc not found at {} (run scripts/setup-nvcc.sh or set VGPU_NVCC)", path.display());
-    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
-        panic!("{msg}: CI must run the nvcc tests");
-    }
-    eprintln!("SKIPPED: {msg}");
-    None
-}
-
 fn compile(out: &str, args: &[&str]) -> Option<Vec<u8>> {
-    let nvcc = nvcc()?;
+    let nvcc = nvcc()?.to_path_buf();
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fatbin-nvcc");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!("{}-{out}", std::process::id()));

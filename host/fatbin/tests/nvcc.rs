@@ -2,32 +2,22 @@
 //! scripts/setup-nvcc.sh fetches from PyPI (`$VGPU_NVCC`, default target/nvcc/nvidia/cu13/bin/nvcc).
 //! Without nvcc the tests skip with a message, except under CI (`CI` set), where they fail.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
+
+/// The one nvcc finder of the workspace's tests.
+#[path = "../../../tests/src/nvcc.rs"]
+mod nvcc_finder;
+use nvcc_finder::nvcc;
 
 use vgpu_fatbin::{Cubin, EntryKind, Error, Fatbin, Wrapper, FLAG_64BIT, FLAG_COMPRESSED_ZSTD, FLAG_DEBUG};
 
 const SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cu/params.cu");
 
-fn nvcc() -> Option<PathBuf> {
-    let path = std::env::var_os("VGPU_NVCC")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/nvcc/nvidia/cu13/bin/nvcc"));
-    if path.is_file() {
-        return Some(path);
-    }
-    let msg = format!("nvcc not found at {} (run scripts/setup-nvcc.sh or set VGPU_NVCC)", path.display());
-    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
-        panic!("{msg}: CI must run the nvcc tests");
-    }
-    eprintln!("SKIPPED: {msg}");
-    None
-}
-
 /// Compiles params.cu with `args` into a file named after `out` (under the test's target tmp dir).
 fn compile(out: &str, args: &[&str]) -> Option<Vec<u8>> {
-    let nvcc = nvcc()?;
+    let nvcc = nvcc()?.to_path_buf();
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fatbin-nvcc");
     std::fs::create_dir_all(&dir).unwrap();
     // One file per process, removed once read: concurrent test runs do not collide.

@@ -3,26 +3,16 @@
 //! nvcc comes from `$VGPU_NVCC` or target/nvcc (scripts/setup-nvcc.sh); without it the test prints
 //! SKIPPED and passes, except under CI (`CI` set), where it fails.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
+
+/// The one nvcc finder of the workspace's tests.
+#[path = "../../../tests/src/nvcc.rs"]
+mod nvcc_finder;
+use nvcc_finder::nvcc;
 
 use vgpu_fatbin::synth::{SynthKernel, SynthModule};
 use vgpu_fatbin::{Cubin, Fatbin, NvInfoAttr};
-
-fn nvcc() -> Option<PathBuf> {
-    let path = std::env::var_os("VGPU_NVCC")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/nvcc/nvidia/cu13/bin/nvcc"));
-    if path.is_file() {
-        return Some(path);
-    }
-    let msg = format!("nvcc not found at {} (run scripts/setup-nvcc.sh or set VGPU_NVCC)", path.display());
-    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
-        panic!("{msg}: CI must run the nvcc tests");
-    }
-    eprintln!("SKIPPED: {msg}");
-    None
-}
 
 /// C declaration, mangled name, synth parameters as (size, align).
 type Signature = (&'static str, &'static str, Vec<(u32, u32)>);
@@ -59,7 +49,7 @@ fn source() -> String {
 }
 
 fn compile(arch: u32) -> Option<Vec<u8>> {
-    let nvcc = nvcc()?;
+    let nvcc = nvcc()?.to_path_buf();
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fatbin-synth");
     std::fs::create_dir_all(&dir).unwrap();
     let src = dir.join(format!("{}-sigs.cu", std::process::id()));

@@ -413,7 +413,7 @@ fn load(cx: &Ctx<'_, '_>, w: &Warp, i: &Inst, space: Where, a: u64, lane: usize,
         }
         Where::Local => {
             let frame = cx.k.local_bytes as u64;
-            if a.checked_add(len as u64).is_none_or(|e| e > frame) {
+            if !matches!(a.checked_add(len as u64), Some(e) if e <= frame) {
                 return Err(illegal(cx, i, a, len));
             }
             let at = frame * lane as u64 + a;
@@ -440,7 +440,7 @@ fn store(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, space: Where, a: u64, lan
         }
         Where::Local => {
             let frame = cx.k.local_bytes as u64;
-            if a.checked_add(len as u64).is_none_or(|e| e > frame) {
+            if !matches!(a.checked_add(len as u64), Some(e) if e <= frame) {
                 return Err(illegal(cx, i, a, len));
             }
             let at = frame * lane as u64 + a;
