@@ -238,7 +238,7 @@ pub fn run(quick: bool, as_json: bool) -> Result<(), String> {
 
     progress("null calls, interrupt only (host and guest never spin)");
     {
-        let m = Mediator::start_self("emu", 0)?;
+        let m = Mediator::start_self("emu", 0).map_err(|e| e.to_string())?;
         let c =
             Client::connect(m.socket(), ClientConfig { spin: SpinPolicy::Never, ..ClientConfig::default() }).map_err(|e| e.to_string())?;
         let worker = vgpu_mediator::serve::query_stat(m.socket())?["sessions"][0]["worker_pid"].as_u64().map(|p| p as u32);
@@ -259,7 +259,7 @@ pub fn run(quick: bool, as_json: bool) -> Result<(), String> {
     }
 
     progress("null calls, adaptive spin; async throughput; bandwidth");
-    let m = Mediator::start_self("emu", 50)?;
+    let m = Mediator::start_self("emu", 50).map_err(|e| e.to_string())?;
     let c = Client::connect(m.socket(), ClientConfig { window_len: 64 << 20, ..ClientConfig::default() }).map_err(|e| e.to_string())?;
     let (p50, p99) = null_calls(&c, lat_iters)?;
     out.insert("null_call_adaptive_p50_us".into(), json!(p50));

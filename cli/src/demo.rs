@@ -44,7 +44,7 @@ pub fn run() -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     // Its own launch log and module cache (never the user's ~/.cache).
     let extra = ["--launch-log".into(), log.clone().into_os_string(), "--module-cache".into(), tmp.0.join("modules").into_os_string()];
-    let m = Mediator::start_with_args(&exe, "emu", 50, &extra)?;
+    let m = Mediator::start_with_args(&exe, "emu", 50, &extra).map_err(|e| e.to_string())?;
     println!("vgpu demo: mediator pid {} on {} (executor emu)", m.pid(), m.socket().display());
     let c = Client::connect(m.socket(), ClientConfig::default()).map_err(|e| e.to_string())?;
     let e = |e: vgpu_transport::Error| e.to_string();

@@ -140,7 +140,7 @@ pub fn run(opts: RunOpts) -> Result<u8, String> {
             extra.push("--launch-log".into());
             extra.push(log);
         }
-        let m = Mediator::start_with_args(&exe, &opts.executor, 50, &extra)?;
+        let m = Mediator::start_with_args(&exe, &opts.executor, 50, &extra).map_err(|e| e.to_string())?;
         let s = m.socket().to_path_buf();
         tracing::info!(target: "vgpu::run", "started a private mediator (executor {}) at {}", opts.executor, s.display());
         private = Some(m);

@@ -106,7 +106,7 @@ pub(super) fn run(out: &mut Map<String, Value>, quick: bool, lat_iters: usize) -
 fn measure(out: &mut Map<String, Value>, quick: bool, lat_iters: usize, dir: &std::path::Path) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let extra = [std::ffi::OsString::from("--module-cache"), dir.join("modules").into_os_string()];
-    let m = Mediator::start_with_args(&exe, "emu", 50, &extra)?;
+    let m = Mediator::start_with_args(&exe, "emu", 50, &extra).map_err(|e| e.to_string())?;
     let dev = Device::connect(m.socket()).map_err(cuda("connecting"))?;
     let s = dev.stream_with(true, 0).map_err(cuda("cudaStreamCreate"))?;
     let image = bench_module(0, 0)?;

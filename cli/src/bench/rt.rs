@@ -54,7 +54,7 @@ pub(super) fn prepare(max_size: usize) -> Result<Mediator, String> {
     // mediator stopped before that would show it a lost link (a warning at the end of the run).
     // The runtime's table, in-process: the figures are of the path libcudart's entries take.
     vgpu_runtime_abi::loader::install(&vgpu::TABLE);
-    let m = Mediator::start_self_bound("emu", 50)?;
+    let m = Mediator::start_self_bound("emu", 50).map_err(|e| e.to_string())?;
     let window_mib = ((max_size as u64) >> 20).saturating_add(WINDOW_SLACK_MIB).min(MAX_WINDOW >> 20);
     // `set_var` is not thread-safe against concurrent `getenv` (from C code in another thread).
     // No other thread exists yet: `bench::run` calls this first, before any anchor spawns one,

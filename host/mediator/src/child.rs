@@ -4,6 +4,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Why a mediator child could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum ChildError {
+    #[error("creating {}: {source}", dir.display())]
+    Folder { dir: PathBuf, source: std::io::Error },
+    #[error("starting {}: {source}", exe.display())]
+    Spawn { exe: PathBuf, source: std::io::Error },
+    #[error("the mediator exited at start: {0}")]
+    Exited(std::process::ExitStatus),
+    #[error("the mediator did not start listening within 10 s")]
+    NotListening,
+    #[error("locating the current executable: {0}")]
+    CurrentExe(std::io::Error),
+}
+
 /// A running `vgpu serve` child, killed on drop.
 pub struct Mediator {
     child: Child,
@@ -14,18 +29,18 @@ pub struct Mediator {
 impl Mediator {
     /// Start `exe serve` on a fresh socket in a private temporary folder and wait until it
     /// accepts connections.
-    pub fn start(exe: &Path, executor: &str, spin_us: u64) -> Result<Mediator, String> {
+    pub fn start(exe: &Path, executor: &str, spin_us: u64) -> Result<Mediator, ChildError> {
         Mediator::spawn(exe, executor, spin_us, false, &[])
     }
 
     /// [`start`](Self::start) with more `vgpu serve` arguments (e.g. `--launch-log PATH`).
-    pub fn start_with_args(exe: &Path, executor: &str, spin_us: u64, extra: &[std::ffi::OsString]) -> Result<Mediator, String> {
+    pub fn start_with_args(exe: &Path, executor: &str, spin_us: u64, extra: &[std::ffi::OsString]) -> Result<Mediator, ChildError> {
         Mediator::spawn(exe, executor, spin_us, false, extra)
     }
 
-    fn spawn(exe: &Path, executor: &str, spin_us: u64, bound: bool, extra: &[std::ffi::OsString]) -> Result<Mediator, String> {
+    fn spawn(exe: &Path, executor: &str, spin_us: u64, bound: bool, extra: &[std::ffi::OsString]) -> Result<Mediator, ChildError> {
         let dir = std::env::temp_dir().join(format!("vgpu-{}-{}", std::process::id(), unique()));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(|source| ChildError::Folder { dir: dir.clone(), source })?;
         let socket = dir.join("vgpu.sock");
         let mut cmd = Command::new(exe);
         cmd.args(["serve", "--executor", executor, "--spin-us", &spin_us.to_string(), "--socket"])
@@ -46,15 +61,15 @@ impl Mediator {
                 cmd.pre_exec(|| nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from));
             }
         }
-        let child = cmd.spawn().map_err(|e| format!("starting {}: {e}", exe.display()))?;
+        let child = cmd.spawn().map_err(|source| ChildError::Spawn { exe: exe.to_path_buf(), source })?;
         let mut m = Mediator { child, socket, dir };
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::os::unix::net::UnixStream::connect(&m.socket).is_err() {
             if let Ok(Some(st)) = m.child.try_wait() {
-                return Err(format!("the mediator exited at start: {st}"));
+                return Err(ChildError::Exited(st));
             }
             if Instant::now() > deadline {
-                return Err("the mediator did not start listening within 10 s".into());
+                return Err(ChildError::NotListening);
             }
             // Polling for the socket to appear: there is no event to wait on for another
             // process's bind().
@@ -64,8 +79,8 @@ impl Mediator {
     }
 
     /// Start the current executable as the mediator.
-    pub fn start_self(executor: &str, spin_us: u64) -> Result<Mediator, String> {
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    pub fn start_self(executor: &str, spin_us: u64) -> Result<Mediator, ChildError> {
+        let exe = std::env::current_exe().map_err(ChildError::CurrentExe)?;
         Mediator::start(&exe, executor, spin_us)
     }
 
@@ -73,8 +88,8 @@ impl Mediator {
     /// started it exits: for a process-wide guest context, which stays connected until the
     /// process exits, pair it with [`Mediator::stop_at_exit`] so the guest never sees its
     /// mediator go first.
-    pub fn start_self_bound(executor: &str, spin_us: u64) -> Result<Mediator, String> {
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    pub fn start_self_bound(executor: &str, spin_us: u64) -> Result<Mediator, ChildError> {
+        let exe = std::env::current_exe().map_err(ChildError::CurrentExe)?;
         Mediator::spawn(&exe, executor, spin_us, true, &[])
     }
 
