@@ -38,58 +38,81 @@ pub struct RunOpts {
     pub program: Vec<String>,
 }
 
+/// Why `vgpu run` could not run the program; each names the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("no program given (usage: vgpu run [OPTIONS] -- APP [ARGS...])")]
+    NoProgram,
+    #[error(
+        "{built} (or {soname}) not found in {} ({how}). Build the CUDA Runtime drop-ins with `{BUILD}` in the same \
+         profile as this vgpu (add --release for a release vgpu), or point VGPU_LIB_DIR (or --lib-dir) at the folder \
+         that holds them",
+        dir.display()
+    )]
+    LibraryMissing { built: &'static str, soname: &'static str, dir: PathBuf, how: &'static str },
+    #[error(
+        "{RUNTIME} (the vgpu runtime the CUDA libraries load) not found in {} ({how}). Build it with `{BUILD}` in the \
+         same profile as this vgpu, or point VGPU_LIB_DIR (or --lib-dir) at the folder that holds it",
+        dir.display()
+    )]
+    RuntimeMissing { dir: PathBuf, how: &'static str },
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error(
+        "no vgpu mediator answers at {path} (start one with `vgpu serve --socket {path}`, or leave --socket and \
+         VGPU_SOCKET unset to let vgpu run start its own)",
+        path = socket.display()
+    )]
+    NoMediator { socket: PathBuf },
+    #[error(transparent)]
+    Mediator(#[from] vgpu_mediator::child::ChildError),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
+    let what = what.into();
+    move |source| RunError::Io { what, source }
+}
+
 /// Where our libraries are: `explicit`, else `$VGPU_LIB_DIR`, else the folder of `exe`. Returns
 /// the folder and the path of each library (12, 13), or an error that names the fix.
-pub fn find_libraries(explicit: Option<&Path>, exe: &Path) -> Result<(PathBuf, [PathBuf; 2]), String> {
+pub fn find_libraries(explicit: Option<&Path>, exe: &Path) -> Result<(PathBuf, [PathBuf; 2]), RunError> {
     let (dir, how) = match (explicit, std::env::var_os("VGPU_LIB_DIR")) {
         (Some(d), _) => (d.to_path_buf(), "--lib-dir"),
         (None, Some(d)) => (PathBuf::from(d), "$VGPU_LIB_DIR"),
         (None, None) => (exe.parent().map(Path::to_path_buf).unwrap_or_default(), "the folder of the vgpu binary"),
     };
-    let mut found = Vec::new();
-    for (built, soname) in LIBRARIES {
-        // A folder may hold cargo's names or the installed ones.
-        let p = [dir.join(built), dir.join(soname)].into_iter().find(|p| p.is_file());
-        match p {
-            Some(p) => found.push(p),
-            None => {
-                return Err(format!(
-                    "{built} (or {soname}) not found in {} ({how}). Build the CUDA Runtime drop-ins with \
-                     `{BUILD}` in the same profile as this vgpu \
-                     (add --release for a release vgpu), or point VGPU_LIB_DIR (or --lib-dir) at the \
-                     folder that holds them",
-                    dir.display()
-                ))
-            }
-        }
-    }
+    // A folder may hold cargo's names or the installed ones.
+    let find = |(built, soname): (&'static str, &'static str)| {
+        [dir.join(built), dir.join(soname)].into_iter().find(|p| p.is_file()).ok_or_else(|| RunError::LibraryMissing {
+            built,
+            soname,
+            dir: dir.clone(),
+            how,
+        })
+    };
+    let libs = [find(LIBRARIES[0])?, find(LIBRARIES[1])?];
     if !dir.join(RUNTIME).is_file() {
-        return Err(format!(
-            "{RUNTIME} (the vgpu runtime the CUDA libraries load) not found in {} ({how}). Build it with `{BUILD}` \
-             in the same profile as this vgpu, or point VGPU_LIB_DIR (or --lib-dir) at the folder that holds it",
-            dir.display()
-        ));
+        return Err(RunError::RuntimeMissing { dir, how });
     }
-    let [a, b]: [PathBuf; 2] = found.try_into().map_err(|_| "internal: two libraries expected".to_string())?;
-    Ok((dir, [a, b]))
+    Ok((dir, libs))
 }
 
 /// A private folder with `libcudart.so.12` / `.13` symlinks to `libs`, removed on drop.
 pub struct LibLinks(PathBuf);
 
 impl LibLinks {
-    pub fn new(libs: &[PathBuf; 2]) -> Result<LibLinks, String> {
+    pub fn new(libs: &[PathBuf; 2]) -> Result<LibLinks, RunError> {
         let dir = std::env::temp_dir().join(format!("vgpu-run-{}-{}", std::process::id(), nanos()));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
         let links = LibLinks(dir);
         for (lib, (_, soname)) in libs.iter().zip(LIBRARIES) {
-            let target = std::fs::canonicalize(lib).map_err(|e| format!("{}: {e}", lib.display()))?;
-            std::os::unix::fs::symlink(&target, links.0.join(soname)).map_err(|e| format!("linking {soname}: {e}"))?;
+            let target = std::fs::canonicalize(lib).map_err(io(lib.display().to_string()))?;
+            std::os::unix::fs::symlink(&target, links.0.join(soname)).map_err(io(format!("linking {soname}")))?;
         }
         // The runtime beside them, so the libraries' `dlopen("libvgpu.so")` finds it on LD_LIBRARY_PATH.
         if let Some(rt) = libs[0].parent().map(|d| d.join(RUNTIME)).filter(|p| p.is_file()) {
-            let target = std::fs::canonicalize(&rt).map_err(|e| format!("{}: {e}", rt.display()))?;
-            std::os::unix::fs::symlink(&target, links.0.join(RUNTIME)).map_err(|e| format!("linking {RUNTIME}: {e}"))?;
+            let target = std::fs::canonicalize(&rt).map_err(io(rt.display().to_string()))?;
+            std::os::unix::fs::symlink(&target, links.0.join(RUNTIME)).map_err(io(format!("linking {RUNTIME}")))?;
         }
         Ok(links)
     }
@@ -117,9 +140,9 @@ fn prepend(var: &str, first: &str) -> String {
 }
 
 /// Run the program; returns its exit code for `vgpu run` to exit with.
-pub fn run(opts: RunOpts) -> Result<u8, String> {
-    let (prog, args) = opts.program.split_first().ok_or("vgpu run: no program given (usage: vgpu run [OPTIONS] -- APP [ARGS...])")?;
-    let exe = std::env::current_exe().map_err(|e| format!("locating the vgpu binary: {e}"))?;
+pub fn run(opts: RunOpts) -> Result<u8, RunError> {
+    let (prog, args) = opts.program.split_first().ok_or(RunError::NoProgram)?;
+    let exe = std::env::current_exe().map_err(io("locating the vgpu binary"))?;
     let (_, libs) = find_libraries(opts.lib_dir.as_deref(), &exe)?;
     let links = LibLinks::new(&libs)?;
 
@@ -132,7 +155,7 @@ pub fn run(opts: RunOpts) -> Result<u8, String> {
         }
         wanted
     } else if opts.socket.is_some() || std::env::var_os("VGPU_SOCKET").is_some() {
-        return Err(format!("no vgpu mediator answers at {} (start one with `vgpu serve --socket {0}`, or leave --socket and VGPU_SOCKET unset to let vgpu run start its own)", wanted.display()));
+        return Err(RunError::NoMediator { socket: wanted });
     } else {
         // VGPU_LAUNCH_LOG: the private mediator appends every kernel launch there.
         let mut extra = Vec::new();
@@ -140,7 +163,7 @@ pub fn run(opts: RunOpts) -> Result<u8, String> {
             extra.push("--launch-log".into());
             extra.push(log);
         }
-        let m = Mediator::start_with_args(&exe, &opts.executor, 50, &extra).map_err(|e| e.to_string())?;
+        let m = Mediator::start_with_args(&exe, &opts.executor, 50, &extra)?;
         let s = m.socket().to_path_buf();
         tracing::info!(target: "vgpu::run", "started a private mediator (executor {}) at {}", opts.executor, s.display());
         private = Some(m);
@@ -156,7 +179,7 @@ pub fn run(opts: RunOpts) -> Result<u8, String> {
         let pre: Vec<String> = LIBRARIES.iter().map(|(_, soname)| links.path().join(soname).to_string_lossy().into_owned()).collect();
         cmd.env("LD_PRELOAD", prepend("LD_PRELOAD", &pre.join(":")));
     }
-    let status = cmd.status().map_err(|e| format!("starting {prog}: {e}"))?;
+    let status = cmd.status().map_err(io(format!("starting {prog}")))?;
     drop(private);
     drop(links);
     use std::os::unix::process::ExitStatusExt;
