@@ -287,14 +287,28 @@ fn f32v(v: u64) -> f32 {
 fn f(t: Scalar, v: u64) -> f64 {
     match t {
         Scalar::F64 => f64::from_bits(v),
+        Scalar::F16 => half::f16::from_bits(v as u16).to_f64(),
+        Scalar::Bf16 => half::bf16::from_bits(v as u16).to_f64(),
         _ => f64::from(f32v(v)),
     }
 }
 
+/// `x` as bits of `t`, rounded to nearest even (one rounding, from f64).
 fn from_f(t: Scalar, x: f64) -> u64 {
     match t {
         Scalar::F64 => x.to_bits(),
+        Scalar::F16 => u64::from(half::f16::from_f64(x).to_bits()),
+        Scalar::Bf16 => u64::from(half::bf16::from_f64(x).to_bits()),
         _ => u64::from((x as f32).to_bits()),
+    }
+}
+
+/// The scalar type of a packed pair (`.f16x2` → `.f16`).
+fn packed_half(t: Scalar) -> Option<Scalar> {
+    match t {
+        Scalar::F16x2 => Some(Scalar::F16),
+        Scalar::Bf16x2 => Some(Scalar::Bf16),
+        _ => None,
     }
 }
 
@@ -796,12 +810,26 @@ fn round_f(x: f64, i: &Inst) -> f64 {
 fn cvt(cx: &Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32) -> R<()> {
     let ts: Vec<Scalar> = types(i).collect();
     let [dt, st] = ts[..] else { return Err(unsupported(cx, i, "cvt without two types")) };
-    if matches!(dt, Scalar::F16 | Scalar::Bf16 | Scalar::F16x2 | Scalar::Bf16x2)
-        || matches!(st, Scalar::F16 | Scalar::Bf16 | Scalar::F16x2 | Scalar::Bf16x2)
-    {
-        return Err(unsupported(cx, i, "half and bfloat16 conversions"));
-    }
     let d = dst(cx, i, 0)?;
+    if let Some(h) = packed_half(dt) {
+        // cvt.rn.f16x2.f32 d, a, b: d = {a (upper half), b (lower half)}, each rounded.
+        if st != Scalar::F32 || i.opds.len() < 3 {
+            return Err(unsupported(cx, i, "this packed conversion"));
+        }
+        for l in lanes(run) {
+            let a = f(st, src(cx, w, i, &i.opds[1], st, l)?);
+            let b = f(st, src(cx, w, i, &i.opds[2], st, l)?);
+            let pack = |x: f64| {
+                let x = if has(i, Word::Relu) && x < 0.0 { 0.0 } else { x };
+                from_f(h, x) & 0xffff
+            };
+            set(w, d, l, pack(a) << 16 | pack(b));
+        }
+        return Ok(());
+    }
+    if packed_half(st).is_some() {
+        return Err(unsupported(cx, i, "a conversion from a packed pair"));
+    }
     for l in lanes(run) {
         let v = src(cx, w, i, &i.opds[1], st, l)?;
         let out = match (is_float(dt), is_float(st)) {
@@ -973,6 +1001,44 @@ fn atom(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32) -> R<()> {
     Ok(())
 }
 
+/// One float operation of `t` (`.ftz`, `.sat` applied; the result rounded to `t` by the caller).
+fn float_op(cx: &Ctx<'_, '_>, i: &Inst, t: Scalar, x: f64, y: f64, z: f64) -> R<f64> {
+    let r = match i.op {
+        Op::Add => x + y,
+        Op::Sub => x - y,
+        Op::Mul => x * y,
+        Op::Fma | Op::Mad => x.mul_add(y, z),
+        Op::Div => x / y,
+        Op::Abs => x.abs(),
+        Op::Neg => -x,
+        Op::Min => x.min(y),
+        Op::Max => x.max(y),
+        Op::Rcp => 1.0 / x,
+        Op::Sqrt => x.sqrt(),
+        Op::Rsqrt => 1.0 / x.sqrt(),
+        Op::Ex2 => x.exp2(),
+        Op::Lg2 => x.log2(),
+        Op::Sin => x.sin(),
+        Op::Cos => x.cos(),
+        Op::Tanh => x.tanh(),
+        Op::Copysign => y.copysign(x),
+        _ => return Err(unsupported(cx, i, format!("{} on floats", i.op.word()))),
+    };
+    let r = if t == Scalar::F32 { f64::from(r as f32) } else { r };
+    let r = if has(i, Word::Sat) {
+        if r.is_nan() {
+            0.0
+        } else {
+            r.clamp(0.0, 1.0)
+        }
+    } else {
+        r
+    };
+    let r =
+        if has(i, Word::Ftz) && t == Scalar::F32 && r != 0.0 && r.abs() < f64::from(f32::MIN_POSITIVE) { 0.0f64.copysign(r) } else { r };
+    Ok(r)
+}
+
 fn alu(cx: &Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32) -> R<()> {
     let t = last_type(cx, i)?;
     let d = dst(cx, i, 0)?;
@@ -983,45 +1049,17 @@ fn alu(cx: &Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32) -> R<()> {
         let a = src(cx, w, i, &i.opds[1], t, l)?;
         let b = if n > 2 { src(cx, w, i, &i.opds[2], t, l)? } else { 0 };
         let c = if n > 3 && i.op != Op::Setp { src(cx, w, i, &i.opds[3], if wide { wide_of(t) } else { t }, l)? } else { 0 };
-        let v = if is_float(t) {
-            let (x, y, z) = (f(t, a), f(t, b), f(t, c));
-            let r = match i.op {
-                Op::Add => x + y,
-                Op::Sub => x - y,
-                Op::Mul => x * y,
-                Op::Fma | Op::Mad => x.mul_add(y, z),
-                Op::Div => x / y,
-                Op::Abs => x.abs(),
-                Op::Neg => -x,
-                Op::Min => x.min(y),
-                Op::Max => x.max(y),
-                Op::Rcp => 1.0 / x,
-                Op::Sqrt => x.sqrt(),
-                Op::Rsqrt => 1.0 / x.sqrt(),
-                Op::Ex2 => x.exp2(),
-                Op::Lg2 => x.log2(),
-                Op::Sin => x.sin(),
-                Op::Cos => x.cos(),
-                Op::Tanh => x.tanh(),
-                Op::Copysign => y.copysign(x),
-                _ => return Err(unsupported(cx, i, format!("{} on floats", i.op.word()))),
-            };
-            let r = if t == Scalar::F32 { f64::from(r as f32) } else { r };
-            let r = if has(i, Word::Sat) {
-                if r.is_nan() {
-                    0.0
-                } else {
-                    r.clamp(0.0, 1.0)
-                }
-            } else {
-                r
-            };
-            let r = if has(i, Word::Ftz) && t == Scalar::F32 && r != 0.0 && r.abs() < f64::from(f32::MIN_POSITIVE) {
-                0.0f64.copysign(r)
-            } else {
-                r
-            };
-            from_f(t, r)
+        let v = if let Some(h) = packed_half(t) {
+            // Two halves, each computed as its scalar type.
+            let mut out = 0u64;
+            for k in 0..2 {
+                let part = |v: u64| (v >> (16 * k)) & 0xffff;
+                let r = float_op(cx, i, h, f(h, part(a)), f(h, part(b)), f(h, part(c)))?;
+                out |= (from_f(h, r) & 0xffff) << (16 * k);
+            }
+            out
+        } else if is_float(t) {
+            from_f(t, float_op(cx, i, t, f(t, a), f(t, b), f(t, c))?)
         } else {
             let s = is_signed(t);
             let (x, y) = (if s { sext(t, a) as u64 } else { mask_to(t, a) }, if s { sext(t, b) as u64 } else { mask_to(t, b) });

@@ -15,8 +15,9 @@
 //! 4. [`exec`]: [`exec::run`] executes a kernel over a grid on the CPU: 32-lane warps with a
 //!    PC per lane (the lanes at the lowest PC run together), barriers, shared/local/param
 //!    memory here and global memory through the device's [`exec::Memory`], atomics, shuffles
-//!    and votes, integer and float arithmetic, conversions. Not yet: calls (device functions,
-//!    `printf`), half and bfloat16, `mma`/`ldmatrix`, textures; each is an
+//!    and votes, integer and float arithmetic, conversions. Half and bfloat16 conversions
+//!    and packed-pair arithmetic too. Not yet: calls (device functions, `printf`),
+//!    `mma`/`ldmatrix`, textures; each is an
 //!    [`exec::ExecError::Unsupported`] naming the line, never a wrong result. Wiring it into the
 //!    `emu` executor is the next step.
 //!

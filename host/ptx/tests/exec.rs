@@ -297,3 +297,29 @@ fn every_kernel_with_garbage_parameters_ends_without_a_panic() {
         }
     }
 }
+
+/// Half and bfloat16: conversions round to nearest even, packed pairs compute per half.
+#[test]
+fn half_and_bfloat16_convert_and_compute_per_half() {
+    let src = ".version 8.0\n.target sm_80\n.address_size 64\n\
+        .visible .entry h(.param .u64 out, .param .f32 x)\n{\n\
+        .reg .b16 %h<4>;\n.reg .b32 %r<4>;\n.reg .f32 %f<6>;\n.reg .b64 %rd<2>;\n\
+        ld.param.u64 %rd1, [out];\nld.param.f32 %f1, [x];\n\
+        cvt.rn.f16.f32 %h1, %f1;\ncvt.f32.f16 %f2, %h1;\n\
+        cvt.rn.bf16.f32 %h2, %f1;\ncvt.f32.bf16 %f3, %h2;\n\
+        cvt.rn.f16x2.f32 %r1, %f1, %f2;\nadd.rn.f16x2 %r2, %r1, %r1;\n\
+        mov.b32 {%h3, %h1}, %r2;\ncvt.f32.f16 %f4, %h3;\ncvt.f32.f16 %f5, %h1;\n\
+        st.global.f32 [%rd1], %f2;\nst.global.f32 [%rd1+4], %f3;\nst.global.f32 [%rd1+8], %f4;\n\
+        st.global.f32 [%rd1+12], %f5;\nst.global.b32 [%rd1+16], %r1;\nret;\n}\n";
+    let m = Module::parse(src).unwrap();
+    let k = m.lower(&m.functions[0]).unwrap();
+    let mem = Mem::default();
+    let out = mem.alloc(&[0u8; 20]);
+    let p = params(&[&out.to_le_bytes(), &1.1f32.to_le_bytes()], &[0, 8], k.param_bytes);
+    run(&k, &launch(1, 1, &p, &[], 0), &mem, &|| false).unwrap();
+    let got = floats(&mem.get(out, 16));
+    let h = half::f16::from_f32(1.1).to_f32();
+    assert_eq!(got, [h, half::bf16::from_f32(1.1).to_f32(), 2.0 * h, 2.0 * h]);
+    let bits = half::f16::from_f32(1.1).to_bits() as u32;
+    assert_eq!(u32::from_le_bytes(mem.get(out + 16, 4).try_into().unwrap()), bits << 16 | bits);
+}
