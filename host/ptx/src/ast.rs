@@ -173,7 +173,11 @@ pub struct Function {
 pub struct RegDecl {
     pub ty: Scalar,
     pub vector: u32,
+    /// Without the `%`; see `percent`.
     pub name: String,
+    /// Declared as `%name` (a register operand) rather than `name` (nvcc's `temp_param_reg`,
+    /// named like a symbol): `%p0` and `p0` are different names.
+    pub percent: bool,
     pub count: Option<u32>,
     pub line: u32,
 }

@@ -79,6 +79,20 @@ pub struct Launch<'a> {
     pub globals: &'a [u64],
     /// Warp instructions the launch may run in all (0: no limit).
     pub budget: u64,
+    /// What a `call` of each module function (by index in `Module::functions`) runs.
+    pub functions: &'a [Callee<'a>],
+    /// Where `printf` output goes (one call per `printf`, the formatted text).
+    pub printf: &'a dyn Fn(&str),
+}
+
+/// A function a kernel may call.
+pub enum Callee<'a> {
+    /// A `.func` with a body, lowered.
+    Body(&'a Kernel),
+    /// `vprintf`, the device runtime's `printf`.
+    Printf,
+    /// Declared without a body (and not one vgpu provides): calling it is an error.
+    Missing,
 }
 
 struct Warp {
@@ -90,6 +104,34 @@ struct Warp {
     regs: Vec<u64>,
     local: Vec<u8>,
     base_thread: u32,
+    /// Per lane: the call area (`Kernel::call_param_bytes` each).
+    call: Vec<u8>,
+    /// In a called function, per lane: its parameters (`Kernel::param_bytes` each); `None` in
+    /// the kernel itself, whose parameters are the launch's.
+    params: Option<Vec<u8>>,
+    /// Per lane: a called function's return values.
+    ret: Vec<u8>,
+}
+
+fn ret_bytes(k: &Kernel) -> u32 {
+    k.returns.iter().map(|r| r.offset + r.size).max().unwrap_or(0)
+}
+
+impl Warp {
+    fn new(k: &Kernel, exists: u32, base_thread: u32) -> Warp {
+        Warp {
+            pc: [0; 32],
+            exists,
+            exited: 0,
+            at_barrier: 0,
+            regs: vec![0; k.regs.len() * 32],
+            local: vec![0; k.local_bytes as usize * 32],
+            base_thread,
+            call: vec![0; k.call_param_bytes as usize * 32],
+            params: None,
+            ret: vec![0; ret_bytes(k) as usize * 32],
+        }
+    }
 }
 
 struct Ctx<'k, 'a> {
@@ -99,6 +141,8 @@ struct Ctx<'k, 'a> {
     shared: Vec<u8>,
     ctaid: [u32; 3],
     steps: u64,
+    /// Calls in progress.
+    depth: u32,
 }
 
 type R<T> = Result<T, ExecError>;
@@ -121,7 +165,7 @@ pub fn run(k: &Kernel, launch: &Launch<'_>, mem: &dyn Memory, cancel: &dyn Fn() 
     if shared_len > 256 << 10 {
         return Err(bad(format!("{shared_len} bytes of shared memory")));
     }
-    let mut cx = Ctx { k, l: launch, mem, shared: vec![0; shared_len as usize], ctaid: [0; 3], steps: 0 };
+    let mut cx = Ctx { k, l: launch, mem, shared: vec![0; shared_len as usize], ctaid: [0; 3], steps: 0, depth: 0 };
     for z in 0..launch.grid[2] {
         for y in 0..launch.grid[1] {
             for x in 0..launch.grid[0] {
@@ -135,19 +179,10 @@ pub fn run(k: &Kernel, launch: &Launch<'_>, mem: &dyn Memory, cancel: &dyn Fn() 
 }
 
 fn run_block(cx: &mut Ctx<'_, '_>, threads: u32, cancel: &dyn Fn() -> bool) -> R<()> {
-    let nregs = cx.k.regs.len();
     let mut warps: Vec<Warp> = (0..threads.div_ceil(32))
         .map(|w| {
             let n = (threads - w * 32).min(32);
-            Warp {
-                pc: [0; 32],
-                exists: if n == 32 { u32::MAX } else { (1u32 << n) - 1 },
-                exited: 0,
-                at_barrier: 0,
-                regs: vec![0; nregs * 32],
-                local: vec![0; cx.k.local_bytes as usize * n as usize],
-                base_thread: w * 32,
-            }
+            Warp::new(cx.k, if n == 32 { u32::MAX } else { (1u32 << n) - 1 }, w * 32)
         })
         .collect();
     loop {
@@ -376,6 +411,8 @@ enum Where {
     Shared,
     Local,
     Param,
+    CallParam,
+    Return,
 }
 
 /// The space and address of a memory operand for `lane`.
@@ -395,6 +432,8 @@ fn address(cx: &Ctx<'_, '_>, w: &Warp, i: &Inst, o: &Opd, lane: usize) -> R<(Whe
         Some(Opd::Shared(s)) => (Some(Where::Shared), u64::from(*s)),
         Some(Opd::Local(s)) => (Some(Where::Local), u64::from(*s)),
         Some(Opd::Param(s)) => (Some(Where::Param), u64::from(*s)),
+        Some(Opd::CallParam(s)) => (Some(Where::CallParam), u64::from(*s)),
+        Some(Opd::Return(s)) => (Some(Where::Return), u64::from(*s)),
         Some(other) => return Err(unsupported(cx, i, format!("an address based on {other:?}"))),
     };
     let a = base.wrapping_add(*off as u64);
@@ -425,22 +464,45 @@ fn load(cx: &Ctx<'_, '_>, w: &Warp, i: &Inst, space: Where, a: u64, lane: usize,
             out.copy_from_slice(&cx.shared[r]);
             Ok(())
         }
-        Where::Local => {
-            let frame = cx.k.local_bytes as u64;
-            if !matches!(a.checked_add(len as u64), Some(e) if e <= frame) {
-                return Err(illegal(cx, i, a, len));
-            }
-            let at = frame * lane as u64 + a;
-            let r = slice_of(&w.local, at, len).ok_or_else(|| illegal(cx, i, a, len))?;
-            out.copy_from_slice(&w.local[r]);
-            Ok(())
-        }
-        Where::Param => {
+        Where::Param if w.params.is_none() => {
             let r = slice_of(cx.l.params, a, len).ok_or_else(|| illegal(cx, i, a, len))?;
             out.copy_from_slice(&cx.l.params[r]);
             Ok(())
         }
+        _ => {
+            let (buf, stride) = lane_area(cx.k, w, space);
+            let r = lane_slice(buf, stride, lane, a, len).ok_or_else(|| illegal(cx, i, a, len))?;
+            out.copy_from_slice(&buf[r]);
+            Ok(())
+        }
     }
+}
+
+/// The per-lane area of a space that lives in the warp, and its per-lane size.
+fn lane_area<'w>(k: &Kernel, w: &'w Warp, space: Where) -> (&'w [u8], u32) {
+    match space {
+        Where::Local => (&w.local, k.local_bytes),
+        Where::CallParam => (&w.call, k.call_param_bytes),
+        Where::Return => (&w.ret, ret_bytes(k)),
+        _ => (w.params.as_deref().unwrap_or(&[]), k.param_bytes),
+    }
+}
+
+fn lane_area_mut<'w>(k: &Kernel, w: &'w mut Warp, space: Where) -> (&'w mut [u8], u32) {
+    match space {
+        Where::Local => (&mut w.local, k.local_bytes),
+        Where::CallParam => (&mut w.call, k.call_param_bytes),
+        Where::Return => (&mut w.ret, ret_bytes(k)),
+        _ => (w.params.as_deref_mut().unwrap_or(&mut []), k.param_bytes),
+    }
+}
+
+/// `len` bytes at `a` of `lane`'s part (of `stride` bytes) of a per-lane area, if inside it.
+fn lane_slice(buf: &[u8], stride: u32, lane: usize, a: u64, len: usize) -> Option<std::ops::Range<usize>> {
+    if !matches!(a.checked_add(len as u64), Some(e) if e <= u64::from(stride)) {
+        return None;
+    }
+    slice_of(buf, u64::from(stride) * lane as u64 + a, len)
 }
 
 fn store(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, space: Where, a: u64, lane: usize, data: &[u8]) -> R<()> {
@@ -452,17 +514,18 @@ fn store(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, space: Where, a: u64, lan
             cx.shared[r].copy_from_slice(data);
             Ok(())
         }
-        Where::Local => {
-            let frame = cx.k.local_bytes as u64;
-            if !matches!(a.checked_add(len as u64), Some(e) if e <= frame) {
-                return Err(illegal(cx, i, a, len));
+        Where::Param => Err(unsupported(cx, i, "a store to parameters")),
+        _ => {
+            let k = cx.k;
+            let (buf, stride) = lane_area_mut(k, w, space);
+            match lane_slice(buf, stride, lane, a, len) {
+                Some(r) => {
+                    buf[r].copy_from_slice(data);
+                    Ok(())
+                }
+                None => Err(illegal(cx, i, a, len)),
             }
-            let at = frame * lane as u64 + a;
-            let r = slice_of(&w.local, at, len).ok_or_else(|| illegal(cx, i, a, len))?;
-            w.local[r].copy_from_slice(data);
-            Ok(())
         }
-        Where::Param => Err(unsupported(cx, i, "a store to kernel parameters")),
     }
 }
 
@@ -676,7 +739,7 @@ fn exec(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32, mask: u32, next:
             }
         }
         Op::Atom | Op::Red => atom(cx, w, i, run)?,
-        Op::Call => return Err(unsupported(cx, i, "call (device functions and printf)")),
+        Op::Call => call(cx, w, i, run)?,
         _ => alu(cx, w, i, run)?,
     }
     let _ = mask;
@@ -1240,5 +1303,338 @@ fn wide_of(t: Scalar) -> Scalar {
         Scalar::S32 => Scalar::S64,
         Scalar::U32 => Scalar::U64,
         other => other,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Calls: device functions (run to completion for the calling lanes) and printf
+
+/// The deepest call nesting (nvcc inlines almost everything; a recursion is refused, not a stack
+/// overflow).
+const MAX_CALL_DEPTH: u32 = 16;
+
+fn call(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32) -> R<()> {
+    if run == 0 {
+        return Ok(());
+    }
+    let none: &[Opd] = &[];
+    let (rets, f, args) = match i.opds.as_slice() {
+        [Opd::List(r), Opd::Func(f), Opd::List(a)] => (r.as_slice(), *f, a.as_slice()),
+        [Opd::Func(f), Opd::List(a)] => (none, *f, a.as_slice()),
+        [Opd::List(r), Opd::Func(f)] => (r.as_slice(), *f, none),
+        [Opd::Func(f)] => (none, *f, none),
+        _ => return Err(unsupported(cx, i, "this form of call (an indirect call)")),
+    };
+    let offsets = |v: &[Opd]| -> R<Vec<u32>> {
+        v.iter()
+            .map(|o| match o {
+                Opd::CallParam(x) => Ok(*x),
+                other => Err(unsupported(cx, i, format!("the call argument {other:?}"))),
+            })
+            .collect()
+    };
+    let (ro, ao) = (offsets(rets)?, offsets(args)?);
+    match cx.l.functions.get(f as usize) {
+        Some(Callee::Printf) => printf(cx, w, i, run, &ro, &ao),
+        Some(Callee::Body(k)) => call_body(cx, w, i, run, k, &ro, &ao),
+        _ => Err(unsupported(cx, i, "a call of a function without a body")),
+    }
+}
+
+/// Copy `len` bytes between per-lane areas, bounds-checked on both sides.
+#[allow(clippy::too_many_arguments)]
+fn copy_lane(from: &[u8], fs: u32, fo: u32, to: &mut [u8], ts: u32, to_off: u32, lane: usize, len: u32) -> bool {
+    match (lane_slice(from, fs, lane, u64::from(fo), len as usize), lane_slice(to, ts, lane, u64::from(to_off), len as usize)) {
+        (Some(a), Some(b)) => {
+            to[b].copy_from_slice(&from[a]);
+            true
+        }
+        _ => false,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn call_body(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32, k: &Kernel, ro: &[u32], ao: &[u32]) -> R<()> {
+    if cx.depth >= MAX_CALL_DEPTH {
+        return Err(unsupported(cx, i, format!("calls nested deeper than {MAX_CALL_DEPTH}")));
+    }
+    if k.params.len() != ao.len() || k.returns.len() != ro.len() {
+        return Err(unsupported(cx, i, format!("a call of {} with {} arguments and {} results", k.name, ao.len(), ro.len())));
+    }
+    let mut child = Warp::new(k, run, w.base_thread);
+    let mut params = vec![0u8; k.param_bytes as usize * 32];
+    let cs = cx.k.call_param_bytes;
+    for l in lanes(run) {
+        for (p, &o) in k.params.iter().zip(ao) {
+            if !copy_lane(&w.call, cs, o, &mut params, k.param_bytes, p.offset, l, p.size) {
+                return Err(illegal(cx, i, u64::from(o), p.size as usize));
+            }
+        }
+    }
+    child.params = Some(params);
+    let shared = std::mem::take(&mut cx.shared);
+    let mut ccx = Ctx { k, l: cx.l, mem: cx.mem, shared, ctaid: cx.ctaid, steps: cx.steps, depth: cx.depth + 1 };
+    let r = (|| -> R<()> {
+        while step(&mut ccx, &mut child)? {}
+        Ok(())
+    })();
+    cx.shared = std::mem::take(&mut ccx.shared);
+    cx.steps = ccx.steps;
+    r?;
+    if child.at_barrier != 0 {
+        return Err(unsupported(cx, i, format!("a barrier inside the called function {}", k.name)));
+    }
+    let rs = ret_bytes(k);
+    for l in lanes(run) {
+        for (rp, &o) in k.returns.iter().zip(ro) {
+            if !copy_lane(&child.ret, rs, rp.offset, &mut w.call, cs, o, l, rp.size) {
+                return Err(illegal(cx, i, u64::from(o), rp.size as usize));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `len` bytes at generic address `a` as `lane` sees it.
+fn read_generic(cx: &Ctx<'_, '_>, w: &Warp, i: &Inst, lane: usize, a: u64, out: &mut [u8]) -> R<()> {
+    let (space, at) = if (SHARED_WINDOW..SHARED_WINDOW + WINDOW_SPAN).contains(&a) {
+        (Where::Shared, a - SHARED_WINDOW)
+    } else if (LOCAL_WINDOW..LOCAL_WINDOW + WINDOW_SPAN).contains(&a) {
+        (Where::Local, a - LOCAL_WINDOW)
+    } else {
+        (Where::Global, a)
+    };
+    load(cx, w, i, space, at, lane, out)
+}
+
+/// The longest format string and the most output of one `printf`.
+const PRINTF_MAX: usize = 4096;
+
+fn printf(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32, ro: &[u32], ao: &[u32]) -> R<()> {
+    let [fmt_at, args_at] = ao[..] else { return Err(unsupported(cx, i, "vprintf without its two arguments")) };
+    let cs = cx.k.call_param_bytes;
+    for l in lanes(run) {
+        let word = |o: u32| -> R<u64> {
+            let r = lane_slice(&w.call, cs, l, u64::from(o), 8).ok_or_else(|| illegal(cx, i, u64::from(o), 8))?;
+            Ok(u64::from_le_bytes(w.call[r].try_into().unwrap_or([0; 8])))
+        };
+        let (fmt_addr, args) = (word(fmt_at)?, word(args_at)?);
+        let mut fmt = Vec::new();
+        loop {
+            let mut b = [0u8; 1];
+            read_generic(cx, w, i, l, fmt_addr + fmt.len() as u64, &mut b)?;
+            if b[0] == 0 || fmt.len() >= PRINTF_MAX {
+                break;
+            }
+            fmt.push(b[0]);
+        }
+        let mut at = args;
+        let mut next = |size: usize, cx: &Ctx<'_, '_>, w: &Warp| -> R<u64> {
+            at = at.div_ceil(size as u64) * size as u64;
+            let mut b = [0u8; 8];
+            read_generic(cx, w, i, l, at, &mut b[..size])?;
+            at += size as u64;
+            Ok(u64::from_le_bytes(b))
+        };
+        let text = format_printf(&fmt, &mut |size| next(size, cx, w), &mut |addr| {
+            let mut s = Vec::new();
+            while s.len() < PRINTF_MAX {
+                let mut b = [0u8; 1];
+                if read_generic(cx, w, i, l, addr + s.len() as u64, &mut b).is_err() || b[0] == 0 {
+                    break;
+                }
+                s.push(b[0]);
+            }
+            String::from_utf8_lossy(&s).into_owned()
+        })?;
+        (cx.l.printf)(&text);
+        if let Some(&r) = ro.first() {
+            let n = (text.len() as u32).to_le_bytes();
+            if let Some(rg) = lane_slice(&w.call, cs, l, u64::from(r), 4) {
+                w.call[rg].copy_from_slice(&n);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// C's `printf` over vprintf's argument buffer: `%d %i %u %x %X %o %c %s %p %f %F %e %E %g %G %%`
+/// with flags, width, precision and length (`hh h l ll z`). `arg(size)` reads the next argument
+/// (4 or 8 bytes; floats are doubles), `string(addr)` a C string.
+fn format_printf(fmt: &[u8], arg: &mut dyn FnMut(usize) -> R<u64>, string: &mut dyn FnMut(u64) -> String) -> R<String> {
+    let mut out = String::new();
+    let mut k = 0;
+    while k < fmt.len() && out.len() < PRINTF_MAX {
+        let c = fmt[k];
+        k += 1;
+        if c != b'%' {
+            out.push(c as char);
+            continue;
+        }
+        let (mut left, mut zero, mut plus, mut space, mut alt) = (false, false, false, false, false);
+        while k < fmt.len() {
+            match fmt[k] {
+                b'-' => left = true,
+                b'0' => zero = true,
+                b'+' => plus = true,
+                b' ' => space = true,
+                b'#' => alt = true,
+                _ => break,
+            }
+            k += 1;
+        }
+        let num = |k: &mut usize| -> Option<usize> {
+            let s = *k;
+            while *k < fmt.len() && fmt[*k].is_ascii_digit() {
+                *k += 1;
+            }
+            std::str::from_utf8(&fmt[s..*k]).ok()?.parse().ok().map(|v: usize| v.min(512))
+        };
+        let width = num(&mut k).unwrap_or(0);
+        let prec = if k < fmt.len() && fmt[k] == b'.' {
+            k += 1;
+            Some(num(&mut k).unwrap_or(0))
+        } else {
+            None
+        };
+        let mut long = 0;
+        while k < fmt.len() && matches!(fmt[k], b'l' | b'h' | b'z' | b'j' | b't' | b'L') {
+            if matches!(fmt[k], b'l' | b'z' | b'j' | b't') {
+                long += 1;
+            }
+            k += 1;
+        }
+        let Some(&conv) = fmt.get(k) else { break };
+        k += 1;
+        let size = if long > 0 { 8 } else { 4 };
+        let body = match conv {
+            b'%' => "%".to_string(),
+            b'd' | b'i' => {
+                let v = arg(size)?;
+                let v = if size == 4 { v as u32 as i32 as i64 } else { v as i64 };
+                let sign = if v < 0 {
+                    "-"
+                } else if plus {
+                    "+"
+                } else if space {
+                    " "
+                } else {
+                    ""
+                };
+                let digits = v.unsigned_abs().to_string();
+                let digits = match prec {
+                    Some(p) if digits.len() < p => format!("{}{digits}", "0".repeat(p - digits.len())),
+                    _ => digits,
+                };
+                if zero && !left && prec.is_none() && sign.len() + digits.len() < width {
+                    format!("{sign}{}{digits}", "0".repeat(width - sign.len() - digits.len()))
+                } else {
+                    format!("{sign}{digits}")
+                }
+            }
+            b'u' | b'x' | b'X' | b'o' => {
+                let v = arg(size)?;
+                let v = if size == 4 { v & 0xffff_ffff } else { v };
+                let s = match conv {
+                    b'u' => v.to_string(),
+                    b'x' => format!("{}{v:x}", if alt && v != 0 { "0x" } else { "" }),
+                    b'X' => format!("{}{v:X}", if alt && v != 0 { "0X" } else { "" }),
+                    _ => format!("{}{v:o}", if alt { "0" } else { "" }),
+                };
+                if zero && !left && s.len() < width {
+                    format!("{}{s}", "0".repeat(width - s.len()))
+                } else {
+                    s
+                }
+            }
+            b'c' => char::from(arg(4)? as u8).to_string(),
+            b'p' => format!("0x{:x}", arg(8)?),
+            b's' => {
+                let s = string(arg(8)?);
+                match prec {
+                    Some(p) => s.chars().take(p).collect(),
+                    None => s,
+                }
+            }
+            b'f' | b'F' | b'e' | b'E' | b'g' | b'G' => {
+                let x = f64::from_bits(arg(8)?);
+                let p = prec.unwrap_or(6);
+                let s = match conv {
+                    b'f' | b'F' => format!("{x:.p$}"),
+                    b'e' | b'E' => c_exp(x, p, conv == b'E'),
+                    _ => {
+                        let p = p.max(1);
+                        let e = if x == 0.0 { 0 } else { x.abs().log10().floor() as i32 };
+                        let s = if e < -4 || e >= p as i32 {
+                            c_exp(x, p - 1, conv == b'G')
+                        } else {
+                            format!("{x:.*}", (p as i32 - 1 - e).max(0) as usize)
+                        };
+                        if alt || !s.contains('.') {
+                            s
+                        } else if let Some((m, ex)) = s.split_once(['e', 'E']) {
+                            format!("{}{}{ex}", m.trim_end_matches('0').trim_end_matches('.'), if conv == b'G' { "E" } else { "e" })
+                        } else {
+                            s.trim_end_matches('0').trim_end_matches('.').to_string()
+                        }
+                    }
+                };
+                if plus && x >= 0.0 {
+                    format!("+{s}")
+                } else {
+                    s
+                }
+            }
+            other => format!("%{}", other as char),
+        };
+        if body.len() < width {
+            let pad = " ".repeat(width - body.len());
+            if left {
+                out.push_str(&body);
+                out.push_str(&pad);
+            } else {
+                out.push_str(&pad);
+                out.push_str(&body);
+            }
+        } else {
+            out.push_str(&body);
+        }
+    }
+    Ok(out)
+}
+
+/// `%e`: `d.ddde+XX` with at least two exponent digits, as C.
+fn c_exp(x: f64, p: usize, upper: bool) -> String {
+    let s = format!("{x:.p$e}");
+    let (m, e) = s.split_once('e').unwrap_or((&s, "0"));
+    let (sign, digits) = match e.strip_prefix('-') {
+        Some(d) => ('-', d),
+        None => ('+', e),
+    };
+    let e = format!("{}{sign}{digits:0>2}", if upper { 'E' } else { 'e' });
+    format!("{m}{e}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fmt(f: &str, args: &[u64]) -> String {
+        let mut it = args.iter().copied();
+        format_printf(f.as_bytes(), &mut |_| Ok(it.next().unwrap_or(0)), &mut |_| "str".into()).unwrap()
+    }
+
+    #[test]
+    fn printf_formats_as_c() {
+        assert_eq!(fmt("a %d b %5d|%-4d|%03d", &[(-7i32) as u32 as u64, 42, 1, 5]), "a -7 b    42|1   |005");
+        assert_eq!(fmt("%u %x %X %#x %lld", &[u32::MAX as u64, 255, 255, 16, (-3i64) as u64]), "4294967295 ff FF 0x10 -3");
+        assert_eq!(
+            fmt(
+                "%f %.2f %e %g %g",
+                &[1.5f64.to_bits(), 2.5678f64.to_bits(), 12345.678f64.to_bits(), 0.0001f64.to_bits(), 1e20f64.to_bits()]
+            ),
+            "1.500000 2.57 1.234568e+04 0.0001 1e+20"
+        );
+        assert_eq!(fmt("%s %c %% %p", &[0, b'z' as u64, 0x10]), "str z % 0x10");
     }
 }

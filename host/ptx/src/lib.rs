@@ -16,8 +16,8 @@
 //!    PC per lane (the lanes at the lowest PC run together), barriers, shared/local/param
 //!    memory here and global memory through the device's [`exec::Memory`], atomics, shuffles
 //!    and votes, integer and float arithmetic, conversions. Half and bfloat16 conversions
-//!    and packed-pair arithmetic too. Not yet: calls (device functions, `printf`),
-//!    `mma`/`ldmatrix`, textures; each is an
+//!    and packed-pair arithmetic, calls of device functions (`Callee`) and `printf` too. Not
+//!    yet: `mma`/`ldmatrix`, textures, grid-wide sync; each is an
 //!    [`exec::ExecError::Unsupported`] naming the line, never a wrong result. Wiring it into the
 //!    `emu` executor is the next step.
 //!

@@ -199,7 +199,8 @@ pub enum Opd {
     Param(u32),
     /// Byte offset into a `.func`'s return buffer.
     Return(u32),
-    /// A `.param` variable declared in the body (a call's argument or return), by index.
+    /// Byte offset in the thread's call area: the `.param` variables a body declares for the
+    /// arguments and return values of its calls.
     CallParam(u32),
     /// A module variable (`.global`, `.const`), by index in [`Module::variables`].
     Global(u32),
@@ -256,8 +257,10 @@ pub struct Kernel {
     pub returns: Vec<ParamSlot>,
     pub regs: Vec<Reg>,
     pub insts: Vec<Inst>,
-    /// The body's `.param` variables (call arguments and returns), by [`Opd::CallParam`] index.
+    /// The body's `.param` variables (call arguments and returns), in declaration order.
     pub call_params: Vec<Variable>,
+    /// Bytes of the per-thread call area they are laid out in ([`Opd::CallParam`] offsets).
+    pub call_param_bytes: u32,
     /// Bytes of static shared memory per block (module and function `.shared`).
     pub shared_bytes: u32,
     /// Bytes of local frame per thread.
@@ -299,9 +302,12 @@ impl<'m, 'a> Lowerer<'m, 'a> {
     }
 
     fn declare_reg(&mut self, d: &RegDecl) -> Result<(), Error> {
+        // Scope keys keep the sigil: `%p0` (a register) and `p0` (a symbol-like register or a
+        // variable) are different names.
+        let stem = if d.percent { format!("%{}", d.name) } else { d.name.clone() };
         let names: Vec<String> = match d.count {
-            Some(n) => (0..n).map(|i| format!("{}{i}", d.name)).collect(),
-            None => vec![d.name.clone()],
+            Some(n) => (0..n).map(|i| format!("{stem}{i}")).collect(),
+            None => vec![stem],
         };
         if self.k.regs.len() as u64 + names.len() as u64 > u64::from(MAX_REGS) {
             return Err(self.error(d.line, ErrorKind::Limit, format!("more than {MAX_REGS} registers")));
@@ -329,9 +335,14 @@ impl<'m, 'a> Lowerer<'m, 'a> {
             }
             Space::Shared => self.place_shared(v)?,
             Space::Param => {
-                let i = self.k.call_params.len() as u32;
+                let at = align_up(u64::from(self.k.call_param_bytes), a);
+                let end = at + v.size();
+                if end > MAX_PARAMS {
+                    return Err(self.error(v.line, ErrorKind::Limit, format!("more than {MAX_PARAMS} bytes of call parameters")));
+                }
+                self.k.call_param_bytes = end as u32;
                 self.k.call_params.push(v.clone());
-                Opd::CallParam(i)
+                Opd::CallParam(at as u32)
             }
             other => return Err(self.error(v.line, ErrorKind::Unsupported, format!("a {other:?} variable inside a function"))),
         };
@@ -359,8 +370,9 @@ impl<'m, 'a> Lowerer<'m, 'a> {
         self.scopes.iter().rev().find_map(|s| s.regs.get(name).copied())
     }
 
+    /// The register `%name`.
     fn reg(&self, name: &str, line: u32) -> Result<RegId, Error> {
-        self.lookup_reg(name).ok_or_else(|| self.error(line, ErrorKind::Syntax, format!("undeclared register %{name}")))
+        self.lookup_reg(&format!("%{name}")).ok_or_else(|| self.error(line, ErrorKind::Syntax, format!("undeclared register %{name}")))
     }
 
     fn symbol(&self, name: &str, line: u32) -> Result<Opd, Error> {
@@ -388,7 +400,7 @@ impl<'m, 'a> Lowerer<'m, 'a> {
     fn operand(&self, o: &Operand, line: u32) -> Result<Opd, Error> {
         Ok(match o {
             Operand::Reg(r) => match special(r) {
-                Some(s) if self.lookup_reg(r).is_none() => Opd::Special(s),
+                Some(s) if self.lookup_reg(&format!("%{r}")).is_none() => Opd::Special(s),
                 _ => Opd::Reg(self.reg(r, line)?),
             },
             Operand::Int(v) => Opd::Imm(*v as u64),
@@ -491,6 +503,7 @@ impl Module<'_> {
             regs: Vec::new(),
             insts: Vec::new(),
             call_params: Vec::new(),
+            call_param_bytes: 0,
             shared_bytes: 0,
             local_bytes: 0,
             dynamic_shared: false,

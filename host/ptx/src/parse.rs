@@ -529,7 +529,8 @@ fn reg_decl(c: &mut Cursor<'_, '_>, out: &mut Vec<RegDecl>, start: u32) -> Resul
         } else {
             None
         };
-        out.push(RegDecl { ty, vector, name: name.to_string(), count, line: c.line_of(start) });
+        let percent = matches!(t.tok, Tok::Reg(_));
+        out.push(RegDecl { ty, vector, name: name.to_string(), percent, count, line: c.line_of(start) });
         if !c.eat(Tok::Comma)? {
             break;
         }

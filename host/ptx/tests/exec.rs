@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::path::Path;
 
 use vgpu_ptx::ast::Init;
-use vgpu_ptx::exec::{run, ExecError, Fault, Launch, Memory};
+use vgpu_ptx::exec::{run, Callee, ExecError, Fault, Launch, Memory};
 use vgpu_ptx::Module;
 
 /// Global memory: allocations at 0x1000_0000 apart, bounds-checked.
@@ -97,7 +97,16 @@ fn params(parts: &[&[u8]], offsets: &[u32], total: u32) -> Vec<u8> {
 }
 
 fn launch<'a>(grid: u32, block: u32, params: &'a [u8], globals: &'a [u64], dynamic_shared: u32) -> Launch<'a> {
-    Launch { grid: [grid, 1, 1], block: [block, 1, 1], params, dynamic_shared, globals, budget: 50_000_000 }
+    Launch {
+        grid: [grid, 1, 1],
+        block: [block, 1, 1],
+        params,
+        dynamic_shared,
+        globals,
+        budget: 50_000_000,
+        functions: &[],
+        printf: &|_| {},
+    }
 }
 
 fn floats(b: &[u8]) -> Vec<f32> {
@@ -291,6 +300,8 @@ fn every_kernel_with_garbage_parameters_ends_without_a_panic() {
                     dynamic_shared: 256,
                     globals: &g,
                     budget: 200_000,
+                    functions: &[],
+                    printf: &|_| {},
                 };
                 let _ = run(&k, &l, &mem, &|| false);
             }
@@ -322,4 +333,62 @@ fn half_and_bfloat16_convert_and_compute_per_half() {
     assert_eq!(got, [h, half::bf16::from_f32(1.1).to_f32(), 2.0 * h, 2.0 * h]);
     let bits = half::f16::from_f32(1.1).to_bits() as u32;
     assert_eq!(u32::from_le_bytes(mem.get(out + 16, 4).try_into().unwrap()), bits << 16 | bits);
+}
+
+/// Calls: a `.func` with parameters and a return value runs for the calling lanes, and printf
+/// formats from the format string in global memory and the argument buffer in local memory.
+#[test]
+fn device_functions_and_printf_run() {
+    let src = ".version 8.0\n.target sm_80\n.address_size 64\n\
+        .extern .func (.param .b32 func_retval0) vprintf(.param .b64 vprintf_param_0, .param .b64 vprintf_param_1);\n\
+        .global .align 1 .b8 $str[12] = {116, 104, 114, 101, 97, 100, 32, 37, 100, 10, 0, 0};\n\
+        .func (.param .b32 func_retval0) twice_plus(.param .b32 a, .param .b32 b)\n{\n\
+        .reg .b32 %r<4>;\nld.param.b32 %r1, [a];\nld.param.b32 %r2, [b];\nshl.b32 %r3, %r1, 1;\nadd.s32 %r3, %r3, %r2;\n\
+        st.param.b32 [func_retval0+0], %r3;\nret;\n}\n\
+        .visible .entry k(.param .u64 out)\n{\n\
+        .local .align 8 .b8 __local_depot0[8];\n.reg .b32 %r<6>;\n.reg .b64 %rd<6>;\n.reg .pred %p<2>;\n\
+        ld.param.u64 %rd1, [out];\nmov.u32 %r1, %tid.x;\n\
+        {\n.reg .b32 temp_param_reg;\n.param .b32 param0;\nst.param.b32 [param0+0], %r1;\n.param .b32 param1;\n\
+        st.param.b32 [param1+0], 5;\n.param .b32 retval0;\ncall.uni (retval0), twice_plus, (param0, param1);\n\
+        ld.param.b32 %r2, [retval0+0];\n}\n\
+        mul.wide.u32 %rd2, %r1, 4;\nadd.s64 %rd3, %rd1, %rd2;\nst.global.u32 [%rd3], %r2;\n\
+        setp.ne.u32 %p1, %r1, 3;\n@%p1 bra DONE;\n\
+        mov.u64 %rd4, __local_depot0;\ncvta.local.u64 %rd5, %rd4;\nst.local.u32 [%rd4], %r1;\n\
+        mov.u64 %rd4, $str;\ncvta.global.u64 %rd4, %rd4;\n\
+        {\n.param .b64 p0;\nst.param.b64 [p0+0], %rd4;\n.param .b64 p1;\nst.param.b64 [p1+0], %rd5;\n.param .b32 rv;\n\
+        call.uni (rv), vprintf, (p0, p1);\n}\n\
+        DONE:\nret;\n}\n";
+    let m = Module::parse(src).unwrap_or_else(|e| panic!("{e}"));
+    let mem = Mem::default();
+    let g = globals(&m, &mem);
+    let lowered: Vec<Option<vgpu_ptx::lower::Kernel>> = m.functions.iter().map(|f| f.body.map(|_| m.lower(f).unwrap())).collect();
+    let callees: Vec<Callee> = m
+        .functions
+        .iter()
+        .zip(&lowered)
+        .map(|(f, k)| match k {
+            Some(k) => Callee::Body(k),
+            None if f.name == "vprintf" => Callee::Printf,
+            None => Callee::Missing,
+        })
+        .collect();
+    let k = m.lower(m.function("k").unwrap()).unwrap();
+    let out = mem.alloc(&[0u8; 4 * 40]);
+    let p = params(&[&out.to_le_bytes()], &[0], k.param_bytes);
+    let printed = RefCell::new(String::new());
+    let print = |s: &str| printed.borrow_mut().push_str(s);
+    let l = Launch {
+        grid: [1, 1, 1],
+        block: [40, 1, 1],
+        params: &p,
+        dynamic_shared: 0,
+        globals: &g,
+        budget: 1_000_000,
+        functions: &callees,
+        printf: &print,
+    };
+    run(&k, &l, &mem, &|| false).unwrap();
+    let got: Vec<u32> = mem.get(out, 160).chunks(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect();
+    assert_eq!(got, (0..40).map(|t| 2 * t + 5).collect::<Vec<u32>>());
+    assert_eq!(printed.into_inner(), "thread 3\n");
 }
