@@ -147,9 +147,9 @@ struct Ctx<'k, 'a> {
 
 type R<T> = Result<T, ExecError>;
 
-/// Run `k` over `launch` on `mem`. Returns when every thread has exited, or on the first
-/// error (the launch's effects so far stay, as on a device).
-pub fn run(k: &Kernel, launch: &Launch<'_>, mem: &dyn Memory, cancel: &dyn Fn() -> bool) -> R<()> {
+/// Run `k` over `launch` on `mem`. Returns, when every thread has exited, the number of warp
+/// instructions run; or the first error (the launch's effects so far stay, as on a device).
+pub fn run(k: &Kernel, launch: &Launch<'_>, mem: &dyn Memory, cancel: &dyn Fn() -> bool) -> R<u64> {
     let bad = |what: String| ExecError::BadLaunch { kernel: k.name.clone(), what };
     if (launch.params.len() as u64) < u64::from(k.param_bytes) {
         return Err(bad(format!("{} bytes of parameters, the kernel takes {}", launch.params.len(), k.param_bytes)));
@@ -175,7 +175,7 @@ pub fn run(k: &Kernel, launch: &Launch<'_>, mem: &dyn Memory, cancel: &dyn Fn() 
             }
         }
     }
-    Ok(())
+    Ok(cx.steps)
 }
 
 fn run_block(cx: &mut Ctx<'_, '_>, threads: u32, cancel: &dyn Fn() -> bool) -> R<()> {

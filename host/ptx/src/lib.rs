@@ -31,6 +31,7 @@ pub mod ast;
 pub mod exec;
 pub mod lex;
 pub mod lower;
+pub mod mem;
 pub mod parse;
 
 use ast::{Body, FnKind, Function, Variable};

@@ -5,56 +5,11 @@ use std::cell::RefCell;
 use std::path::Path;
 
 use vgpu_ptx::ast::Init;
-use vgpu_ptx::exec::{run, Callee, ExecError, Fault, Launch, Memory};
+use vgpu_ptx::exec::{run, Callee, ExecError, Launch, Memory};
+use vgpu_ptx::mem::Allocations;
 use vgpu_ptx::Module;
 
-/// Global memory: allocations at 0x1000_0000 apart, bounds-checked.
-#[derive(Default)]
-struct Mem {
-    blocks: RefCell<Vec<(u64, Vec<u8>)>>,
-}
-
-impl Mem {
-    fn alloc(&self, bytes: &[u8]) -> u64 {
-        let mut b = self.blocks.borrow_mut();
-        let base = 0x1000_0000 * (b.len() as u64 + 1);
-        b.push((base, bytes.to_vec()));
-        base
-    }
-    fn get(&self, addr: u64, len: usize) -> Vec<u8> {
-        let mut v = vec![0; len];
-        self.read(addr, &mut v).unwrap();
-        v
-    }
-    fn with<T>(&self, addr: u64, len: usize, f: impl FnOnce(&mut [u8]) -> T) -> Result<T, Fault> {
-        let mut b = self.blocks.borrow_mut();
-        for (base, data) in b.iter_mut() {
-            if addr >= *base && addr - *base + len as u64 <= data.len() as u64 {
-                let s = (addr - *base) as usize;
-                return Ok(f(&mut data[s..s + len]));
-            }
-        }
-        Err(Fault { addr, len: len as u64 })
-    }
-}
-
-impl Memory for Mem {
-    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Fault> {
-        self.with(addr, buf.len(), |d| buf.copy_from_slice(d))
-    }
-    fn write(&self, addr: u64, data: &[u8]) -> Result<(), Fault> {
-        self.with(addr, data.len(), |d| d.copy_from_slice(data))
-    }
-    fn atomic(&self, addr: u64, size: usize, f: &mut dyn FnMut(u64) -> u64) -> Result<u64, Fault> {
-        self.with(addr, size, |d| {
-            let mut v = [0u8; 8];
-            v[..size].copy_from_slice(d);
-            let old = u64::from_le_bytes(v);
-            d.copy_from_slice(&f(old).to_le_bytes()[..size]);
-            old
-        })
-    }
-}
+type Mem = Allocations;
 
 fn data(name: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)).unwrap()

@@ -1,0 +1,68 @@
+//! A simple global memory for the interpreter: separate allocations, each bounds-checked, at
+//! addresses 256 MiB apart (so an overrun never lands in another allocation). For tests,
+//! benchmarks and tools; `emu` brings its own [`Memory`] over its allocations.
+
+use std::sync::Mutex;
+
+use crate::exec::{Fault, Memory};
+
+/// Where the first allocation starts, and the distance between allocations.
+pub const STRIDE: u64 = 0x1000_0000;
+
+/// Allocations of global memory.
+#[derive(Default)]
+pub struct Allocations {
+    blocks: Mutex<Vec<(u64, Vec<u8>)>>,
+}
+
+impl Allocations {
+    /// A new allocation holding `bytes` (at most [`STRIDE`] of them); its address.
+    pub fn alloc(&self, bytes: &[u8]) -> u64 {
+        let mut b = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(bytes.len() as u64 <= STRIDE, "an allocation of {} bytes is larger than the stride", bytes.len());
+        let base = STRIDE * (b.len() as u64 + 1);
+        b.push((base, bytes.to_vec()));
+        base
+    }
+
+    /// A copy of `len` bytes at `addr` (panics if they are not allocated: for tests).
+    pub fn get(&self, addr: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0; len];
+        self.read(addr, &mut v).unwrap_or_else(|f| panic!("reading {len} bytes at {addr:#x}: not allocated ({f:?})"));
+        v
+    }
+
+    fn with<T>(&self, addr: u64, len: usize, f: impl FnOnce(&mut [u8]) -> T) -> Result<T, Fault> {
+        let mut b = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+        let i = (addr / STRIDE).checked_sub(1).map(|i| i as usize);
+        if let Some((base, data)) = i.and_then(|i| b.get_mut(i)) {
+            let off = addr - *base;
+            if off.checked_add(len as u64).is_some_and(|e| e <= data.len() as u64) {
+                let s = off as usize;
+                return Ok(f(&mut data[s..s + len]));
+            }
+        }
+        Err(Fault { addr, len: len as u64 })
+    }
+}
+
+impl Memory for Allocations {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Fault> {
+        self.with(addr, buf.len(), |d| buf.copy_from_slice(d))
+    }
+    fn write(&self, addr: u64, data: &[u8]) -> Result<(), Fault> {
+        self.with(addr, data.len(), |d| d.copy_from_slice(data))
+    }
+    fn atomic(&self, addr: u64, size: usize, f: &mut dyn FnMut(u64) -> u64) -> Result<u64, Fault> {
+        if !(1..=8).contains(&size) {
+            return Err(Fault { addr, len: size as u64 });
+        }
+        self.with(addr, size, |d| {
+            let mut v = [0u8; 8];
+            v[..size].copy_from_slice(d);
+            let old = u64::from_le_bytes(v);
+            d.copy_from_slice(&f(old).to_le_bytes()[..size]);
+            old
+        })
+    }
+}
