@@ -642,9 +642,9 @@ fn exec(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32, mask: u32, next:
             } else {
                 1
             };
-            let dsts: Vec<Opd> = match &i.opds[0] {
-                Opd::Vector(v) => v.clone(),
-                o => vec![o.clone()],
+            let dsts: &[Opd] = match &i.opds[0] {
+                Opd::Vector(v) => v,
+                o => std::slice::from_ref(o),
             };
             if dsts.len() != vec {
                 return Err(unsupported(cx, i, "a vector load whose destination count differs"));
@@ -669,9 +669,9 @@ fn exec(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32, mask: u32, next:
         Op::St => {
             let t = last_type(cx, i)?;
             let size = t.size() as usize;
-            let srcs: Vec<Opd> = match &i.opds[1] {
-                Opd::Vector(v) => v.clone(),
-                o => vec![o.clone()],
+            let srcs: &[Opd] = match &i.opds[1] {
+                Opd::Vector(v) => v,
+                o => std::slice::from_ref(o),
             };
             if srcs.len() > 4 {
                 return Err(unsupported(cx, i, "a store of more than 4 elements"));
