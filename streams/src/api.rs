@@ -33,7 +33,7 @@ use crate::error::{CudaError, Result};
 use crate::graph::{CaptureMode, CaptureStatus, RawGraph, RawGraphExec};
 use crate::kernel::{pack_params, Func, LaunchConfig, ModuleReg};
 use crate::memory::Seg;
-use crate::{MemcpyKind, RawEvent, RawStream, STREAM_LEGACY_DEFAULT};
+use crate::types::{MemcpyKind, RawEvent, RawStream, STREAM_LEGACY_DEFAULT};
 use vgpu_transport::wire::{FuncInfo, ParamInfo};
 
 /// Plain data that may be copied to and from the device as bytes.

@@ -5,11 +5,68 @@
 //! the link the environment names (`vgpu_transport::connect_from_env`: the direct link to the
 //! socket named by [`default_socket`] unless `VGPU_LINK`/`VGPU_DEVICE` select the ivshmem link).
 //! Private contexts ([`Context::connect`]) serve the async Rust API and tests.
+//!
+//! The context's methods are split by subject over child modules: `copy` (allocations and data
+//! paths), `launch` (modules, functions, launches, symbols), `capture` (capture and graphs).
+//!
+//! # Lock order
+//! The guest runtime has eight locks (each an ordered lock, `crate::locks`, with the rank
+//! below). A thread may take a lock only while every lock it holds has a lower number; most are
+//! leaves, taken alone and released before anything else is taken. Debug builds check this at
+//! every acquisition (a thread-local set of held ranks; an inversion panics, naming both), so
+//! every test of this crate and of `vgpu-tests` runs under the check; release builds use plain
+//! `std::sync` locks.
+//!
+//! 1. **`kern.loading`** (`KernelState::loading`, per context): serialises first-use loading of
+//!    modules and functions (hash lookup, upload, `FuncGet`). Held across round trips, by
+//!    design: two threads launching the same new kernel upload it once. Held: nothing. Taken
+//!    under it: `open_h2d` (2, to close the open chunk before a whole-chunk `FuncGet` or
+//!    upload) and `kern.tables` (4, to re-check and record what was loaded).
+//! 2. **`open_h2d`** (per context): the open staging chunk small pageable H2D copies, launch
+//!    parameters and symbol names are packed into. Held for a whole H2D staging loop, across
+//!    waits for a free chunk and for ring space (staging serialises H2D callers). Held:
+//!    nothing, or `kern.loading`. Taken under it: `mem` (7, the pinned check of each segment).
+//! 3. **`REGISTRY`** (`kernel`, process-wide read-write lock): modules, functions and
+//!    variables registered by nvcc's start-up code. Held: nothing. Taken under it: nothing.
+//! 4. **`kern.tables`** (`KernelState::tables`, per context): loaded modules (or the error that
+//!    keeps them from loading), functions by host stub and by name, symbols and their device
+//!    ranges; one lock, so that forgetting a module is one step. Held: nothing, or
+//!    `kern.loading`. Taken under it: nothing.
+//! 5. **`captures.table`** (`graph::Captures`, per context): the capture sequence of each
+//!    capturing stream. Skipped entirely (one atomic load) while nothing captures. Held:
+//!    nothing. Taken under it: nothing.
+//! 6. **`handles`** (per context): streams (host handle, flags, priority, query event), events,
+//!    the legacy stream's query event. Held: nothing. Taken under it: nothing.
+//! 7. **`mem`** (`memory::MemTables`, per context): device allocations, the pinned heap,
+//!    registered host ranges; one lock, so that a registration's overlap check against pinned
+//!    and registered memory and its insertion are one step. Held: nothing, or `open_h2d`.
+//!    Taken under it: nothing.
+//! 8. **`Func::state`** (per loaded function): its attributes, cluster attributes and
+//!    occupancy cache (cleared with every attribute change, in the same step). Held: nothing.
+//!    Taken under it: nothing.
+//!
+//! Only 1 and 2 may be held while the thread waits for the host (a round trip, a staging chunk,
+//! ring space); `Context::call` and the copy waits assert that in debug builds. The transport's
+//! own locks are below all of these: the client may be called with any of them held, and
+//! nothing in the transport calls back into this crate with its locks held (completion actions,
+//! run by the reactor, take none of these locks: they recycle staging chunks, copy D2H bytes
+//! out of the window, hand host functions to their thread).
+//!
+//! Not locks: the sticky error and the host-function channel are set once (`OnceLock`); counters
+//! and the capture fast path are atomics; the per-thread stream list and call configurations are
+//! thread-locals. The per-call paths take: a null call or fire-and-forget call, no lock (the
+//! legacy stream) or `handles` (a created stream); an async pageable H2D copy, `handles`, `mem`
+//! (range and pinned checks) and `open_h2d`; a kernel launch, `kern.tables` (the function by
+//! host stub), `Func::state`, `handles` and, with parameters, `open_h2d`, each taken alone.
 
-use std::collections::{BTreeMap, HashMap};
+mod capture;
+mod copy;
+mod launch;
+
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 use tracing::{debug, error, warn};
 use vgpu_transport::sync::{AtomicU64, Ordering};
@@ -17,17 +74,16 @@ use vgpu_transport::wire::{event_flags, req, CallRequest, DeviceInfo, Win};
 use vgpu_transport::{Client, ClientConfig};
 
 use crate::error::{CudaError, Result};
-use crate::memory::{ChunkRef, PinnedHeap};
-use crate::{RawEvent, RawStream, STREAM_LEGACY, STREAM_LEGACY_DEFAULT, STREAM_PER_THREAD};
+use crate::graph::Captures;
+use crate::kernel::KernelState;
+use crate::locks::{self, rank, OrderedMutex};
+use crate::memory::{MemLock, MemTables, StagingLock};
+use crate::types::{RawEvent, RawStream, PRIORITY_GREATEST, PRIORITY_LEAST, STREAM_LEGACY, STREAM_LEGACY_DEFAULT, STREAM_PER_THREAD};
 
 /// The mediator's socket: `$VGPU_SOCKET`, else `$XDG_RUNTIME_DIR/vgpu.sock`, else
 /// `/tmp/vgpu.sock` (the transport's rule, the same as `vgpu_mediator::default_socket`).
 pub fn default_socket() -> PathBuf {
     vgpu_transport::link::default_socket()
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A guest-side stream: its host handle and what CUDA lets a program query.
@@ -46,6 +102,18 @@ pub(crate) struct EventEntry {
     pub flags: u32,
 }
 
+/// The handle tables of one context, under one lock ([`rank::HANDLES`]).
+#[derive(Debug, Default)]
+pub(crate) struct Handles {
+    pub streams: HashMap<RawStream, StreamEntry>,
+    pub events: HashMap<RawEvent, EventEntry>,
+    /// Query event of the legacy default stream (0: not created yet).
+    pub legacy_query_event: u64,
+}
+
+/// The lock of [`Handles`].
+pub(crate) type HandlesLock = OrderedMutex<Handles, { rank::HANDLES }>;
+
 pub(crate) struct HostJob {
     pub f: Box<dyn FnOnce(CudaError) + Send>,
     pub token: u64,
@@ -59,21 +127,21 @@ pub struct Context {
     /// Address of window offset 0 in this process.
     pub(crate) window_base: usize,
     pub(crate) window_len: u64,
-    pub(crate) pinned: Mutex<PinnedHeap>,
-    /// The staging chunk small pageable H2D copies are packed into, and the bytes used in it.
-    pub(crate) open_h2d: Mutex<Option<(Arc<ChunkRef>, usize)>>,
-    pub(crate) streams: Mutex<HashMap<RawStream, StreamEntry>>,
-    pub(crate) events: Mutex<HashMap<RawEvent, EventEntry>>,
-    /// Live device allocations: base → length.
-    pub(crate) allocs: Mutex<BTreeMap<u64, u64>>,
-    /// Registered host ranges (`cudaHostRegister`): start address → length.
-    pub(crate) registered: Mutex<BTreeMap<usize, usize>>,
+    /// Lock 2 of the order (module docs): the staging chunk small pageable H2D copies are packed
+    /// into, and the bytes used in it.
+    pub(crate) open_h2d: StagingLock,
+    /// Lock 6: streams, events, the legacy stream's query event.
+    pub(crate) handles: HandlesLock,
+    /// Lock 7: device allocations, the pinned heap, registered host ranges.
+    pub(crate) mem: MemLock,
     info: OnceLock<DeviceInfo>,
-    /// Query event of the legacy default stream.
-    legacy_query_event: Mutex<u64>,
-    host_tx: Mutex<Option<mpsc::Sender<HostJob>>>,
+    /// The host-function thread's channel, made on first use.
+    host_tx: OnceLock<mpsc::Sender<HostJob>>,
     next_token: AtomicU64,
-    sticky: Mutex<Option<CudaError>>,
+    /// Set once, by the first error that breaks the context; never cleared.
+    sticky: OnceLock<CudaError>,
+    /// The process-wide context (its sticky error is the process's, `error::process_sticky`).
+    process_wide: bool,
     /// Incremented by [`Context::reset`]: per-thread default streams of an earlier generation
     /// are gone (freed by the reset) and are created again on their thread's next use.
     generation: AtomicU64,
@@ -82,10 +150,10 @@ pub struct Context {
     /// complete in the reactor instead (one round trip fewer per copy; correct only for programs
     /// that synchronise before reading the buffer, as ggml does).
     pub(crate) sync_pageable_d2h: bool,
-    /// Modules, functions and symbols loaded on this context (`kernel.rs`).
-    pub(crate) kern: crate::kernel::KernelState,
-    /// Capture sequences of this context's streams (`graph.rs`).
-    pub(crate) captures: crate::graph::Captures,
+    /// Modules, functions and symbols loaded on this context (`kernel.rs`): locks 1 and 4.
+    pub(crate) kern: KernelState,
+    /// Capture sequences of this context's streams (`graph.rs`): lock 5.
+    pub(crate) captures: Captures,
 }
 
 impl std::fmt::Debug for Context {
@@ -97,14 +165,6 @@ impl std::fmt::Debug for Context {
 static GLOBAL: OnceLock<std::result::Result<Arc<Context>, CudaError>> = OnceLock::new();
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// The sticky error of the process-wide context, if it was created and has one.
-pub(crate) fn global_sticky() -> Option<CudaError> {
-    match GLOBAL.get() {
-        Some(Ok(c)) => *lock(&c.sticky),
-        _ => None,
-    }
-}
-
 impl Context {
     /// The process-wide context, connecting over the environment's link on first use. A failure is
     /// logged once with the fix and kept: every later call gets the same error, as a CUDA
@@ -112,6 +172,13 @@ impl Context {
     pub fn global() -> Result<&'static Arc<Context>> {
         GLOBAL
             .get_or_init(|| {
+                // An unregistered module is forgotten by the process-wide context (the kernel
+                // registry sits below the context and cannot call it).
+                crate::kernel::on_unregister(|module| {
+                    if let Some(c) = Context::global_if_connected() {
+                        c.forget_module(module, false);
+                    }
+                });
                 Context::open(None).map_err(|(code, why)| {
                     // The transport's setup errors already name the fix; the others get it here.
                     let fix = if why.contains("vgpu serve") {
@@ -170,17 +237,14 @@ impl Context {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             window_base,
             window_len,
-            pinned: Mutex::new(PinnedHeap::new(rest_off, rest_len)),
-            open_h2d: Mutex::new(None),
-            streams: Mutex::new(HashMap::new()),
-            events: Mutex::new(HashMap::new()),
-            allocs: Mutex::new(BTreeMap::new()),
-            registered: Mutex::new(BTreeMap::new()),
+            open_h2d: Default::default(),
+            handles: Default::default(),
+            mem: OrderedMutex::new(MemTables::new(rest_off, rest_len)),
             info: OnceLock::new(),
-            legacy_query_event: Mutex::new(0),
-            host_tx: Mutex::new(None),
+            host_tx: OnceLock::new(),
             next_token: AtomicU64::new(1),
-            sticky: Mutex::new(None),
+            sticky: OnceLock::new(),
+            process_wide: socket.is_none(),
             generation: AtomicU64::new(0),
             sync_pageable_d2h: std::env::var_os("VGPU_ASYNC_PAGEABLE_D2H").is_none_or(|v| v != "1"),
             kern: Default::default(),
@@ -202,8 +266,8 @@ impl Context {
 
     /// The sticky error, if the context is broken.
     pub fn sticky(&self) -> Result<()> {
-        match *lock(&self.sticky) {
-            Some(e) => Err(e),
+        match self.sticky.get() {
+            Some(&e) => Err(e),
             None => Ok(()),
         }
     }
@@ -215,11 +279,10 @@ impl Context {
 
     pub(crate) fn convert(&self, e: &vgpu_transport::Error) -> CudaError {
         let c = CudaError::from_transport(e);
-        if c.is_sticky() {
-            let mut s = lock(&self.sticky);
-            if s.is_none() {
-                error!(target: "vgpu::streams", "the vgpu device is unusable from now on: {e}");
-                *s = Some(c);
+        if c.is_sticky() && self.sticky.set(c).is_ok() {
+            error!(target: "vgpu::streams", "the vgpu device is unusable from now on: {e}");
+            if self.process_wide {
+                crate::error::set_process_sticky(c);
             }
         }
         c
@@ -240,6 +303,7 @@ impl Context {
     /// A blocking call with a typed request: one round trip, the typed reply.
     pub(crate) fn call<R: CallRequest>(&self, stream: u32, r: R) -> Result<R::Reply> {
         self.sticky()?;
+        locks::may_block(std::any::type_name::<R>());
         self.check(self.client.call_blocking_req(stream, r))
     }
 
@@ -281,7 +345,7 @@ impl Context {
         match s {
             STREAM_LEGACY_DEFAULT | STREAM_LEGACY => Ok(0),
             STREAM_PER_THREAD => self.per_thread_stream().map(|(_, h)| h),
-            raw => lock(&self.streams).get(&raw).map(|e| e.host).ok_or(CudaError::InvalidResourceHandle),
+            raw => self.handles.lock().streams.get(&raw).map(|e| e.host).ok_or(CudaError::InvalidResourceHandle),
         }
     }
 
@@ -302,11 +366,11 @@ impl Context {
         });
         drop(stale);
         if let Some(r) = PER_THREAD.with(|p| p.borrow().iter().find(|e| e.ctx == self.id).map(|e| e.raw)) {
-            let host = lock(&self.streams).get(&r).map(|e| e.host).ok_or(CudaError::InvalidResourceHandle)?;
+            let host = self.handles.lock().streams.get(&r).map(|e| e.host).ok_or(CudaError::InvalidResourceHandle)?;
             return Ok((r, host));
         }
         let raw = self.stream_create(0, 0)?;
-        let host = lock(&self.streams).get(&raw).map(|e| e.host).ok_or(CudaError::InvalidResourceHandle)?;
+        let host = self.handles.lock().streams.get(&raw).map(|e| e.host).ok_or(CudaError::InvalidResourceHandle)?;
         PER_THREAD.with(|p| p.borrow_mut().push(PerThread { ctx: self.id, gen, raw, weak: Arc::downgrade(self) }));
         debug!(target: "vgpu::streams", raw, host, "per-thread default stream created");
         Ok((raw, host))
@@ -317,17 +381,17 @@ impl Context {
             return Err(CudaError::InvalidValue);
         }
         // CUDA clamps priorities outside [greatest, least] into the range.
-        let priority = priority.clamp(crate::PRIORITY_GREATEST, crate::PRIORITY_LEAST);
+        let priority = priority.clamp(PRIORITY_GREATEST, PRIORITY_LEAST);
         let r = self.call(0, req::StreamCreate { flags: flags.into(), priority })?;
         let host = u32::try_from(r.stream).map_err(|_| CudaError::Unknown)?;
         let raw = stream_raw(host);
-        lock(&self.streams).insert(raw, StreamEntry { host, flags, priority, query_event: 0 });
+        self.handles.lock().streams.insert(raw, StreamEntry { host, flags, priority, query_event: 0 });
         Ok(raw)
     }
 
     pub(crate) fn stream_destroy(&self, raw: RawStream) -> Result<()> {
         self.sticky()?;
-        let e = lock(&self.streams).remove(&raw).ok_or(CudaError::InvalidResourceHandle)?;
+        let e = self.handles.lock().streams.remove(&raw).ok_or(CudaError::InvalidResourceHandle)?;
         if e.query_event != 0 {
             let _ = self.fire(0, req::EventDestroy { event: e.query_event });
         }
@@ -340,9 +404,9 @@ impl Context {
             STREAM_LEGACY_DEFAULT | STREAM_LEGACY => Ok(StreamEntry { host: 0, flags: 0, priority: 0, query_event: 0 }),
             STREAM_PER_THREAD => {
                 let (raw, _) = self.per_thread_stream()?;
-                lock(&self.streams).get(&raw).copied().ok_or(CudaError::InvalidResourceHandle)
+                self.handles.lock().streams.get(&raw).copied().ok_or(CudaError::InvalidResourceHandle)
             }
-            raw => lock(&self.streams).get(&raw).copied().ok_or(CudaError::InvalidResourceHandle),
+            raw => self.handles.lock().streams.get(&raw).copied().ok_or(CudaError::InvalidResourceHandle),
         }
     }
 
@@ -356,38 +420,38 @@ impl Context {
         self.deferred()
     }
 
+    /// The stream's internal query event, created on first use. The creation's round trip is
+    /// made without the handle lock (no table lock is held across a wait); a thread that loses
+    /// the race to record its event destroys it again.
     fn query_event(self: &Arc<Self>, s: RawStream, host: u32) -> Result<u64> {
-        let create = || -> Result<u64> { Ok(self.call(0, req::EventCreate { flags: event_flags::DISABLE_TIMING })?.event) };
-        if host == 0 {
-            let mut q = lock(&self.legacy_query_event);
-            if *q == 0 {
-                *q = create()?;
+        let raw = match (host, s) {
+            (0, _) => None,
+            (_, STREAM_PER_THREAD) => Some(self.per_thread_stream()?.0),
+            _ => Some(s),
+        };
+        // The slot of the stream's query event in the handle tables.
+        fn slot(h: &mut Handles, raw: Option<RawStream>) -> Option<&mut u64> {
+            match raw {
+                None => Some(&mut h.legacy_query_event),
+                Some(r) => h.streams.get_mut(&r).map(|e| &mut e.query_event),
             }
-            return Ok(*q);
         }
-        let raw = if s == STREAM_PER_THREAD { self.per_thread_stream()?.0 } else { s };
-        if let Some(e) = lock(&self.streams).get(&raw).filter(|e| e.query_event != 0) {
-            return Ok(e.query_event);
+        if let Some(&mut ev) = slot(&mut self.handles.lock(), raw).filter(|e| **e != 0) {
+            return Ok(ev);
         }
-        let ev = create()?;
-        let mut t = lock(&self.streams);
-        match t.get_mut(&raw) {
-            Some(e) if e.query_event == 0 => {
-                e.query_event = ev;
+        let ev = self.call(0, req::EventCreate { flags: event_flags::DISABLE_TIMING })?.event;
+        let won = match slot(&mut self.handles.lock(), raw) {
+            Some(q) if *q == 0 => {
+                *q = ev;
                 Ok(ev)
             }
-            Some(e) => {
-                let keep = e.query_event;
-                drop(t);
-                let _ = self.fire(0, req::EventDestroy { event: ev });
-                Ok(keep)
-            }
-            None => {
-                drop(t);
-                let _ = self.fire(0, req::EventDestroy { event: ev });
-                Err(CudaError::InvalidResourceHandle)
-            }
-        }
+            Some(q) => Err(Ok(*q)),
+            None => Err(Err(CudaError::InvalidResourceHandle)),
+        };
+        won.or_else(|keep| {
+            let _ = self.fire(0, req::EventDestroy { event: ev });
+            keep
+        })
     }
 
     pub(crate) fn stream_synchronize(self: &Arc<Self>, s: RawStream) -> Result<()> {
@@ -419,8 +483,7 @@ impl Context {
     }
 
     fn host_sender(self: &Arc<Self>) -> Result<mpsc::Sender<HostJob>> {
-        let mut g = lock(&self.host_tx);
-        if let Some(tx) = g.as_ref() {
+        if let Some(tx) = self.host_tx.get() {
             return Ok(tx.clone());
         }
         let (tx, rx) = mpsc::channel::<HostJob>();
@@ -429,8 +492,9 @@ impl Context {
             .name("vgpu-host-fn".into())
             .spawn(move || host_fn_thread(rx, weak))
             .map_err(|_| CudaError::MemoryAllocation)?;
-        *g = Some(tx.clone());
-        Ok(tx)
+        // Two first host functions at once: one channel wins; the other's thread sees its
+        // sender dropped here and ends.
+        Ok(self.host_tx.get_or_init(|| tx).clone())
     }
 
     // ---- events --------------------------------------------------------------------------
@@ -441,17 +505,17 @@ impl Context {
         }
         let r = self.call(0, req::EventCreate { flags: flags.into() })?;
         let raw = event_raw(r.event);
-        lock(&self.events).insert(raw, EventEntry { host: r.event, flags });
+        self.handles.lock().events.insert(raw, EventEntry { host: r.event, flags });
         Ok(raw)
     }
 
     pub(crate) fn event(&self, e: RawEvent) -> Result<EventEntry> {
-        lock(&self.events).get(&e).copied().ok_or(CudaError::InvalidResourceHandle)
+        self.handles.lock().events.get(&e).copied().ok_or(CudaError::InvalidResourceHandle)
     }
 
     pub(crate) fn event_destroy(&self, e: RawEvent) -> Result<()> {
         self.sticky()?;
-        let ev = lock(&self.events).remove(&e).ok_or(CudaError::InvalidResourceHandle)?;
+        let ev = self.handles.lock().events.remove(&e).ok_or(CudaError::InvalidResourceHandle)?;
         self.fire(0, req::EventDestroy { event: ev.host })
     }
 
@@ -469,10 +533,14 @@ impl Context {
         // All work finishes first (host functions included: their streams wait on their tokens).
         self.call(0, req::DeviceSync {})?;
         self.generation.fetch_add(1, Ordering::AcqRel);
-        let streams: Vec<StreamEntry> = lock(&self.streams).drain().map(|(_, e)| e).collect();
-        let events: Vec<EventEntry> = lock(&self.events).drain().map(|(_, e)| e).collect();
-        let allocs: Vec<u64> = std::mem::take(&mut *lock(&self.allocs)).into_keys().collect();
-        let legacy_query = std::mem::take(&mut *lock(&self.legacy_query_event));
+        let Handles { streams, events, legacy_query_event: legacy_query } = std::mem::take(&mut *self.handles.lock());
+        let streams: Vec<StreamEntry> = streams.into_values().collect();
+        let events: Vec<EventEntry> = events.into_values().collect();
+        // Pinned memory: no command uses it any more (all work is done), so the whole pinned
+        // part of the window is free again; registrations are forgotten.
+        let (rest_off, rest_len) = self.client.staging().rest(self.window_len);
+        let mem = std::mem::replace(&mut *self.mem.lock(), MemTables::new(rest_off, rest_len));
+        let allocs: Vec<u64> = mem.allocs.into_keys().collect();
         let (n_streams, n_events, n_allocs) = (streams.len(), events.len(), allocs.len());
         let mut r = Ok(());
         for e in &streams {
@@ -487,11 +555,6 @@ impl Context {
         for p in allocs {
             r = r.and(self.fire(0, req::MemFree { ptr: p }));
         }
-        // Pinned memory: no command uses it any more (all work is done), so the whole pinned
-        // part of the window is free again.
-        let (rest_off, rest_len) = self.client.staging().rest(self.window_len);
-        *lock(&self.pinned) = PinnedHeap::new(rest_off, rest_len);
-        lock(&self.registered).clear();
         r?;
         // One round trip after the frees: they have all been executed when it returns.
         self.call(0, req::DeviceSync {})?;
@@ -500,17 +563,6 @@ impl Context {
         }
         debug!(target: "vgpu::streams", id = self.id, n_streams, n_events, n_allocs, "device reset");
         Ok(())
-    }
-
-    /// The host-function dispatcher is told to stop (for private contexts going away).
-    fn stop_host_thread(&self) {
-        lock(&self.host_tx).take();
-    }
-}
-
-impl Drop for Context {
-    fn drop(&mut self) {
-        self.stop_host_thread();
     }
 }
 
@@ -563,4 +615,62 @@ impl Drop for PerThread {
 
 thread_local! {
     static PER_THREAD: std::cell::RefCell<Vec<PerThread>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::KernelState;
+
+    /// The order the context's nested acquisitions use (module docs), with the context's own
+    /// lock types: no panic.
+    #[test]
+    fn the_documented_nestings_pass_the_check() {
+        let kern = KernelState::default();
+        let staging = StagingLock::default();
+        let mem = MemLock::default();
+        {
+            // `func_get` / `upload_module`: loading, then the open chunk is closed.
+            let _l = kern.loading.lock();
+            drop(staging.lock());
+            // `ensure_module`: loading, then the tables are re-checked.
+            drop(kern.tables.lock());
+        }
+        // `h2d`: the open chunk, then the pinned check of each segment.
+        let _s = staging.lock();
+        drop(mem.lock());
+        locks::may_block("h2d's staging wait");
+    }
+
+    /// Taking the context's locks against the order (the open staging chunk while holding the
+    /// memory tables: `h2d` takes them the other way round) panics in debug builds.
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "lock order violated")]
+    fn an_inversion_of_the_contexts_locks_panics() {
+        let mem = MemLock::default();
+        let staging = StagingLock::default();
+        let _m = mem.lock();
+        let _s = staging.lock();
+    }
+
+    /// Loading under the kernel tables (the wrong way round) panics in debug builds.
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "lock order violated")]
+    fn loading_under_the_kernel_tables_panics() {
+        let kern = KernelState::default();
+        let _t = kern.tables.lock();
+        let _l = kern.loading.lock();
+    }
+
+    /// A round trip with a table locked (the handles) panics in debug builds.
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "waits for the host")]
+    fn waiting_with_the_handles_locked_panics() {
+        let h = HandlesLock::default();
+        let _g = h.lock();
+        locks::may_block("a test round trip");
+    }
 }

@@ -14,6 +14,7 @@
 //! thread's last error.
 
 use std::cell::Cell;
+use std::sync::OnceLock;
 
 use vgpu_transport::{Error, Status};
 
@@ -309,6 +310,21 @@ thread_local! {
     static LAST: Cell<CudaError> = const { Cell::new(CudaError::Success) };
 }
 
+/// The sticky error of the process-wide context, set once by it (`Context::convert`) and never
+/// cleared. Kept here, not asked of the context, so that this module stays a leaf (see the
+/// crate's layering); reading it is one atomic load.
+static PROCESS_STICKY: OnceLock<CudaError> = OnceLock::new();
+
+/// The process-wide context became unusable with `e` (the first such error stays).
+pub(crate) fn set_process_sticky(e: CudaError) {
+    let _ = PROCESS_STICKY.set(e);
+}
+
+/// The sticky error of the process-wide context, if it has one.
+pub(crate) fn process_sticky() -> Option<CudaError> {
+    PROCESS_STICKY.get().copied()
+}
+
 /// Record `e` as the calling thread's last error (`cudaErrorNotReady` is not an error and is
 /// never recorded, as in CUDA).
 pub fn set_last_error(e: CudaError) {
@@ -320,7 +336,7 @@ pub fn set_last_error(e: CudaError) {
 /// The calling thread's last error, cleared (`cudaGetLastError`). A sticky error of the
 /// process-wide context is returned every time and never cleared.
 pub fn get_last_error() -> CudaError {
-    if let Some(e) = crate::context::global_sticky() {
+    if let Some(e) = process_sticky() {
         return e;
     }
     LAST.with(|l| l.replace(CudaError::Success))
@@ -328,7 +344,7 @@ pub fn get_last_error() -> CudaError {
 
 /// The calling thread's last error, not cleared (`cudaPeekAtLastError`).
 pub fn peek_at_last_error() -> CudaError {
-    if let Some(e) = crate::context::global_sticky() {
+    if let Some(e) = process_sticky() {
         return e;
     }
     LAST.with(|l| l.get())

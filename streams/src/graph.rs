@@ -20,17 +20,18 @@
 //!   relaxed captures): `cudaErrorStreamCaptureUnsupported`.
 //! - Work on a stream whose capture was invalidated: `cudaErrorStreamCaptureInvalidated`.
 
+//!
+//! This module holds the capture table and its rules (no I/O, no [`crate::Context`]); the
+//! capture and graph round trips are methods of the context (`context::capture`).
+
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 
 use tracing::debug;
 use vgpu_transport::sync::{AtomicU64, AtomicUsize, Ordering};
-use vgpu_transport::wire::req;
 
-use crate::context::{lock, Context};
 use crate::error::{CudaError, Result};
-use crate::RawStream;
+use crate::locks::{rank, OrderedMutex};
 
 /// `cudaStreamCaptureMode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -70,15 +71,15 @@ pub type RawGraphExec = u64;
 const GRAPH_TAG: u64 = 0x30;
 const EXEC_TAG: u64 = 0x40;
 
-fn graph_raw(host: u64) -> RawGraph {
+pub(crate) fn graph_raw(host: u64) -> RawGraph {
     host << 8 | GRAPH_TAG
 }
 
-fn exec_raw(host: u64) -> RawGraphExec {
+pub(crate) fn exec_raw(host: u64) -> RawGraphExec {
     host << 8 | EXEC_TAG
 }
 
-fn graph_host(raw: RawGraph) -> Result<u64> {
+pub(crate) fn graph_host(raw: RawGraph) -> Result<u64> {
     match raw {
         0 => Err(CudaError::InvalidValue),
         r if r & 0xff == GRAPH_TAG => Ok(r >> 8),
@@ -86,7 +87,7 @@ fn graph_host(raw: RawGraph) -> Result<u64> {
     }
 }
 
-fn exec_host(raw: RawGraphExec) -> Result<u64> {
+pub(crate) fn exec_host(raw: RawGraphExec) -> Result<u64> {
     match raw {
         0 => Err(CudaError::InvalidValue),
         r if r & 0xff == EXEC_TAG => Ok(r >> 8),
@@ -95,22 +96,23 @@ fn exec_host(raw: RawGraphExec) -> Result<u64> {
 }
 
 #[derive(Clone, Copy, Debug)]
-struct Capture {
-    id: u64,
-    mode: CaptureMode,
-    thread: ThreadId,
+pub(crate) struct Capture {
+    pub id: u64,
+    pub mode: CaptureMode,
+    pub thread: ThreadId,
     /// A blocking stream (flags 0): it would synchronise with the legacy stream.
-    blocking: bool,
-    invalidated: bool,
+    pub blocking: bool,
+    pub invalidated: bool,
 }
 
 /// The capture sequences of one context, keyed by host stream handle.
 #[derive(Debug, Default)]
 pub(crate) struct Captures {
     /// Live capture sequences (a fast path: 0 means no check needs the lock).
-    active: AtomicUsize,
-    table: Mutex<HashMap<u32, Capture>>,
-    next_id: AtomicU64,
+    pub active: AtomicUsize,
+    /// Host stream → its capture ([`rank::CAPTURES`]).
+    pub table: OrderedMutex<HashMap<u32, Capture>, { rank::CAPTURES }>,
+    pub next_id: AtomicU64,
 }
 
 thread_local! {
@@ -122,7 +124,7 @@ pub fn exchange_thread_mode(mode: CaptureMode) -> CaptureMode {
     THREAD_MODE.with(|m| m.replace(mode))
 }
 
-impl Context {
+impl Captures {
     fn invalidate(t: &mut HashMap<u32, Capture>, which: impl Fn(u32, &Capture) -> bool) {
         for (h, c) in t.iter_mut() {
             if which(*h, c) && !c.invalidated {
@@ -133,17 +135,17 @@ impl Context {
     }
 
     /// Whether any capture sequence is live (one atomic load).
-    pub(crate) fn capture_active(&self) -> bool {
-        self.captures.active.load(Ordering::Acquire) != 0
+    pub fn active(&self) -> bool {
+        self.active.load(Ordering::Acquire) != 0
     }
 
     /// Check a stream-ordered operation on host stream `h` against the captures: `capturable`
     /// says whether the host can record it into a graph.
-    pub(crate) fn capture_check(&self, h: u32, capturable: bool) -> Result<()> {
-        if self.captures.active.load(Ordering::Acquire) == 0 {
+    pub fn check(&self, h: u32, capturable: bool) -> Result<()> {
+        if self.active.load(Ordering::Acquire) == 0 {
             return Ok(());
         }
-        let mut t = lock(&self.captures.table);
+        let mut t = self.table.lock();
         if h == 0 {
             if t.values().any(|c| c.blocking) {
                 Self::invalidate(&mut t, |_, c| c.blocking);
@@ -164,14 +166,14 @@ impl Context {
     }
 
     /// A synchronising call: of host stream `h`, or of the whole device (`None`).
-    pub(crate) fn capture_check_sync(&self, h: Option<u32>) -> Result<()> {
+    pub fn check_sync(&self, h: Option<u32>) -> Result<()> {
         match h {
-            Some(h) => self.capture_check(h, false),
+            Some(h) => self.check(h, false),
             None => {
-                if self.captures.active.load(Ordering::Acquire) == 0 {
+                if self.active.load(Ordering::Acquire) == 0 {
                     return Ok(());
                 }
-                let mut t = lock(&self.captures.table);
+                let mut t = self.table.lock();
                 if t.is_empty() {
                     return Ok(());
                 }
@@ -184,13 +186,13 @@ impl Context {
     /// A "potentially unsafe" call (`cudaMalloc`, `cudaFree`): prohibited, by CUDA's rules, when
     /// the calling thread's mode is global and this thread has a non-relaxed capture or any
     /// thread a global one; thread-local: this thread has a non-relaxed capture; relaxed: never.
-    pub(crate) fn capture_check_unsafe(&self) -> Result<()> {
-        if self.captures.active.load(Ordering::Acquire) == 0 {
+    pub fn check_unsafe(&self) -> Result<()> {
+        if self.active.load(Ordering::Acquire) == 0 {
             return Ok(());
         }
         let me = std::thread::current().id();
         let mode = THREAD_MODE.with(|m| m.get());
-        let mut t = lock(&self.captures.table);
+        let mut t = self.table.lock();
         let mine = |c: &Capture| c.thread == me && c.mode != CaptureMode::Relaxed;
         let other_global = |c: &Capture| c.thread != me && c.mode == CaptureMode::Global;
         let prohibited = match mode {
@@ -210,119 +212,17 @@ impl Context {
 
     /// Forget the capture of host stream `h` (the stream is being destroyed), or of every
     /// stream (`None`: a device reset).
-    pub(crate) fn capture_forget(&self, h: Option<u32>) {
-        if self.captures.active.load(Ordering::Acquire) == 0 {
+    pub fn forget(&self, h: Option<u32>) {
+        if self.active.load(Ordering::Acquire) == 0 {
             return;
         }
-        let mut t = lock(&self.captures.table);
+        let mut t = self.table.lock();
         let before = t.len();
         match h {
             Some(h) => drop(t.remove(&h)),
             None => t.clear(),
         }
-        self.captures.active.fetch_sub(before - t.len(), Ordering::AcqRel);
-    }
-
-    /// `cudaStreamBeginCapture`: one round trip.
-    pub fn begin_capture(self: &Arc<Self>, stream: RawStream, mode: CaptureMode) -> Result<()> {
-        let h = self.host_stream(stream)?;
-        if h == 0 {
-            return Err(CudaError::StreamCaptureUnsupported);
-        }
-        let blocking = self.stream_entry(stream)?.flags & crate::STREAM_NON_BLOCKING == 0;
-        if lock(&self.captures.table).contains_key(&h) {
-            return Err(CudaError::IllegalState);
-        }
-        self.call(h, req::StreamBeginCapture { mode: mode as i32 as u64 })?;
-        let id = self.captures.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let c = Capture { id, mode, thread: std::thread::current().id(), blocking, invalidated: false };
-        lock(&self.captures.table).insert(h, c);
-        self.captures.active.fetch_add(1, Ordering::AcqRel);
-        debug!(target: "vgpu::streams", stream = h, capture = id, ?mode, "capture begins");
-        Ok(())
-    }
-
-    /// `cudaStreamEndCapture`: one round trip; the captured graph, or
-    /// `StreamCaptureInvalidated` if the capture was invalidated (the host's graph is dropped).
-    pub fn end_capture(self: &Arc<Self>, stream: RawStream) -> Result<RawGraph> {
-        let h = self.host_stream(stream)?;
-        let c = {
-            let mut t = lock(&self.captures.table);
-            let c = *t.get(&h).ok_or(CudaError::IllegalState)?;
-            if c.mode != CaptureMode::Relaxed && c.thread != std::thread::current().id() {
-                return Err(CudaError::StreamCaptureWrongThread);
-            }
-            t.remove(&h);
-            c
-        };
-        self.captures.active.fetch_sub(1, Ordering::AcqRel);
-        let r = self.call(h, req::StreamEndCapture {});
-        debug!(target: "vgpu::streams", stream = h, capture = c.id, invalidated = c.invalidated, ok = r.is_ok(), "capture ends");
-        let graph = r?.graph;
-        if c.invalidated {
-            let _ = self.fire(0, req::GraphDestroy { graph });
-            return Err(CudaError::StreamCaptureInvalidated);
-        }
-        Ok(graph_raw(graph))
-    }
-
-    /// `cudaStreamIsCapturing` / `cudaStreamGetCaptureInfo`: status and capture id (local).
-    pub fn capture_info(self: &Arc<Self>, stream: RawStream) -> Result<(CaptureStatus, u64)> {
-        let h = self.host_stream(stream)?;
-        if self.captures.active.load(Ordering::Acquire) == 0 {
-            return Ok((CaptureStatus::None, 0));
-        }
-        let t = lock(&self.captures.table);
-        if h == 0 {
-            // Asking about the legacy stream while a blocking stream captures is an implicit
-            // dependency on the capture (CUDA answers cudaErrorStreamCaptureImplicit).
-            if t.values().any(|c| c.blocking) {
-                return Err(CudaError::StreamCaptureImplicit);
-            }
-            return Ok((CaptureStatus::None, 0));
-        }
-        Ok(match t.get(&h) {
-            None => (CaptureStatus::None, 0),
-            Some(c) if c.invalidated => (CaptureStatus::Invalidated, c.id),
-            Some(c) => (CaptureStatus::Active, c.id),
-        })
-    }
-
-    /// `cudaGraphInstantiate[WithFlags|WithParams]`: one round trip.
-    pub fn graph_instantiate(&self, graph: RawGraph, flags: u64) -> Result<RawGraphExec> {
-        if flags & !0xf != 0 {
-            return Err(CudaError::InvalidValue);
-        }
-        let g = graph_host(graph)?;
-        let r = self.call(0, req::GraphInstantiate { graph: g, flags })?;
-        Ok(exec_raw(r.exec))
-    }
-
-    /// `cudaGraphExecUpdate`: one round trip; the `cudaGraphExecUpdateResult` (0 = updated).
-    pub fn graph_exec_update(&self, exec: RawGraphExec, graph: RawGraph) -> Result<u32> {
-        let (e, g) = (exec_host(exec)?, graph_host(graph)?);
-        let r = self.call(0, req::GraphExecUpdate { exec: e, graph: g })?;
-        u32::try_from(r.result).map_err(|_| CudaError::Unknown)
-    }
-
-    /// `cudaGraphLaunch`: fire-and-forget on `stream` (captured if the stream captures).
-    pub fn graph_launch(self: &Arc<Self>, exec: RawGraphExec, stream: RawStream) -> Result<()> {
-        let e = exec_host(exec)?;
-        let h = self.host_stream(stream)?;
-        self.capture_check(h, true)?;
-        self.fire(h, req::GraphLaunch { exec: e })
-    }
-
-    /// `cudaGraphDestroy` (fire-and-forget).
-    pub fn graph_destroy(&self, graph: RawGraph) -> Result<()> {
-        let g = graph_host(graph)?;
-        self.fire(0, req::GraphDestroy { graph: g })
-    }
-
-    /// `cudaGraphExecDestroy` (fire-and-forget; pending launches of it finish first).
-    pub fn graph_exec_destroy(&self, exec: RawGraphExec) -> Result<()> {
-        let e = exec_host(exec)?;
-        self.fire(0, req::GraphExecDestroy { exec: e })
+        self.active.fetch_sub(before - t.len(), Ordering::AcqRel);
     }
 }
 

@@ -22,19 +22,21 @@
 //! arguments are packed with the parameter table (zero padding) into the context's open staging
 //! chunk, shared with small pageable copies, and the `Launch` is fired; its errors surface at the
 //! next synchronising call, as CUDA's do.
+//!
+//! This module holds the registry and the state (no I/O, no [`crate::Context`]); the loading,
+//! launches and symbol copies are methods of the context (`context::launch`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{c_void, CStr, CString};
-use std::sync::{Arc, LazyLock, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 
 use tracing::{debug, warn};
 use vgpu_transport::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use vgpu_transport::wire::{self, launch, reply, req, Block, FuncInfo, Grid, ParamInfo, Status, Win};
-use vgpu_transport::OnComplete;
+use vgpu_transport::wire::{self, FuncInfo, ParamInfo, Status};
 
-use crate::context::{lock, Context};
 use crate::error::{CudaError, Result};
-use crate::{MemcpyKind, RawStream};
+use crate::locks::{rank, OrderedMutex, OrderedReadGuard, OrderedRwLock, OrderedWriteGuard};
+use crate::types::RawStream;
 
 /// Magic of `__fatBinC_Wrapper_t` (what nvcc passes to `__cudaRegisterFatBinary`).
 pub const WRAPPER_MAGIC: u32 = 0x4662_43b1;
@@ -61,10 +63,10 @@ enum Source {
 
 /// The fatbin container of a module: where it is, how long, its content hash.
 #[derive(Clone, Copy, Debug)]
-struct Image {
+pub(crate) struct Image {
     ptr: usize,
-    len: usize,
-    hash: wire::ModuleHash,
+    pub len: usize,
+    pub hash: wire::ModuleHash,
 }
 
 /// A registered module (one fatbin container).
@@ -76,7 +78,7 @@ pub struct ModuleReg {
     image: OnceLock<std::result::Result<Image, CudaError>>,
     /// `__managed__` variables registered for this module.
     managed: AtomicUsize,
-    live: AtomicBool,
+    pub(crate) live: AtomicBool,
 }
 
 impl std::fmt::Debug for ModuleReg {
@@ -103,7 +105,7 @@ impl ModuleReg {
         ModuleReg::new(Source::Bytes(bytes.into()))
     }
 
-    fn image(&self) -> Result<Image> {
+    pub(crate) fn image(&self) -> Result<Image> {
         *self.image.get_or_init(|| {
             let r = self.locate();
             if let Err(e) = &r {
@@ -153,7 +155,7 @@ impl ModuleReg {
         Ok(Image { ptr, len, hash: wire::module_hash(bytes) })
     }
 
-    fn bytes(&self, img: &Image) -> &[u8] {
+    pub(crate) fn bytes(&self, img: &Image) -> &[u8] {
         // SAFETY: as in `locate`: `img` was located there and the bytes live as long as the
         // registration (or our own copy, owned by `self`).
         unsafe { std::slice::from_raw_parts(img.ptr as *const u8, img.len) }
@@ -162,19 +164,19 @@ impl ModuleReg {
 
 /// A function registered by `__cudaRegisterFunction`.
 #[derive(Debug)]
-struct FuncReg {
-    module: Arc<ModuleReg>,
-    name: CString,
+pub(crate) struct FuncReg {
+    pub module: Arc<ModuleReg>,
+    pub name: CString,
 }
 
 /// A variable registered by `__cudaRegisterVar` / `__cudaRegisterManagedVar`.
 #[derive(Debug)]
-struct VarReg {
-    module: Arc<ModuleReg>,
-    name: CString,
-    size: u64,
-    constant: bool,
-    managed: bool,
+pub(crate) struct VarReg {
+    pub module: Arc<ModuleReg>,
+    pub name: CString,
+    pub size: u64,
+    pub constant: bool,
+    pub managed: bool,
 }
 
 #[derive(Default)]
@@ -187,14 +189,26 @@ struct Registry {
     vars: HashMap<usize, Arc<VarReg>>,
 }
 
-static REGISTRY: LazyLock<RwLock<Registry>> = LazyLock::new(|| RwLock::new(Registry::default()));
+/// The process-wide registry ([`rank::REGISTRY`]): taken with no other lock held, and nothing is
+/// taken under it.
+static REGISTRY: LazyLock<OrderedRwLock<Registry, { rank::REGISTRY }>> = LazyLock::new(|| OrderedRwLock::new(Registry::default()));
 
-fn registry() -> std::sync::RwLockReadGuard<'static, Registry> {
-    REGISTRY.read().unwrap_or_else(|e| e.into_inner())
+fn registry() -> OrderedReadGuard<'static, Registry, { rank::REGISTRY }> {
+    REGISTRY.read()
 }
 
-fn registry_mut() -> std::sync::RwLockWriteGuard<'static, Registry> {
-    REGISTRY.write().unwrap_or_else(|e| e.into_inner())
+fn registry_mut() -> OrderedWriteGuard<'static, Registry, { rank::REGISTRY }> {
+    REGISTRY.write()
+}
+
+/// Told the id of every unregistered module: set by the process-wide context when it connects
+/// (it forgets what it cached of the module). A hook rather than a call, because this module
+/// sits below the context (see the crate's layering).
+static ON_UNREGISTER: OnceLock<fn(u64)> = OnceLock::new();
+
+/// Install the unregistration hook (the first one stays).
+pub(crate) fn on_unregister(f: fn(u64)) {
+    let _ = ON_UNREGISTER.set(f);
 }
 
 /// `__cudaRegisterFatBinary`: record the wrapper's address; returns the handle nvcc keeps (the
@@ -220,8 +234,8 @@ pub fn unregister_fatbin(handle: usize) {
         m
     };
     m.live.store(false, Ordering::Release);
-    if let Some(c) = Context::global_if_connected() {
-        c.forget_module(m.id, false);
+    if let Some(f) = ON_UNREGISTER.get() {
+        f(m.id);
     }
 }
 
@@ -270,11 +284,11 @@ pub fn registered() -> (usize, usize, usize) {
     (r.modules.len(), r.funcs.len(), r.vars.len())
 }
 
-fn func_reg(host_fun: usize) -> Result<Arc<FuncReg>> {
+pub(crate) fn func_reg(host_fun: usize) -> Result<Arc<FuncReg>> {
     registry().funcs.get(&host_fun).cloned().ok_or(CudaError::InvalidDeviceFunction)
 }
 
-fn var_reg(host_var: usize) -> Result<Arc<VarReg>> {
+pub(crate) fn var_reg(host_var: usize) -> Result<Arc<VarReg>> {
     registry().vars.get(&host_var).cloned().ok_or(CudaError::InvalidSymbol)
 }
 
@@ -315,16 +329,31 @@ pub struct Func {
     pub(crate) module_id: u64,
     pub(crate) name: CString,
     pub(crate) params: Box<[ParamInfo]>,
-    info: Mutex<FuncInfo>,
+    /// What can change after loading, under one lock ([`rank::FUNC`]): the occupancy cache is
+    /// valid for the attributes next to it, so an attribute change and the cache's clearing
+    /// are one step.
+    pub(crate) state: OrderedMutex<FuncState, { rank::FUNC }>,
+}
+
+/// The mutable part of a [`Func`].
+#[derive(Debug)]
+pub(crate) struct FuncState {
+    pub info: FuncInfo,
     /// Cluster attributes set with `cudaFuncSetAttribute` (ids 10..=15), reported back.
-    cluster: Mutex<[i32; 6]>,
-    occupancy: Mutex<HashMap<(i32, u64, u32), i32>>,
+    pub cluster: [i32; 6],
+    /// (block size, shared bytes, flags) → active blocks per multiprocessor.
+    pub occupancy: HashMap<(i32, u64, u32), i32>,
 }
 
 impl Func {
+    /// A function as `FuncGet` described it.
+    pub(crate) fn new(handle: u64, module_id: u64, name: CString, params: Box<[ParamInfo]>, info: FuncInfo) -> Func {
+        Func { handle, module_id, name, params, state: OrderedMutex::new(FuncState { info, cluster: [0; 6], occupancy: HashMap::new() }) }
+    }
+
     /// The current [`FuncInfo`] (attributes set since are included).
     pub fn info(&self) -> FuncInfo {
-        *lock(&self.info)
+        self.state.lock().info
     }
 
     /// The parameter table.
@@ -340,30 +369,60 @@ impl Func {
     /// `[clusterDimMustBeSet, requiredClusterWidth, requiredClusterHeight, requiredClusterDepth,
     /// clusterSchedulingPolicyPreference, nonPortableClusterSizeAllowed]` as last set.
     pub fn cluster_attributes(&self) -> [i32; 6] {
-        *lock(&self.cluster)
+        self.state.lock().cluster
     }
 }
 
 /// Kernel state of one context.
 #[derive(Debug, Default)]
 pub(crate) struct KernelState {
-    /// Module id → host module handle, or the error loading it gave for good (no image for
-    /// this device, not an image): a module is never uploaded twice to learn that again.
-    modules: Mutex<HashMap<u64, Result<u64>>>,
-    /// Host stub → function (process-wide context only; cleared per module on unregister).
-    by_host: Mutex<HashMap<usize, Arc<Func>>>,
-    /// (module id, name) → function.
-    by_name: Mutex<HashMap<(u64, CString), Arc<Func>>>,
-    /// Host shadow variable → (device address, size, module id).
-    symbols: Mutex<HashMap<usize, (u64, u64, u64)>>,
-    /// Device ranges of symbols (base → size): valid device memory for copies.
-    pub(crate) symbol_ranges: Mutex<BTreeMap<u64, u64>>,
-    /// Serialises first-use loading (module upload, FuncGet) on this context.
-    loading: Mutex<()>,
-    next_upload: AtomicU64,
+    /// The tables, under one lock ([`rank::KERNELS`]; never held across I/O).
+    pub tables: OrderedMutex<KernelTables, { rank::KERNELS }>,
+    /// Serialises first-use loading (module upload, FuncGet) on this context ([`rank::LOADING`]:
+    /// the one lock held across round trips, taken before any other).
+    pub loading: OrderedMutex<(), { rank::LOADING }>,
+    pub(crate) next_upload: AtomicU64,
     /// Modules loaded by hash (the host had them) and uploaded, for tests and logs.
     pub(crate) loaded_by_hash: AtomicU64,
     pub(crate) uploaded: AtomicU64,
+}
+
+/// The modules, functions and symbols one context has loaded.
+#[derive(Debug, Default)]
+pub(crate) struct KernelTables {
+    /// Module id → host module handle, or the error loading it gave for good (no image for
+    /// this device, not an image): a module is never uploaded twice to learn that again.
+    pub modules: HashMap<u64, Result<u64>>,
+    /// Host stub → function (process-wide context only; cleared per module on unregister).
+    pub by_host: HashMap<usize, Arc<Func>>,
+    /// (module id, name) → function.
+    pub by_name: HashMap<(u64, CString), Arc<Func>>,
+    /// Host shadow variable → (device address, size, module id).
+    pub symbols: HashMap<usize, (u64, u64, u64)>,
+    /// Device ranges of symbols (base → size): valid device memory for copies.
+    pub symbol_ranges: BTreeMap<u64, u64>,
+}
+
+impl KernelTables {
+    /// The symbol range containing device address `p`, if any.
+    pub fn symbol_range_of(&self, p: u64) -> Option<(u64, u64)> {
+        self.symbol_ranges.range(..=p).next_back().filter(|(&b, &l)| p < b + l).map(|(&b, &l)| (b, l))
+    }
+
+    /// Forget module `module_id`: its functions, symbols and their ranges; its host handle, if
+    /// it was loaded.
+    pub fn forget_module(&mut self, module_id: u64) -> Option<Result<u64>> {
+        self.by_host.retain(|_, f| f.module_id != module_id);
+        self.by_name.retain(|(m, _), _| *m != module_id);
+        let ranges = &mut self.symbol_ranges;
+        self.symbols.retain(|_, &mut (a, _, m)| {
+            if m == module_id {
+                ranges.remove(&a);
+            }
+            m != module_id
+        });
+        self.modules.remove(&module_id)
+    }
 }
 
 /// Launch parameters.
@@ -403,7 +462,7 @@ pub fn check_dims(grid: [u32; 3], block: [u32; 3]) -> Result<()> {
 /// Pack kernel arguments with the parameter table: `arg(i)` gives parameter `i`'s bytes (at
 /// least its size; extra bytes are ignored). Gaps are zero.
 pub fn pack_params<'a>(func: &Func, mut arg: impl FnMut(usize, usize) -> Result<&'a [u8]>) -> Result<Vec<u8>> {
-    let total = lock(&func.info).param_bytes as usize;
+    let total = func.state.lock().info.param_bytes as usize;
     let mut buf = vec![0u8; total];
     for (i, p) in func.params.iter().enumerate() {
         let (off, size) = (p.offset as usize, p.size as usize);
@@ -439,397 +498,10 @@ pub unsafe fn pack_c_args(func: &Func, args: *const *const c_void) -> Result<Vec
     })
 }
 
-fn raw_status(e: &vgpu_transport::Error) -> Option<Status> {
+pub(crate) fn raw_status(e: &vgpu_transport::Error) -> Option<Status> {
     match e {
         vgpu_transport::Error::Call { status, .. } => Some(*status),
         _ => None,
-    }
-}
-
-impl Context {
-    /// The host handle of `module` on this context, loading it (by hash, else by upload) on
-    /// first use.
-    pub(crate) fn ensure_module(&self, module: &ModuleReg) -> Result<u64> {
-        if let Some(&h) = lock(&self.kern.modules).get(&module.id) {
-            return h;
-        }
-        self.sticky()?;
-        let _g = lock(&self.kern.loading);
-        if let Some(&h) = lock(&self.kern.modules).get(&module.id) {
-            return h;
-        }
-        if !module.live.load(Ordering::Acquire) {
-            return Err(CudaError::InvalidDeviceFunction);
-        }
-        let r = self.load_module(module);
-        let for_good = matches!(r, Err(CudaError::InvalidKernelImage | CudaError::NoKernelImageForDevice | CudaError::NotSupported));
-        if r.is_ok() || for_good {
-            if let Err(e) = r {
-                warn!(target: "vgpu::streams", module = module.id, "the module cannot be loaded on this device: {e}");
-            }
-            lock(&self.kern.modules).insert(module.id, r);
-        }
-        r
-    }
-
-    fn load_module(&self, module: &ModuleReg) -> Result<u64> {
-        let img = module.image()?;
-        let by_hash = self.client.call_blocking_req(0, req::ModuleLoad { upload: 0, len: img.len as u64, hash: img.hash });
-        match by_hash {
-            Ok(r) => {
-                self.kern.loaded_by_hash.fetch_add(1, Ordering::Relaxed);
-                debug!(target: "vgpu::streams", module = module.id, hash = format_args!("{:x}", img.hash), "module loaded by hash");
-                Ok(r.module)
-            }
-            Err(e) if raw_status(&e) == Some(Status::NotFound) => {
-                let id = self.upload_module(module, &img)?;
-                let r = self.call(0, req::ModuleLoad { upload: id, len: img.len as u64, hash: img.hash })?;
-                self.kern.uploaded.fetch_add(1, Ordering::Relaxed);
-                debug!(target: "vgpu::streams", module = module.id, hash = format_args!("{:x}", img.hash), len = img.len, "module uploaded and loaded");
-                Ok(r.module)
-            }
-            Err(e) => Err(self.convert(&e)),
-        }
-    }
-
-    /// Send the image in `ModuleData` parts of one staging chunk each (pipelined); returns the
-    /// upload id once the host has every part.
-    fn upload_module(&self, module: &ModuleReg, img: &Image) -> Result<u64> {
-        let id = self.kern.next_upload.fetch_add(1, Ordering::Relaxed) + 1;
-        let bytes = module.bytes(img);
-        let staging = self.client.staging();
-        let chunk = staging.chunk_len() as usize;
-        self.close_open_chunk();
-        let mut tickets = Vec::new();
-        let mut first = Ok(());
-        for (i, part) in bytes.chunks(chunk).enumerate() {
-            let off = match self.check(self.client.acquire_staging()) {
-                Ok(o) => o,
-                Err(e) => {
-                    first = Err(e);
-                    break;
-                }
-            };
-            if let Err(e) = self.check(self.client.region().write_window(off, part)) {
-                staging.release(off);
-                first = Err(e);
-                break;
-            }
-            let release: OnComplete = Box::new(move |_, s, _| s.release(off));
-            let r = req::ModuleData { upload: id, part: Win::new(off, part.len() as u64), at: (i * chunk) as u64, total: img.len as u64 };
-            match self.check(self.client.submit_then_req(0, r, release)) {
-                Ok(t) => tickets.push(t),
-                Err(e) => {
-                    first = Err(e);
-                    break;
-                }
-            }
-        }
-        self.client.stats().blocking_waits.fetch_add(1, Ordering::Relaxed);
-        for t in tickets {
-            if let Err(e) = t.wait() {
-                let e = self.convert(&e);
-                if first.is_ok() {
-                    first = Err(e);
-                }
-            }
-        }
-        first.map(|_| id)
-    }
-
-    /// The module was unregistered: drop what this context knows of it and, with `unload`,
-    /// unload it on the host (fire-and-forget).
-    pub(crate) fn forget_module(&self, module_id: u64, unload: bool) {
-        lock(&self.kern.by_host).retain(|_, f| f.module_id != module_id);
-        let handle = lock(&self.kern.modules).remove(&module_id);
-        lock(&self.kern.by_name).retain(|(m, _), _| *m != module_id);
-        let dead: Vec<u64> = {
-            let mut s = lock(&self.kern.symbols);
-            let dead = s.values().filter(|(_, _, m)| *m == module_id).map(|(a, _, _)| *a).collect();
-            s.retain(|_, (_, _, m)| *m != module_id);
-            dead
-        };
-        let mut ranges = lock(&self.kern.symbol_ranges);
-        for a in dead {
-            ranges.remove(&a);
-        }
-        drop(ranges);
-        if let (Some(Ok(h)), true) = (handle, unload) {
-            let _ = self.fire(0, req::ModuleUnload { module: h });
-        }
-    }
-
-    /// The function `name` of `module` on this context (loading the module, then one `FuncGet`,
-    /// on first use).
-    pub(crate) fn function_by_name(&self, module: &Arc<ModuleReg>, name: &CStr) -> Result<Arc<Func>> {
-        let key = (module.id, name.to_owned());
-        if let Some(f) = lock(&self.kern.by_name).get(&key) {
-            return Ok(f.clone());
-        }
-        let mh = self.ensure_module(module)?;
-        let _g = lock(&self.kern.loading);
-        if let Some(f) = lock(&self.kern.by_name).get(&key) {
-            return Ok(f.clone());
-        }
-        let f = Arc::new(self.func_get(mh, module.id, name)?);
-        lock(&self.kern.by_name).insert(key, f.clone());
-        Ok(f)
-    }
-
-    /// One `FuncGet` round trip through a whole staging chunk.
-    fn func_get(&self, module: u64, module_id: u64, name: &CStr) -> Result<Func> {
-        let name_bytes = name.to_bytes_with_nul();
-        let staging = self.client.staging();
-        let chunk = staging.chunk_len();
-        if name_bytes.len() as u64 > chunk {
-            return Err(CudaError::InvalidDeviceFunction);
-        }
-        self.close_open_chunk();
-        let off = self.check(self.client.acquire_staging())?;
-        let r = (|| {
-            self.check(self.client.region().write_window(off, name_bytes))?;
-            let r = match self.client.call_blocking_req(0, req::FuncGet { module, buf: Win::new(off, chunk) }) {
-                Ok(r) => r,
-                Err(e) if raw_status(&e) == Some(Status::NotFound) => return Err(CudaError::InvalidDeviceFunction),
-                Err(e) => return Err(self.convert(&e)),
-            };
-            let written = r.written.min(chunk) as usize;
-            let mut bytes = vec![0u8; written];
-            self.check(self.client.region().read_window(off, &mut bytes))?;
-            // A host answer that does not decode or breaks the limits is the host's fault.
-            let (info, params) = wire::decode_func_info(&bytes).ok_or(CudaError::Unknown)?;
-            if info.param_bytes as u64 > wire::MAX_PARAM_BYTES {
-                return Err(CudaError::Unknown);
-            }
-            let params: Box<[ParamInfo]> = params.into();
-            if params.iter().any(|p| p.offset as u64 + p.size as u64 > info.param_bytes as u64) {
-                return Err(CudaError::Unknown);
-            }
-            Ok(Func {
-                handle: r.func,
-                module_id,
-                name: name.to_owned(),
-                params,
-                info: Mutex::new(info),
-                cluster: Mutex::new([0; 6]),
-                occupancy: Mutex::new(HashMap::new()),
-            })
-        })();
-        staging.release(off);
-        r
-    }
-
-    /// The function registered for host stub `host_fun` (process-wide registry), loaded on this
-    /// context on first use.
-    pub fn function(&self, host_fun: usize) -> Result<Arc<Func>> {
-        if let Some(f) = lock(&self.kern.by_host).get(&host_fun) {
-            return Ok(f.clone());
-        }
-        let reg = func_reg(host_fun)?;
-        let f = self.function_by_name(&reg.module, &reg.name)?;
-        lock(&self.kern.by_host).insert(host_fun, f.clone());
-        Ok(f)
-    }
-
-    /// Launch `func` with packed parameters (fire-and-forget).
-    pub(crate) fn launch_packed(self: &Arc<Self>, func: &Func, cfg: &LaunchConfig, params: &[u8]) -> Result<()> {
-        check_dims(cfg.grid, cfg.block)?;
-        let flags = if cfg.cooperative { launch::COOPERATIVE } else { 0 };
-        let grid = Grid::new(cfg.grid[0], cfg.grid[1], cfg.grid[2]).ok_or(CudaError::InvalidConfiguration)?;
-        let block = Block::new(cfg.block[0], cfg.block[1], cfg.block[2], flags).ok_or(CudaError::InvalidConfiguration)?;
-        let info = *lock(&func.info);
-        if params.len() != info.param_bytes as usize {
-            return Err(CudaError::InvalidValue);
-        }
-        // More threads than the function can run with (`__launch_bounds__`, registers): CUDA
-        // refuses the launch at the call.
-        let threads = cfg.block.iter().fold(1u64, |a, &d| a.saturating_mul(d as u64));
-        if info.max_threads_per_block != 0 && threads > info.max_threads_per_block as u64 {
-            return Err(CudaError::LaunchOutOfResources);
-        }
-        let h = self.host_stream(cfg.stream)?;
-        self.capture_check(h, true)?;
-        self.sticky()?;
-        let r = req::Launch { func: func.handle, grid, block, shared: cfg.shared, params: Win::default() };
-        if params.is_empty() {
-            return self.fire(h, r);
-        }
-        let (woff, done) = self.stage_small(params)?;
-        let r = req::Launch { params: Win::new(woff, params.len() as u64), ..r };
-        self.check(self.client.fire_then_req(h, r, done))
-    }
-
-    /// `cudaLaunchKernel` and friends: `args` is C's `void**`.
-    ///
-    /// # Safety
-    /// As [`pack_c_args`].
-    pub unsafe fn launch_c(self: &Arc<Self>, host_fun: usize, cfg: &LaunchConfig, args: *const *const c_void) -> Result<()> {
-        // Configuration errors come first and cost nothing.
-        check_dims(cfg.grid, cfg.block)?;
-        let f = self.function(host_fun)?;
-        // SAFETY: forwarded caller guarantee.
-        let params = unsafe { pack_c_args(&f, args)? };
-        self.launch_packed(&f, cfg, &params)
-    }
-
-    /// `cudaFuncSetAttribute`: one round trip; the cached attributes follow.
-    pub fn func_set_attribute(&self, func: &Func, attr: u32, value: i32) -> Result<()> {
-        if !(8..=15).contains(&attr) || (attr == 8 && value < 0) || (attr == 9 && !(-1..=100).contains(&value)) {
-            return Err(CudaError::InvalidValue);
-        }
-        self.call(0, req::FuncSetAttr { func: func.handle, attr: attr.into(), value: value as u32 })?;
-        match attr {
-            8 => lock(&func.info).max_dynamic_shared_size_bytes = value as u32,
-            9 => lock(&func.info).preferred_shmem_carveout = value,
-            a => lock(&func.cluster)[(a - 10) as usize] = value,
-        }
-        lock(&func.occupancy).clear();
-        Ok(())
-    }
-
-    /// `cudaOccupancyMaxActiveBlocksPerMultiprocessor[WithFlags]`: one round trip per distinct
-    /// (block size, shared memory, flags) of a function, then cached.
-    pub fn occupancy(&self, func: &Func, block_size: i32, shared: u64, flags: u32) -> Result<i32> {
-        if flags & !1 != 0 || block_size <= 0 {
-            return Err(CudaError::InvalidValue);
-        }
-        if let Some(&n) = lock(&func.occupancy).get(&(block_size, shared, flags)) {
-            return Ok(n);
-        }
-        let r = self.call(0, req::Occupancy { func: func.handle, block_threads: block_size as u64, shared, flags: flags.into() })?;
-        let n = i32::try_from(r.blocks).map_err(|_| CudaError::Unknown)?;
-        lock(&func.occupancy).insert((block_size, shared, flags), n);
-        Ok(n)
-    }
-
-    /// `(device address, size)` of the variable registered for `host_var`: `SymbolGet` once per
-    /// context. Managed variables are not supported.
-    pub fn symbol(&self, host_var: usize) -> Result<(u64, u64)> {
-        if let Some(&(a, s, _)) = lock(&self.kern.symbols).get(&host_var) {
-            return Ok((a, s));
-        }
-        let v = var_reg(host_var)?;
-        if v.managed {
-            warn!(target: "vgpu::streams", name = ?v.name, "a __managed__ variable was used: managed memory is not supported by vgpu");
-            return Err(CudaError::NotSupported);
-        }
-        let mh = self.ensure_module(&v.module)?;
-        let name = v.name.to_bytes_with_nul();
-        let (woff, done) = self.stage_small(name)?;
-        let r = req::SymbolGet { module: mh, name: Win::new(woff, name.len() as u64), size: v.size };
-        let t = self.check(self.client.submit_then_req(0, r, done))?;
-        self.client.stats().blocking_waits.fetch_add(1, Ordering::Relaxed);
-        let r = match t.wait_reply::<reply::SymbolGet>() {
-            Ok(r) => r,
-            Err(e) if raw_status(&e) == Some(Status::NotFound) => return Err(CudaError::InvalidSymbol),
-            Err(e) => return Err(self.convert(&e)),
-        };
-        let (addr, size) = (r.addr, r.size);
-        debug!(target: "vgpu::streams", name = ?v.name, addr, size, constant = v.constant, "symbol resolved");
-        lock(&self.kern.symbols).insert(host_var, (addr, size, v.module.id));
-        if size > 0 {
-            lock(&self.kern.symbol_ranges).insert(addr, size);
-        }
-        Ok((addr, size))
-    }
-
-    /// The symbol range containing device address `p`, if any.
-    pub(crate) fn symbol_range_of(&self, p: u64) -> Option<(u64, u64)> {
-        lock(&self.kern.symbol_ranges).range(..=p).next_back().filter(|(&b, &l)| p < b + l).map(|(&b, &l)| (b, l))
-    }
-
-    /// `cudaMemcpyToSymbol[Async]`: `kind` is HostToDevice, DeviceToDevice or Default.
-    ///
-    /// # Safety
-    /// `src` is valid for `count` bytes (host memory until the copy is staged / completes).
-    pub unsafe fn memcpy_to_symbol(
-        self: &Arc<Self>,
-        host_var: usize,
-        src: *const u8,
-        count: usize,
-        offset: usize,
-        kind: MemcpyKind,
-        stream: Option<RawStream>,
-    ) -> Result<()> {
-        if !matches!(kind, MemcpyKind::HostToDevice | MemcpyKind::DeviceToDevice | MemcpyKind::Default) {
-            return Err(CudaError::InvalidMemcpyDirection);
-        }
-        let dst = self.symbol_range(host_var, offset, count)?;
-        let kind = self.symbol_kind(kind, src as u64, MemcpyKind::HostToDevice);
-        // SAFETY: forwarded caller guarantee.
-        unsafe { self.symbol_copy(dst, src as u64, count, kind, stream) }
-    }
-
-    /// `cudaMemcpyFromSymbol[Async]`: `kind` is DeviceToHost, DeviceToDevice or Default.
-    ///
-    /// # Safety
-    /// `dst` is valid for `count` bytes until the copy completes.
-    pub unsafe fn memcpy_from_symbol(
-        self: &Arc<Self>,
-        dst: *mut u8,
-        host_var: usize,
-        count: usize,
-        offset: usize,
-        kind: MemcpyKind,
-        stream: Option<RawStream>,
-    ) -> Result<()> {
-        if !matches!(kind, MemcpyKind::DeviceToHost | MemcpyKind::DeviceToDevice | MemcpyKind::Default) {
-            return Err(CudaError::InvalidMemcpyDirection);
-        }
-        let src = self.symbol_range(host_var, offset, count)?;
-        let kind = self.symbol_kind(kind, dst as u64, MemcpyKind::DeviceToHost);
-        // SAFETY: forwarded caller guarantee.
-        unsafe { self.symbol_copy(dst as u64, src, count, kind, stream) }
-    }
-
-    /// The device address of `count` bytes at `offset` in the variable registered at `host_var`;
-    /// `cudaErrorInvalidValue` if the range runs past the variable.
-    fn symbol_range(self: &Arc<Self>, host_var: usize, offset: usize, count: usize) -> Result<u64> {
-        let (addr, size) = self.symbol(host_var)?;
-        let end = offset.checked_add(count).ok_or(CudaError::InvalidValue)?;
-        if end as u64 > size {
-            return Err(CudaError::InvalidValue);
-        }
-        Ok(addr + offset as u64)
-    }
-
-    /// `cudaMemcpyDefault` resolved by where the other side (`other`) lives: device memory makes
-    /// it a device-to-device copy, host memory `host_kind`.
-    fn symbol_kind(&self, kind: MemcpyKind, other: u64, host_kind: MemcpyKind) -> MemcpyKind {
-        match kind {
-            MemcpyKind::Default if self.is_device(other) => MemcpyKind::DeviceToDevice,
-            MemcpyKind::Default => host_kind,
-            k => k,
-        }
-    }
-
-    /// A copy to or from a symbol: synchronous on the legacy stream (`stream` = None), or
-    /// asynchronous on `stream`.
-    ///
-    /// # Safety
-    /// Host ranges as for `copy_1d`.
-    unsafe fn symbol_copy(self: &Arc<Self>, dst: u64, src: u64, count: usize, kind: MemcpyKind, stream: Option<RawStream>) -> Result<()> {
-        match stream {
-            None => {
-                let wait = kind != MemcpyKind::DeviceToDevice;
-                // SAFETY: forwarded caller guarantee.
-                unsafe { self.copy_1d(dst, src, count, kind, 0, wait)? };
-                if wait {
-                    self.deferred()?;
-                }
-                Ok(())
-            }
-            Some(s) => {
-                let h = self.host_stream(s)?;
-                // SAFETY: forwarded caller guarantee.
-                unsafe { self.copy_1d(dst, src, count, kind, h, false) }
-            }
-        }
-    }
-
-    /// Modules this context loaded by hash and by upload (for tests and logs).
-    pub fn module_counts(&self) -> (u64, u64) {
-        (self.kern.loaded_by_hash.load(Ordering::Relaxed), self.kern.uploaded.load(Ordering::Relaxed))
     }
 }
 

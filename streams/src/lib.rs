@@ -24,6 +24,25 @@
 //!   `.await` on stream and event completion from any executor.
 //!
 //! Logs use the target `vgpu::streams`. See `API.md` for the summary.
+//!
+//! # Layering
+//! The modules form an acyclic graph: each imports only modules of a lower layer (the crate
+//! root only declares them and re-exports; nothing imports it).
+//!
+//! 1. Leaves, importing nothing of this crate: `types` (the handle and flag types the root
+//!    re-exports: [`RawStream`], [`MemcpyKind`], ...), `locks` (the ranked mutexes that check
+//!    the lock order written down in [`context`]), [`error`] ([`CudaError`], the per-thread last
+//!    error and the process-wide sticky error).
+//! 2. State without I/O, importing only leaves: [`device_flags`]; [`memory`] (the pinned heap,
+//!    the allocation and registration tables, staging-chunk references, pointer attributes);
+//!    [`graph`] (capture modes and the capture table's rules); [`kernel`] (the process-wide
+//!    registration registry, call configurations, [`kernel::Func`], the per-context kernel
+//!    tables, parameter packing). None of them knows [`Context`]: `kernel` tells the
+//!    process-wide context about an unregistered module through a hook the context installs.
+//! 3. [`context`]: the [`Context`], which owns the state of layer 2 and does the I/O; its
+//!    methods are split over its child modules `context::copy` (data paths), `context::launch`
+//!    (modules, functions, launches, symbols) and `context::capture` (capture, graphs).
+//! 4. The two APIs over it: [`rt`] (CUDA-Runtime-shaped) and the async Rust API (`api`).
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -33,8 +52,10 @@ pub mod device_flags;
 pub mod error;
 pub mod graph;
 pub mod kernel;
+mod locks;
 pub mod memory;
 pub mod rt;
+mod types;
 
 pub use api::{Device, DeviceBuffer, Event, Function, Graph, GraphExec, KernelArg, Module, PinnedBuffer, Pod, Stream, SyncFuture};
 pub use context::{default_socket, Context};
@@ -42,56 +63,9 @@ pub use error::{CudaError, Result};
 pub use graph::{CaptureMode, CaptureStatus, RawGraph, RawGraphExec};
 pub use kernel::{CallConfig, LaunchConfig};
 pub use memory::{MemoryType, PointerInfo, INVALID_DEVICE_ID};
+pub use types::{
+    MemcpyKind, RawEvent, RawStream, EVENT_BLOCKING_SYNC, EVENT_DISABLE_TIMING, EVENT_INTERPROCESS, PRIORITY_GREATEST, PRIORITY_LEAST,
+    STREAM_LEGACY, STREAM_LEGACY_DEFAULT, STREAM_NON_BLOCKING, STREAM_PER_THREAD,
+};
 pub use vgpu_transport::wire::DeviceInfo;
 pub use vgpu_transport::wire::{FuncInfo, ParamInfo};
-
-/// A `cudaStream_t` value, as an integer.
-pub type RawStream = u64;
-/// A `cudaEvent_t` value, as an integer (never 0).
-pub type RawEvent = u64;
-/// The NULL stream: the legacy default stream.
-pub const STREAM_LEGACY_DEFAULT: RawStream = 0;
-/// `cudaStreamLegacy`.
-pub const STREAM_LEGACY: RawStream = 1;
-/// `cudaStreamPerThread`.
-pub const STREAM_PER_THREAD: RawStream = 2;
-
-/// `cudaStreamNonBlocking`.
-pub const STREAM_NON_BLOCKING: u32 = 1;
-/// `cudaEventBlockingSync`.
-pub const EVENT_BLOCKING_SYNC: u32 = 1;
-/// `cudaEventDisableTiming`.
-pub const EVENT_DISABLE_TIMING: u32 = 2;
-/// `cudaEventInterprocess`.
-pub const EVENT_INTERPROCESS: u32 = 4;
-
-/// Least (numerically greatest) stream priority, as `cudaDeviceGetStreamPriorityRange` reports.
-pub const PRIORITY_LEAST: i32 = 0;
-/// Greatest stream priority.
-pub const PRIORITY_GREATEST: i32 = -5;
-
-/// `cudaMemcpyKind`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(i32)]
-pub enum MemcpyKind {
-    HostToHost = 0,
-    HostToDevice = 1,
-    DeviceToHost = 2,
-    DeviceToDevice = 3,
-    /// Inferred from the pointers (device pointers are this context's allocations).
-    Default = 4,
-}
-
-impl MemcpyKind {
-    /// Decode a `cudaMemcpyKind` value.
-    pub fn from_raw(v: i32) -> Option<MemcpyKind> {
-        Some(match v {
-            0 => MemcpyKind::HostToHost,
-            1 => MemcpyKind::HostToDevice,
-            2 => MemcpyKind::DeviceToHost,
-            3 => MemcpyKind::DeviceToDevice,
-            4 => MemcpyKind::Default,
-            _ => return None,
-        })
-    }
-}

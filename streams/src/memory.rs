@@ -16,17 +16,18 @@
 //! - **Registered memory** (`cudaHostRegister`) is recorded and otherwise treated as pageable:
 //!   correct, just not zero-copy.
 
+//!
+//! This module holds the state (no I/O, no [`crate::Context`]): the pinned heap, the tables of
+//! allocations and registrations, staging-chunk references. The copies themselves are methods
+//! of the context (`context::copy`).
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use vgpu_transport::sync::{AtomicUsize, Ordering};
 use vgpu_transport::window::Staging;
-use vgpu_transport::wire::{req, CallRequest, Win};
-use vgpu_transport::OnComplete;
 
-use crate::context::{lock, Context};
-use crate::error::{CudaError, Result};
-use crate::MemcpyKind;
+use crate::locks::{rank, OrderedMutex};
 
 /// Alignment of pinned allocations (what `cudaMallocHost` guarantees is at least 256).
 pub const PINNED_ALIGN: u64 = 256;
@@ -128,537 +129,79 @@ pub(crate) struct Seg {
 /// Gives a staging chunk back when the last piece staged in it has completed (and the packer
 /// is done with it).
 pub(crate) struct ChunkRef {
-    off: u64,
+    /// Window offset of the chunk.
+    pub off: u64,
     left: AtomicUsize,
 }
 
 impl ChunkRef {
-    fn put(&self, staging: &Staging) {
+    /// A reference to the chunk at window offset `off`, held by the packer (one count).
+    pub fn new(off: u64) -> Arc<ChunkRef> {
+        Arc::new(ChunkRef { off, left: AtomicUsize::new(1) })
+    }
+
+    /// One more count, for a piece staged in the chunk: its completion action calls
+    /// [`put`](Self::put) on the returned reference.
+    pub fn hold(self: &Arc<Self>) -> Arc<ChunkRef> {
+        self.left.fetch_add(1, Ordering::AcqRel);
+        self.clone()
+    }
+
+    /// Drop one count; the last one gives the chunk back to `staging`.
+    pub fn put(&self, staging: &Staging) {
         if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
             staging.release(self.off);
         }
     }
 }
 
-impl Context {
-    /// Window offset of host range `[p, p+len)` if it lies in one live pinned allocation.
-    pub(crate) fn pinned_offset(&self, p: usize, len: usize) -> Option<u64> {
-        let off = (p as u64).checked_sub(self.window_base as u64)?;
-        if off.checked_add(len as u64)? > self.window_len {
-            return None;
-        }
-        lock(&self.pinned).find(off, len as u64).map(|_| off)
+/// The open staging chunk small pageable H2D copies (and launch parameters, symbol names) are
+/// packed into, and the bytes used in it.
+pub(crate) type OpenChunk = Option<(Arc<ChunkRef>, usize)>;
+
+/// The lock of the open staging chunk ([`rank::STAGING`]).
+pub(crate) type StagingLock = OrderedMutex<OpenChunk, { rank::STAGING }>;
+
+/// The memory tables of one context, under one lock ([`rank::MEMORY`]): what a range check, a
+/// pointer query or a registration looks at, together.
+#[derive(Debug)]
+pub(crate) struct MemTables {
+    /// Live device allocations: base → length.
+    pub allocs: BTreeMap<u64, u64>,
+    /// Registered host ranges (`cudaHostRegister`): start address → length.
+    pub registered: BTreeMap<usize, usize>,
+    /// The pinned part of the window.
+    pub pinned: PinnedHeap,
+}
+
+/// The lock of [`MemTables`].
+pub(crate) type MemLock = OrderedMutex<MemTables, { rank::MEMORY }>;
+
+impl MemTables {
+    /// Empty tables over the pinned part `[off, off+len)` of the window.
+    pub fn new(pinned_off: u64, pinned_len: u64) -> MemTables {
+        MemTables { allocs: BTreeMap::new(), registered: BTreeMap::new(), pinned: PinnedHeap::new(pinned_off, pinned_len) }
     }
 
-    pub(crate) fn is_device(&self, p: u64) -> bool {
-        self.allocation_of(p).is_some()
+    /// The live allocation `(base, len)` that contains device address `p`.
+    pub fn allocation_of(&self, p: u64) -> Option<(u64, u64)> {
+        self.allocs.range(..=p).next_back().filter(|(&b, &l)| p < b + l.max(1)).map(|(&b, &l)| (b, l))
     }
 
-    /// The live allocation `(base, len)` that contains address `p`.
-    /// Symbols (`__device__`/`__constant__` variables of loaded modules) count as allocations.
-    pub(crate) fn allocation_of(&self, p: u64) -> Option<(u64, u64)> {
-        lock(&self.allocs)
-            .range(..=p)
-            .next_back()
-            .filter(|(&b, &l)| p < b + l.max(1))
-            .map(|(&b, &l)| (b, l))
-            .or_else(|| self.symbol_range_of(p))
+    /// Whether host address `h` lies in a registered range.
+    pub fn is_registered(&self, h: usize) -> bool {
+        self.registered.range(..=h).next_back().is_some_and(|(&s, &l)| h < s + l)
     }
 
-    /// `Ok` if `[p, p+len)` lies inside one live allocation of this context; `InvalidValue`
-    /// otherwise, as CUDA answers a memset or copy with a bad device range at the call. (The
-    /// host checks every range again: it never trusts the guest.)
-    pub(crate) fn check_device_range(&self, p: u64, len: u64) -> Result<()> {
-        let end = p.checked_add(len).ok_or(CudaError::InvalidValue)?;
-        match self.allocation_of(p) {
-            Some((b, l)) if end <= b + l => Ok(()),
-            _ => Err(CudaError::InvalidValue),
-        }
+    /// Whether `[start, end)` overlaps a registered range.
+    pub fn overlaps_registered(&self, start: usize, end: usize) -> bool {
+        self.registered.range(..end).next_back().is_some_and(|(&s, &l)| s + l > start)
     }
+}
 
-    /// What `cudaPointerGetAttributes` reports for `p`: a device pointer inside a live
-    /// allocation, pinned memory (`cudaMallocHost`/`cudaHostAlloc`), registered host memory
-    /// (`cudaHostRegister`), or anything else as unregistered host memory (CUDA 11+).
-    pub(crate) fn pointer_info(&self, p: u64) -> PointerInfo {
-        if self.is_device(p) {
-            return PointerInfo { kind: MemoryType::Device, device: 0, device_ptr: p, host_ptr: 0 };
-        }
-        let host = usize::try_from(p).ok();
-        let registered = host.is_some_and(|h| lock(&self.registered).range(..=h).next_back().is_some_and(|(&s, &l)| h < s + l));
-        if host.is_some_and(|h| self.pinned_offset(h, 1).is_some()) || registered {
-            // No device alias: mapped pinned memory is not supported (canMapHostMemory = 0).
-            return PointerInfo { kind: MemoryType::Host, device: 0, device_ptr: 0, host_ptr: p };
-        }
-        PointerInfo { kind: MemoryType::Unregistered, device: INVALID_DEVICE_ID, device_ptr: 0, host_ptr: p }
-    }
-
-    pub(crate) fn malloc(&self, size: usize) -> Result<u64> {
-        if size == 0 {
-            return Ok(0);
-        }
-        let p = self.call(0, req::MemAlloc { size: size as u64 })?.ptr;
-        lock(&self.allocs).insert(p, size as u64);
-        Ok(p)
-    }
-
-    /// `cudaFree`: also reports the deferred error of earlier asynchronous work, as CUDA may.
-    pub(crate) fn free(&self, p: u64) -> Result<()> {
-        self.free_quiet(p)?;
-        self.deferred()
-    }
-
-    /// Free without consuming the deferred error (for destructors, which cannot report it).
-    pub(crate) fn free_quiet(&self, p: u64) -> Result<()> {
-        if p == 0 {
-            return Ok(());
-        }
-        self.sticky()?;
-        if lock(&self.allocs).remove(&p).is_none() {
-            return Err(CudaError::InvalidValue);
-        }
-        // cudaFree synchronises: it returns after earlier work using the memory is done.
-        self.call(0, req::MemFree { ptr: p }).map(drop)
-    }
-
-    pub(crate) fn host_alloc(&self, size: usize, flags: u32) -> Result<*mut u8> {
-        self.sticky()?;
-        if flags & !0x7 != 0 {
-            return Err(CudaError::InvalidValue);
-        }
-        let off = lock(&self.pinned).alloc(size as u64).ok_or_else(|| {
-            tracing::warn!(target: "vgpu::streams", size, "pinned memory exhausted (it lives in the data window; ask the mediator for a larger window)");
-            CudaError::MemoryAllocation
-        })?;
-        Ok((self.window_base + off as usize) as *mut u8)
-    }
-
-    pub(crate) fn free_host(&self, p: *mut u8) -> Result<()> {
-        if p.is_null() {
-            return Ok(());
-        }
-        self.sticky()?;
-        let off = (p as u64).checked_sub(self.window_base as u64).ok_or(CudaError::InvalidValue)?;
-        if lock(&self.pinned).find(off, 0).map(|(a, _)| a) != Some(off) {
-            return Err(CudaError::InvalidValue);
-        }
-        // In-flight copies may still use the range: wait for all work first (cudaFreeHost
-        // synchronises too), then give the range back.
-        let r = self.call(0, req::DeviceSync {});
-        lock(&self.pinned).free(off);
-        r.map(drop)
-    }
-
-    pub(crate) fn host_register(&self, p: *mut u8, size: usize, flags: u32) -> Result<()> {
-        self.sticky()?;
-        if p.is_null() || size == 0 || flags & !0xf != 0 {
-            return Err(CudaError::InvalidValue);
-        }
-        let start = p as usize;
-        let end = start.checked_add(size).ok_or(CudaError::InvalidValue)?;
-        let mut r = lock(&self.registered);
-        let overlaps = r.range(..end).next_back().is_some_and(|(&s, &l)| s + l > start);
-        if overlaps || self.pinned_offset(start, 1).is_some() {
-            return Err(CudaError::HostMemoryAlreadyRegistered);
-        }
-        r.insert(start, size);
-        Ok(())
-    }
-
-    pub(crate) fn host_unregister(&self, p: *mut u8) -> Result<()> {
-        self.sticky()?;
-        lock(&self.registered).remove(&(p as usize)).map(drop).ok_or(CudaError::HostMemoryNotRegistered)
-    }
-
-    /// Resolve `Default` to a concrete direction from the pointers.
-    pub(crate) fn resolve_kind(&self, kind: MemcpyKind, dst: u64, src: u64) -> MemcpyKind {
-        if kind != MemcpyKind::Default {
-            return kind;
-        }
-        match (self.is_device(dst), self.is_device(src)) {
-            (true, true) => MemcpyKind::DeviceToDevice,
-            (true, false) => MemcpyKind::HostToDevice,
-            (false, true) => MemcpyKind::DeviceToHost,
-            (false, false) => MemcpyKind::HostToHost,
-        }
-    }
-
-    /// Copy `segs` from host to device on `host_stream`. Pinned sources go straight from the
-    /// window; pageable ones are staged. Returns once every byte is staged; with `wait`, once
-    /// the host has copied every piece.
-    ///
-    /// # Safety
-    /// Every `host..host+len` range must be readable for the duration of this call.
-    pub(crate) unsafe fn h2d(&self, segs: &[Seg], host_stream: u32, wait: bool) -> Result<()> {
-        self.sticky()?;
-        // Only copies from pinned memory (window offsets) can be captured into a graph.
-        if self.capture_active() {
-            self.capture_check(host_stream, !wait && segs.iter().all(|s| self.pinned_offset(s.host, s.len).is_some()))?;
-        }
-        let mut tickets = Vec::new();
-        let staging = self.client.staging();
-        let chunk_len = staging.chunk_len() as usize;
-        // Small copies share the context's open chunk across calls, so a burst of them costs
-        // window space, not a round trip each. Held for the whole staging loop: staging
-        // serialises H2D callers, and only this loop touches the open chunk.
-        let mut open = lock(&self.open_h2d);
-        let mut cur: Option<(Arc<ChunkRef>, usize)> = open.take();
-        let mut result = Ok(());
-        'segs: for seg in segs {
-            if let Some(off) = self.pinned_offset(seg.host, seg.len) {
-                match self.submit(host_stream, req::MemcpyHtoD { dst: seg.dev, src: Win::new(off, seg.len as u64) }, None, wait) {
-                    Ok(t) => tickets.extend(t),
-                    Err(e) => {
-                        result = Err(e);
-                        break;
-                    }
-                }
-                continue;
-            }
-            let mut done = 0;
-            while done < seg.len {
-                let n = (seg.len - done).min(chunk_len);
-                let need_new = match &cur {
-                    Some((_, used)) => used + n > chunk_len,
-                    None => true,
-                };
-                if need_new {
-                    if let Some((c, _)) = cur.take() {
-                        c.put(staging);
-                    }
-                    match self.check(self.client.acquire_staging()) {
-                        Ok(off) => cur = Some((Arc::new(ChunkRef { off, left: AtomicUsize::new(1) }), 0)),
-                        Err(e) => {
-                            result = Err(e);
-                            break 'segs;
-                        }
-                    }
-                }
-                let Some((c, used)) = cur.as_mut() else { break 'segs };
-                let woff = c.off + *used as u64;
-                // SAFETY: the caller guarantees `seg.host..seg.host+seg.len` is readable now;
-                // `done + n <= seg.len`.
-                let bytes = unsafe { std::slice::from_raw_parts((seg.host + done) as *const u8, n) };
-                if let Err(e) = self.check(self.client.region().write_window(woff, bytes)) {
-                    result = Err(e);
-                    break 'segs;
-                }
-                c.left.fetch_add(1, Ordering::AcqRel);
-                let c2 = c.clone();
-                let action: OnComplete = Box::new(move |_, staging, _| c2.put(staging));
-                match self.submit(
-                    host_stream,
-                    req::MemcpyHtoD { dst: seg.dev.wrapping_add(done as u64), src: Win::new(woff, n as u64) },
-                    Some(action),
-                    wait,
-                ) {
-                    Ok(t) => tickets.extend(t),
-                    Err(e) => {
-                        result = Err(e);
-                        break 'segs;
-                    }
-                }
-                *used += n;
-                done += n;
-            }
-        }
-        match cur.take() {
-            // Keep a chunk with room open for the next copy.
-            Some((c, used)) if result.is_ok() && used < chunk_len => *open = Some((c, used)),
-            Some((c, _)) => c.put(staging),
-            None => {}
-        }
-        drop(open);
-        let waited = self.wait_all(tickets);
-        result.and(waited)
-    }
-
-    /// Put `bytes` (at most one chunk) into the open staging chunk shared with small H2D copies,
-    /// 8-byte aligned: the window offset, and the completion action that gives the space back
-    /// (attach it to the command that carries the offset). For launch parameters and names.
-    pub(crate) fn stage_small(&self, bytes: &[u8]) -> Result<(u64, OnComplete)> {
-        let staging = self.client.staging();
-        let chunk_len = staging.chunk_len() as usize;
-        let n = bytes.len();
-        if n > chunk_len {
-            return Err(CudaError::InvalidValue);
-        }
-        let mut open = lock(&self.open_h2d);
-        let fits = open.as_ref().is_some_and(|(_, used)| used.next_multiple_of(8) + n <= chunk_len);
-        if !fits {
-            if let Some((c, _)) = open.take() {
-                c.put(staging);
-            }
-            let off = self.check(self.client.acquire_staging())?;
-            *open = Some((Arc::new(ChunkRef { off, left: AtomicUsize::new(1) }), 0));
-        }
-        let Some((c, used)) = open.as_mut() else { return Err(CudaError::Unknown) };
-        let start = used.next_multiple_of(8);
-        let woff = c.off + start as u64;
-        self.check(self.client.region().write_window(woff, bytes))?;
-        c.left.fetch_add(1, Ordering::AcqRel);
-        *used = start + n;
-        let c2 = c.clone();
-        Ok((woff, Box::new(move |_, staging, _| c2.put(staging))))
-    }
-
-    /// Give the open H2D staging chunk back (once its pieces are done), so that callers who need
-    /// a whole chunk never wait for it.
-    pub(crate) fn close_open_chunk(&self) {
-        if let Some((c, _)) = lock(&self.open_h2d).take() {
-            c.put(self.client.staging());
-        }
-    }
-
-    /// Copy `segs` from device to host on `host_stream`. Pinned destinations are written by the
-    /// host directly; pageable ones are filled by completion actions. With `wait`, returns once
-    /// every byte is in place; otherwise once every piece is submitted (the bytes are in place
-    /// when a later sync of the stream returns).
-    ///
-    /// # Safety
-    /// Every `host..host+len` range must stay writable, and not be accessed by the caller, until
-    /// the copy has completed (a later sync of the stream, or this call's return with `wait`).
-    pub(crate) unsafe fn d2h(&self, segs: &[Seg], host_stream: u32, wait: bool) -> Result<()> {
-        self.sticky()?;
-        if self.capture_active() {
-            self.capture_check(host_stream, !wait && segs.iter().all(|s| self.pinned_offset(s.host, s.len).is_some()))?;
-        }
-        self.close_open_chunk();
-        let mut tickets = Vec::new();
-        let staging = self.client.staging();
-        let chunk_len = staging.chunk_len() as usize;
-        let mut cur: Option<(Arc<ChunkRef>, usize)> = None;
-        let mut result = Ok(());
-        'segs: for seg in segs {
-            if let Some(off) = self.pinned_offset(seg.host, seg.len) {
-                match self.submit(host_stream, req::MemcpyDtoH { src: seg.dev, dst: Win::new(off, seg.len as u64) }, None, wait) {
-                    Ok(t) => tickets.extend(t),
-                    Err(e) => {
-                        result = Err(e);
-                        break;
-                    }
-                }
-                continue;
-            }
-            let mut done = 0;
-            while done < seg.len {
-                let n = (seg.len - done).min(chunk_len);
-                let need_new = match &cur {
-                    Some((_, used)) => used + n > chunk_len,
-                    None => true,
-                };
-                if need_new {
-                    if let Some((c, _)) = cur.take() {
-                        c.put(staging);
-                    }
-                    match self.check(self.client.acquire_staging()) {
-                        Ok(off) => cur = Some((Arc::new(ChunkRef { off, left: AtomicUsize::new(1) }), 0)),
-                        Err(e) => {
-                            result = Err(e);
-                            break 'segs;
-                        }
-                    }
-                }
-                let Some((c, used)) = cur.as_mut() else { break 'segs };
-                let woff = c.off + *used as u64;
-                c.left.fetch_add(1, Ordering::AcqRel);
-                let c2 = c.clone();
-                let dst = seg.host + done;
-                let action: OnComplete = Box::new(move |region, staging, ok| {
-                    if ok {
-                        // SAFETY: the caller of `d2h` keeps `dst..dst+n` writable and untouched
-                        // until the copy completes, which is now: this action runs before the
-                        // copy counts as done.
-                        let out = unsafe { std::slice::from_raw_parts_mut(dst as *mut u8, n) };
-                        let _ = region.read_window(woff, out);
-                    }
-                    c2.put(staging);
-                });
-                match self.submit(
-                    host_stream,
-                    req::MemcpyDtoH { src: seg.dev.wrapping_add(done as u64), dst: Win::new(woff, n as u64) },
-                    Some(action),
-                    wait,
-                ) {
-                    Ok(t) => tickets.extend(t),
-                    Err(e) => {
-                        result = Err(e);
-                        break 'segs;
-                    }
-                }
-                *used += n;
-                done += n;
-            }
-        }
-        if let Some((c, _)) = cur.take() {
-            c.put(staging);
-        }
-        let waited = self.wait_all(tickets);
-        result.and(waited)
-    }
-
-    /// Submit one copy piece: keep its ticket when the caller waits, fire it otherwise.
-    fn submit<R: CallRequest>(
-        &self,
-        stream: u32,
-        r: R,
-        action: Option<OnComplete>,
-        keep: bool,
-    ) -> Result<Option<vgpu_transport::client::Ticket>> {
-        let t = match action {
-            Some(act) => self.client.submit_then_req(stream, r, act),
-            None => self.client.submit_req(stream, r),
-        };
-        let t = self.check(t)?;
-        Ok(keep.then_some(t))
-    }
-
-    fn wait_all(&self, tickets: Vec<vgpu_transport::client::Ticket>) -> Result<()> {
-        if tickets.is_empty() {
-            return Ok(());
-        }
-        self.client.stats().blocking_waits.fetch_add(1, Ordering::Relaxed);
-        let mut first = Ok(());
-        for t in tickets {
-            if let Err(e) = t.wait() {
-                let e = self.convert(&e);
-                if first.is_ok() {
-                    first = Err(e);
-                }
-            }
-        }
-        first
-    }
-
-    /// A copy of any direction, on `host_stream`. `wait`: return only when it has completed.
-    ///
-    /// # Safety
-    /// Host ranges as for [`h2d`](Self::h2d) and [`d2h`](Self::d2h).
-    pub(crate) unsafe fn copy_1d(&self, dst: u64, src: u64, n: usize, kind: MemcpyKind, host_stream: u32, wait: bool) -> Result<()> {
-        if n == 0 {
-            return self.sticky();
-        }
-        let kind = self.resolve_kind(kind, dst, src);
-        self.sticky()?;
-        // Device ranges are checked here, synchronously, as CUDA does.
-        if matches!(kind, MemcpyKind::HostToDevice | MemcpyKind::DeviceToDevice) {
-            self.check_device_range(dst, n as u64)?;
-        }
-        if matches!(kind, MemcpyKind::DeviceToHost | MemcpyKind::DeviceToDevice) {
-            self.check_device_range(src, n as u64)?;
-        }
-        match kind {
-            MemcpyKind::HostToHost => {
-                self.sticky()?;
-                // Done by the guest at once: nothing the host could record.
-                self.capture_check(host_stream, false)?;
-                if wait {
-                    // Host-to-host copies are ordered after earlier work on the stream.
-                    self.call(host_stream, req::StreamSync {})?;
-                }
-                // SAFETY: the caller guarantees both host ranges are valid for `n` bytes;
-                // `copy` tolerates overlap.
-                unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, n) };
-                Ok(())
-            }
-            MemcpyKind::HostToDevice => {
-                // SAFETY: forwarded caller guarantee.
-                unsafe { self.h2d(&[Seg { dev: dst, host: src as usize, len: n }], host_stream, wait) }
-            }
-            MemcpyKind::DeviceToHost => {
-                let wait = wait || (self.sync_pageable_d2h && self.pinned_offset(dst as usize, n).is_none());
-                // SAFETY: forwarded caller guarantee.
-                unsafe { self.d2h(&[Seg { dev: src, host: dst as usize, len: n }], host_stream, wait) }
-            }
-            MemcpyKind::DeviceToDevice => {
-                self.capture_check(host_stream, !wait)?;
-                if wait {
-                    self.call(host_stream, req::MemcpyDtoD { dst, src, len: n as u64 }).map(drop)
-                } else {
-                    self.fire(host_stream, req::MemcpyDtoD { dst, src, len: n as u64 })
-                }
-            }
-            MemcpyKind::Default => Err(CudaError::InvalidMemcpyDirection),
-        }
-    }
-
-    /// A 2D copy: `height` rows of `width` bytes, rows `dpitch` / `spitch` apart.
-    ///
-    /// # Safety
-    /// Host ranges as for [`h2d`](Self::h2d) and [`d2h`](Self::d2h), for every row.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) unsafe fn copy_2d(
-        &self,
-        dst: u64,
-        dpitch: usize,
-        src: u64,
-        spitch: usize,
-        width: usize,
-        height: usize,
-        kind: MemcpyKind,
-        host_stream: u32,
-        wait: bool,
-    ) -> Result<()> {
-        self.sticky()?;
-        if width == 0 || height == 0 {
-            return Ok(());
-        }
-        if width > dpitch || width > spitch {
-            return Err(CudaError::InvalidPitchValue);
-        }
-        if wait {
-            self.capture_check(host_stream, false)?;
-        }
-        // The last row must be addressable on both sides; the host rejects device ranges that
-        // are not inside an allocation, and host ranges are the caller's promise.
-        let span =
-            |pitch: usize, base: u64| (height - 1).checked_mul(pitch).and_then(|o| base.checked_add(o as u64)?.checked_add(width as u64));
-        let (Some(dst_end), Some(src_end)) = (span(dpitch, dst), span(spitch, src)) else {
-            return Err(CudaError::InvalidValue);
-        };
-        let kind = self.resolve_kind(kind, dst, src);
-        // Every row of a device side lies between its first byte and the last row's end, so one
-        // check of that span covers them all.
-        if matches!(kind, MemcpyKind::HostToDevice | MemcpyKind::DeviceToDevice) {
-            self.check_device_range(dst, dst_end - dst)?;
-        }
-        if matches!(kind, MemcpyKind::DeviceToHost | MemcpyKind::DeviceToDevice) {
-            self.check_device_range(src, src_end - src)?;
-        }
-        let rows = |d: u64, s: u64| (0..height).map(move |r| (d + (r * dpitch) as u64, s + (r * spitch) as u64));
-        match kind {
-            MemcpyKind::HostToDevice => {
-                let segs: Vec<Seg> = rows(dst, src).map(|(d, s)| Seg { dev: d, host: s as usize, len: width }).collect();
-                // SAFETY: forwarded caller guarantee.
-                unsafe { self.h2d(&segs, host_stream, wait) }
-            }
-            MemcpyKind::DeviceToHost => {
-                let segs: Vec<Seg> = rows(dst, src).map(|(d, s)| Seg { dev: s, host: d as usize, len: width }).collect();
-                let wait = wait || self.sync_pageable_d2h;
-                // SAFETY: forwarded caller guarantee.
-                unsafe { self.d2h(&segs, host_stream, wait) }
-            }
-            k => {
-                for (d, s) in rows(dst, src) {
-                    // SAFETY: forwarded caller guarantee.
-                    unsafe { self.copy_1d(d, s, width, k, host_stream, false)? };
-                }
-                if wait {
-                    self.call(host_stream, req::StreamSync {})?;
-                    self.deferred()?;
-                }
-                Ok(())
-            }
-        }
-    }
-
-    pub(crate) fn memset_on(&self, p: u64, value: i32, n: usize, host_stream: u32) -> Result<()> {
-        if n == 0 {
-            return self.sticky();
-        }
-        self.sticky()?;
-        self.check_device_range(p, n as u64)?;
-        self.capture_check(host_stream, true)?;
-        self.fire(host_stream, req::Memset { dst: p, value: (value as u32 & 0xff) as u8, len: n as u64 })
+impl Default for MemTables {
+    fn default() -> MemTables {
+        MemTables::new(0, 0)
     }
 }
 

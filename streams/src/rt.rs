@@ -21,7 +21,7 @@ use crate::error::{record, CudaError, Result};
 use crate::graph::{CaptureMode, CaptureStatus, RawGraph, RawGraphExec};
 use crate::kernel::LaunchConfig;
 use crate::memory::Seg;
-use crate::{MemcpyKind, RawEvent, RawStream, PRIORITY_GREATEST, PRIORITY_LEAST};
+use crate::types::{MemcpyKind, RawEvent, RawStream, PRIORITY_GREATEST, PRIORITY_LEAST};
 
 fn ctx() -> Result<&'static Arc<Context>> {
     Context::global()
@@ -90,7 +90,7 @@ pub fn get_device_flags() -> Result<u32> {
 /// `cudaPointerGetAttributes`: device pointers inside a live allocation (`Device`), pinned or
 /// registered host memory (`Host`), anything else, null included, unregistered host memory
 /// (`Unregistered`, device [`crate::INVALID_DEVICE_ID`]), as CUDA 11 and later answer. Local.
-pub fn pointer_attributes(ptr: u64) -> Result<crate::PointerInfo> {
+pub fn pointer_attributes(ptr: u64) -> Result<crate::memory::PointerInfo> {
     with(|c| c.sticky().map(|_| c.pointer_info(ptr)))
 }
 
@@ -162,16 +162,8 @@ pub fn is_pinned(ptr: *const u8, len: usize) -> bool {
 /// # Safety
 /// Host ranges (as `kind` or the pointers say) must be valid for `count` bytes.
 pub unsafe fn memcpy(dst: *mut u8, src: *const u8, count: usize, kind: MemcpyKind) -> Result<()> {
-    with(|c| {
-        let kind = c.resolve_kind(kind, dst as u64, src as u64);
-        let wait = kind != MemcpyKind::DeviceToDevice;
-        // SAFETY: forwarded caller guarantee.
-        unsafe { c.copy_1d(dst as u64, src as u64, count, kind, 0, wait)? };
-        if wait {
-            c.deferred()?;
-        }
-        Ok(())
-    })
+    // SAFETY: forwarded caller guarantee.
+    with(|c| unsafe { c.copy_sync(dst as u64, src as u64, count, kind, 0) })
 }
 
 /// A synchronous copy ordered on `stream` (for the `_ptds` forms of `cudaMemcpy`, which use
@@ -182,14 +174,8 @@ pub unsafe fn memcpy(dst: *mut u8, src: *const u8, count: usize, kind: MemcpyKin
 pub unsafe fn memcpy_on(dst: *mut u8, src: *const u8, count: usize, kind: MemcpyKind, stream: RawStream) -> Result<()> {
     with(|c| {
         let h = c.host_stream(stream)?;
-        let kind = c.resolve_kind(kind, dst as u64, src as u64);
-        let wait = kind != MemcpyKind::DeviceToDevice;
         // SAFETY: forwarded caller guarantee.
-        unsafe { c.copy_1d(dst as u64, src as u64, count, kind, h, wait)? };
-        if wait {
-            c.deferred()?;
-        }
-        Ok(())
+        unsafe { c.copy_sync(dst as u64, src as u64, count, kind, h) }
     })
 }
 
@@ -300,7 +286,7 @@ pub fn stream_create(flags: u32, priority: i32) -> Result<RawStream> {
 pub fn stream_destroy(stream: RawStream) -> Result<()> {
     with(|c| {
         // (Not for the special handles: resolving the per-thread one would create it.)
-        if stream > crate::STREAM_PER_THREAD {
+        if stream > crate::types::STREAM_PER_THREAD {
             if let Ok(h) = c.host_stream(stream) {
                 c.capture_forget(Some(h));
             }
