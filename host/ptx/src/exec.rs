@@ -143,6 +143,8 @@ struct Ctx<'k, 'a> {
     steps: u64,
     /// Calls in progress.
     depth: u32,
+    /// The caller's kill switch, asked every time slice (also inside called functions).
+    cancel: &'a dyn Fn() -> bool,
 }
 
 type R<T> = Result<T, ExecError>;
@@ -165,20 +167,20 @@ pub fn run(k: &Kernel, launch: &Launch<'_>, mem: &dyn Memory, cancel: &dyn Fn() 
     if shared_len > 256 << 10 {
         return Err(bad(format!("{shared_len} bytes of shared memory")));
     }
-    let mut cx = Ctx { k, l: launch, mem, shared: vec![0; shared_len as usize], ctaid: [0; 3], steps: 0, depth: 0 };
+    let mut cx = Ctx { k, l: launch, mem, shared: vec![0; shared_len as usize], ctaid: [0; 3], steps: 0, depth: 0, cancel };
     for z in 0..launch.grid[2] {
         for y in 0..launch.grid[1] {
             for x in 0..launch.grid[0] {
                 cx.ctaid = [x, y, z];
                 cx.shared.fill(0);
-                run_block(&mut cx, threads as u32, cancel)?;
+                run_block(&mut cx, threads as u32)?;
             }
         }
     }
     Ok(cx.steps)
 }
 
-fn run_block(cx: &mut Ctx<'_, '_>, threads: u32, cancel: &dyn Fn() -> bool) -> R<()> {
+fn run_block(cx: &mut Ctx<'_, '_>, threads: u32) -> R<()> {
     let mut warps: Vec<Warp> = (0..threads.div_ceil(32))
         .map(|w| {
             let n = (threads - w * 32).min(32);
@@ -197,7 +199,7 @@ fn run_block(cx: &mut Ctx<'_, '_>, threads: u32, cancel: &dyn Fn() -> bool) -> R
             if live & !w.at_barrier == 0 {
                 continue;
             }
-            if cancel() {
+            if (cx.cancel)() {
                 return Err(ExecError::Stopped { kernel: cx.k.name.clone(), steps: cx.steps, why: "cancelled" });
             }
             for _ in 0..SLICE {
@@ -1373,9 +1375,19 @@ fn call_body(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32, k: &Kernel,
     }
     child.params = Some(params);
     let shared = std::mem::take(&mut cx.shared);
-    let mut ccx = Ctx { k, l: cx.l, mem: cx.mem, shared, ctaid: cx.ctaid, steps: cx.steps, depth: cx.depth + 1 };
+    let mut ccx = Ctx { k, l: cx.l, mem: cx.mem, shared, ctaid: cx.ctaid, steps: cx.steps, depth: cx.depth + 1, cancel: cx.cancel };
     let r = (|| -> R<()> {
-        while step(&mut ccx, &mut child)? {}
+        // A called function may loop for ever: ask the kill switch every time slice here too.
+        let mut n = 0u32;
+        while step(&mut ccx, &mut child)? {
+            n += 1;
+            if n == SLICE {
+                n = 0;
+            }
+            if n == 0 && (ccx.cancel)() {
+                return Err(ExecError::Stopped { kernel: ccx.k.name.clone(), steps: ccx.steps, why: "cancelled" });
+            }
+        }
         Ok(())
     })();
     cx.shared = std::mem::take(&mut ccx.shared);

@@ -347,3 +347,33 @@ fn device_functions_and_printf_run() {
     assert_eq!(got, (0..40).map(|t| 2 * t + 5).collect::<Vec<u32>>());
     assert_eq!(printed.into_inner(), "thread 3\n");
 }
+
+/// A called function that never returns is stopped by the kill switch (no budget set).
+#[test]
+fn a_spinning_called_function_is_stopped_by_cancel() {
+    let src = ".version 8.0\n.target sm_80\n.address_size 64\n\
+        .func spin()\n{\nL:\nbra L;\n}\n\
+        .visible .entry k()\n{\ncall.uni spin, ();\nret;\n}\n";
+    let m = Module::parse(src).unwrap();
+    let spin = m.lower(m.function("spin").unwrap()).unwrap();
+    let callees = [Callee::Body(&spin), Callee::Missing];
+    let k = m.lower(m.function("k").unwrap()).unwrap();
+    let mem = Mem::default();
+    let asked = std::cell::Cell::new(0u32);
+    let cancel = || {
+        asked.set(asked.get() + 1);
+        asked.get() > 3
+    };
+    let l = Launch {
+        grid: [1, 1, 1],
+        block: [32, 1, 1],
+        params: &[],
+        dynamic_shared: 0,
+        globals: &[],
+        budget: 0,
+        functions: &callees,
+        printf: &|_| {},
+    };
+    let e = run(&k, &l, &mem, &cancel).unwrap_err();
+    assert!(matches!(e, ExecError::Stopped { why: "cancelled", .. }), "{e}");
+}
