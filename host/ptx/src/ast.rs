@@ -134,6 +134,37 @@ impl Variable {
         }
         n
     }
+
+    /// The variable's initial bytes (`size()` of them; zero where the initializer is shorter).
+    /// `symbol` gives the device address of a module symbol named by an address initializer
+    /// (`.u64 p = generic(table)`); one it does not know reads as 0. An initializer longer than
+    /// the variable is cut at its size, as `size()` is what is allocated. Integer elements are
+    /// truncated to the element's width; float elements are stored in the element's format
+    /// (f16/bf16/f32 rounded to nearest, f64 as written).
+    pub fn init_bytes(&self, symbol: &dyn Fn(&str) -> Option<u64>) -> Vec<u8> {
+        let size = usize::try_from(self.size()).unwrap_or(0);
+        let mut bytes = vec![0u8; size];
+        let el = self.ty.size() as usize;
+        for (k, init) in self.init.iter().flatten().enumerate() {
+            let Some(at) = k.checked_mul(el).filter(|&at| at + el <= size) else { break };
+            let raw = match init {
+                Init::Int(x) => *x as u64,
+                Init::Float(b) => {
+                    let f = f64::from_bits(*b);
+                    match self.ty {
+                        Scalar::F32 | Scalar::B32 | Scalar::U32 | Scalar::S32 => u64::from((f as f32).to_bits()),
+                        Scalar::F16 => u64::from(half::f16::from_f64(f).to_bits()),
+                        Scalar::Bf16 => u64::from(half::bf16::from_f64(f).to_bits()),
+                        _ => *b,
+                    }
+                }
+                Init::Symbol(name, off) => symbol(name).map_or(0, |a| a.wrapping_add(*off as u64)),
+            };
+            let le = raw.to_le_bytes();
+            bytes[at..at + el.min(8)].copy_from_slice(&le[..el.min(8)]);
+        }
+        bytes
+    }
 }
 
 /// One initializer element.

@@ -33,6 +33,9 @@ pub mod lex;
 pub mod lower;
 pub mod mem;
 pub mod parse;
+pub mod program;
+
+use std::sync::Arc;
 
 use ast::{Body, FnKind, Function, Variable};
 use parse::{Cursor, Lines};
@@ -83,17 +86,22 @@ impl Header {
 pub const MAX_SOURCE: usize = 1 << 31;
 
 /// A parsed module: header, variables and signatures; bodies on demand.
-pub struct Module<'a> {
-    src: &'a str,
+pub struct Module {
+    src: Arc<str>,
     lines: Lines,
     pub header: Header,
     pub variables: Vec<Variable>,
     pub functions: Vec<Function>,
 }
 
-impl<'a> Module<'a> {
+impl Module {
     /// Read `src`'s declarations. Bodies are skipped, not checked: [`Module::body`] checks one.
-    pub fn parse(src: &'a str) -> Result<Module<'a>, Error> {
+    pub fn parse(src: &str) -> Result<Module, Error> {
+        Module::parse_shared(Arc::from(src))
+    }
+
+    /// [`Module::parse`] of text the module keeps (no copy).
+    pub fn parse_shared(src: Arc<str>) -> Result<Module, Error> {
         if src.len() > MAX_SOURCE {
             return Err(Error {
                 line: 0,
@@ -102,9 +110,9 @@ impl<'a> Module<'a> {
                 text: String::new(),
             });
         }
-        let lines = Lines::new(src);
+        let lines = Lines::new(&src);
         let (header, variables, functions) = {
-            let mut c = Cursor::new(src, &lines, 0, src.len());
+            let mut c = Cursor::new(&src, &lines, 0, src.len());
             parse::module(&mut c)?
         };
         Ok(Module { src, lines, header, variables, functions })
@@ -131,7 +139,7 @@ impl<'a> Module<'a> {
         if start > end || end > self.src.len() {
             return Err(Error { line: f.line, kind: ErrorKind::Syntax, message: "body out of range".into(), text: String::new() });
         }
-        let mut c = Cursor::new(self.src, &self.lines, start, end);
+        let mut c = Cursor::new(&self.src, &self.lines, start, end);
         parse::body(&mut c, 0).map(Some)
     }
 }

@@ -284,8 +284,8 @@ struct Scope {
     vars: HashMap<String, Opd>,
 }
 
-struct Lowerer<'m, 'a> {
-    m: &'m Module<'a>,
+struct Lowerer<'m> {
+    m: &'m Module,
     f: &'m Function,
     k: Kernel,
     scopes: Vec<Scope>,
@@ -296,7 +296,7 @@ struct Lowerer<'m, 'a> {
     module_names: HashMap<&'m str, Opd>,
 }
 
-impl<'m, 'a> Lowerer<'m, 'a> {
+impl<'m> Lowerer<'m> {
     fn error(&self, line: u32, kind: ErrorKind, message: String) -> Error {
         Error { line, kind, message: format!("{}: {message}", self.f.name), text: self.m.line_text(line) }
     }
@@ -475,7 +475,7 @@ impl<'m, 'a> Lowerer<'m, 'a> {
     }
 }
 
-impl Module<'_> {
+impl Module {
     /// Lower the function `f` (parsing its body).
     pub fn lower(&self, f: &Function) -> Result<Kernel, Error> {
         let body = self.body(f)?.ok_or_else(|| Error {
@@ -542,9 +542,9 @@ impl Module<'_> {
     }
 }
 
-impl Module<'_> {
+impl Module {
     /// Parameters (or return values) placed one after another, each at its alignment.
-    fn layout(&self, f: &Function, list: &[Variable]) -> Result<(Vec<ParamSlot>, u32), Error> {
+    pub(crate) fn layout(&self, f: &Function, list: &[Variable]) -> Result<(Vec<ParamSlot>, u32), Error> {
         let mut out = Vec::new();
         let mut at = 0u64;
         for p in list {

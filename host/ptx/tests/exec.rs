@@ -4,7 +4,6 @@
 use std::cell::RefCell;
 use std::path::Path;
 
-use vgpu_ptx::ast::Init;
 use vgpu_ptx::exec::{run, Callee, ExecError, Launch, Memory};
 use vgpu_ptx::mem::Allocations;
 use vgpu_ptx::Module;
@@ -17,30 +16,7 @@ fn data(name: &str) -> String {
 
 /// Allocate every module variable with its initializer; their addresses by index.
 fn globals(m: &Module, mem: &Mem) -> Vec<u64> {
-    m.variables
-        .iter()
-        .map(|v| {
-            let mut bytes = vec![0u8; v.size() as usize];
-            let el = v.ty.size() as usize;
-            for (k, init) in v.init.iter().flatten().enumerate() {
-                let raw = match init {
-                    Init::Int(x) => *x as u64,
-                    Init::Float(b) => {
-                        if el == 4 {
-                            u64::from((f64::from_bits(*b) as f32).to_bits())
-                        } else {
-                            *b
-                        }
-                    }
-                    Init::Symbol(..) => 0,
-                };
-                if (k + 1) * el <= bytes.len() {
-                    bytes[k * el..(k + 1) * el].copy_from_slice(&raw.to_le_bytes()[..el]);
-                }
-            }
-            mem.alloc(&bytes)
-        })
-        .collect()
+    m.variables.iter().map(|v| mem.alloc(&v.init_bytes(&|_| None))).collect()
 }
 
 fn params(parts: &[&[u8]], offsets: &[u32], total: u32) -> Vec<u8> {
