@@ -163,7 +163,7 @@ int main() {
 
   cu_sync("params");
 
-  if (!cu_emu) {
+  {
     Mix hm;
     CU_OK(cudaMemcpy(&hm, dmix, sizeof hm, cudaMemcpyDeviceToHost));
     CU_REQUIRE(hm.a == a && hm.b == b && hm.c == c && hm.d.x == d.x && hm.d.y == d.y && hm.d.z == d.z && hm.d.w == d.w &&

@@ -112,7 +112,7 @@ int main() {
   }
   cu_sync("templates");
 
-  if (!cu_emu) {
+  {
     static float hf[n], ho[n];
     static double hd[n];
     static int hi[n];

@@ -54,8 +54,11 @@ pub struct ServerStats {
     pub state: AtomicU64,
     pub pid: AtomicU64,
     pub session_id: AtomicU64,
-    /// Kernel launches taken (validated and recorded on emu, enqueued on cuda).
+    /// Kernel launches taken (validated, recorded and run on emu; enqueued on cuda).
     pub launches: AtomicU64,
+    /// Warp instructions emu's interpreter ran, and the launches that ended in a fault.
+    pub kernel_warp_insts: AtomicU64,
+    pub kernel_faults: AtomicU64,
     /// Modules loaded, and of them the ones found in the cross-session cache.
     pub modules_loaded: AtomicU64,
     pub modules_cached: AtomicU64,
@@ -66,7 +69,6 @@ pub struct ServerStats {
     pub epoch: AtomicU64,
     pub guest_sessions: AtomicU64,
     pub guest_pid: AtomicU64,
-    pub _reserved: [AtomicU64; 2],
 }
 
 const _: () = assert!(std::mem::size_of::<ServerStats>() == 256);

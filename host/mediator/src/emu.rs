@@ -31,6 +31,9 @@ use vgpu_transport::wire::{event_flags, stream_flags, Call, Command, Completion,
 use vgpu_transport::{Completer, Executor, ServerStats};
 
 mod kernels;
+mod vm;
+
+pub use vm::Limits as KernelLimits;
 
 /// First device address handed out. Non-canonical on x86-64 (bit 47 set, bits 48..63 clear).
 pub const EMU_BASE: u64 = 0x0000_d000_0000_0000;
@@ -57,6 +60,8 @@ pub struct EmuLimits {
     pub max_graph_nodes: usize,
     /// Bytes all graphs, execs and captures of the session hold (parameters plus 64 per node).
     pub max_graph_bytes: u64,
+    /// How long and how far one kernel may run on the interpreter.
+    pub kernels: KernelLimits,
 }
 
 impl Default for EmuLimits {
@@ -71,6 +76,7 @@ impl Default for EmuLimits {
             max_graphs: 4096,
             max_graph_nodes: 1 << 16,
             max_graph_bytes: 256 << 20,
+            kernels: KernelLimits::default(),
         }
     }
 }
@@ -121,7 +127,7 @@ impl Post {
                     done.finish(s, Status::Ok, [0, 0]);
                 }
                 if let Some((status, result)) = out.reply {
-                    done.finish(seq, status, result);
+                    done.complete(reply(seq, status, result));
                 }
             }
             Post::Latch(l) => l.count_down(),
@@ -201,6 +207,10 @@ impl Gate {
     fn notify(&self) {
         let _g = lock(&self.closed);
         self.cv.notify_all();
+    }
+
+    fn is_closed(&self) -> bool {
+        *lock(&self.closed)
     }
 
     fn close(&self) {
@@ -302,6 +312,8 @@ pub struct Emu {
     bounced: Arc<AtomicU64>,
     /// Modules, functions, launches, captures and graphs.
     kern: kernels::Kernels,
+    /// The allocations as kernels see them, rebuilt after an allocation or free.
+    mem_view: Option<Arc<vm::Memory>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -329,6 +341,7 @@ impl Emu {
             tokens: Arc::new(Mutex::new(HashMap::new())),
             bounced: Arc::new(AtomicU64::new(0)),
             kern: kernels::Kernels::new(stats.session_id.load(Ordering::Relaxed)),
+            mem_view: None,
         })
     }
 
@@ -345,6 +358,12 @@ impl Emu {
         let (_, a) = self.allocs.range(..=ptr).next_back()?;
         let end = ptr.checked_add(len)?;
         (end <= a.base + a.len).then(|| (a.clone(), (ptr - a.base) as usize))
+    }
+
+    /// Device memory as a kernel launched now sees it.
+    fn mem_view(&mut self) -> Arc<vm::Memory> {
+        let allocs = &self.allocs;
+        self.mem_view.get_or_insert_with(|| Arc::new(vm::Memory::new(allocs.values().cloned().collect()))).clone()
     }
 
     fn alloc(&mut self, size: u64) -> Result<u64, Status> {
@@ -366,6 +385,7 @@ impl Emu {
         let base = self.next_addr;
         self.next_addr = base + size.div_ceil(ALIGN) * ALIGN + GUARD;
         self.allocs.insert(base, Arc::new(Alloc { base, len: size, owner, data: RwLock::new(map) }));
+        self.mem_view = None;
         self.in_use += size;
         self.stats.mem_in_use.store(self.in_use, Ordering::Relaxed);
         self.stats.mem_peak.fetch_max(self.in_use, Ordering::Relaxed);
@@ -384,6 +404,7 @@ impl Emu {
     fn free_owned(&mut self, ptr: u64) -> Status {
         match self.allocs.remove(&ptr) {
             Some(a) => {
+                self.mem_view = None;
                 self.in_use -= a.len;
                 self.stats.mem_in_use.store(self.in_use, Ordering::Relaxed);
                 Status::Ok
@@ -461,12 +482,11 @@ impl Emu {
 
     fn device_info(&self) -> DeviceInfo {
         let mut d = DeviceInfo::default();
-        let name = b"vgpu emu (CPU stand-in, no kernel execution)";
+        let name = b"vgpu emu (CPU device, PTX interpreter)";
         d.name[..name.len()].copy_from_slice(name);
         d.total_mem = self.limits.mem_total;
         d.multiprocessors = 16;
-        d.cc_major = 8;
-        d.cc_minor = 0;
+        (d.cc_major, d.cc_minor) = crate::modules::EMU_CC;
         d.warp_size = 32;
         d.max_threads_per_block = 1024;
         d.shared_mem_per_block = 48 << 10;
@@ -868,7 +888,12 @@ fn after_streams<'a>(streams: impl Iterator<Item = &'a StreamWorker> + Clone, se
     None
 }
 
+/// A completion. A [`Status::DeviceError`] carries the device's `CUresult` in `result[0]`
+/// inside the emulator; on the wire it travels in `aux`.
 fn reply(seq: u64, status: Status, result: [u64; 2]) -> Completion {
+    if status == Status::DeviceError {
+        return Completion { seq, status: status as u32, aux: result[0] as u32, result: [0, 0] };
+    }
     Completion { seq, status: status as u32, aux: 0, result }
 }
 
@@ -899,6 +924,7 @@ impl Executor for Emu {
         self.events.clear();
         self.kern.clear();
         self.allocs.clear();
+        self.mem_view = None;
         self.in_use = 0;
         self.stats.mem_in_use.store(0, Ordering::Relaxed);
         self.stats.streams.store(0, Ordering::Relaxed);

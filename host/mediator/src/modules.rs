@@ -305,10 +305,28 @@ pub struct ParsedGlobal {
     pub init: Option<Vec<u8>>,
 }
 
+/// The module's PTX for the emulator's interpreter: the entry chosen for [`EMU_CC`], parsed.
+#[derive(Clone)]
+pub struct Ptx {
+    /// The `XX` of the `compute_XX` entry.
+    pub arch: u32,
+    pub program: Arc<vgpu_ptx::program::Program>,
+}
+
+impl std::fmt::Debug for Ptx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Ptx(compute_{}, {} functions)", self.arch, self.program.module().functions.len())
+    }
+}
+
 /// The emulator's (and the cuda executor's fallback) view of a module: its kernels with their
 /// parameter layouts and the attributes the cubin states, and its variables.
 #[derive(Clone, Debug)]
 pub struct ParsedModule {
+    /// The PTX emu executes ([`parse_emu`] only; `None`: the module has no PTX emu can run).
+    pub ptx: Option<Ptx>,
+    /// Described from the PTX alone (no cubin): sizes known only from lowering are 0.
+    pub from_ptx: bool,
     pub kernels: Vec<ParsedKernel>,
     pub globals: Vec<ParsedGlobal>,
     /// The `XX` of the `sm_XX` cubin the view comes from.
@@ -329,7 +347,7 @@ impl ParsedModule {
 }
 
 /// The emu device's compute capability: [`parse`] picks the best cubin for it, else the first.
-pub const EMU_CC: (u32, u32) = (8, 0);
+pub const EMU_CC: (u32, u32) = (9, 0);
 
 /// Parse a module for the emulator: the best cubin for [`EMU_CC`], else the first cubin of any
 /// architecture (emu runs nothing, so any cubin describes the kernels). Errors: InvalidImage
@@ -337,6 +355,104 @@ pub const EMU_CC: (u32, u32) = (8, 0);
 /// e.g. PTX only); the message names the module and the reason, and is logged (`warn!`).
 pub fn parse(img: &Image) -> Result<ParsedModule, (Status, String)> {
     parse_inner(img, EMU_CC, true)
+}
+
+/// Parse a module for the emulator's interpreter: [`parse`]'s view plus the PTX to execute, the
+/// entry of the highest `compute_XX` at or below [`EMU_CC`] (PTX runs on any later device). A
+/// fat binary with PTX and no cubin (`-gencode arch=compute_75,code=compute_75`, Ollama's CUDA 13
+/// build) is described from the PTX: parameter layouts from the `.entry` signatures, variables
+/// from the module's `.global`/`.const` declarations. A module with no usable PTX still loads
+/// (its kernels can be looked up and queried); launching one completes with NoKernelImage.
+/// Errors: [`parse`]'s, InvalidImage for PTX that does not parse (naming the line), and
+/// NoKernelImage for a module with neither a cubin nor PTX emu can run.
+pub fn parse_emu(img: &Image) -> Result<ParsedModule, (Status, String)> {
+    let r = parse_emu_inner(img);
+    if let Err((s, msg)) = &r {
+        warn!(target: "vgpu::modules", hash = format_args!("{:x}", img.hash), status = s.name(), "module refused: {msg}");
+    }
+    r
+}
+
+fn parse_emu_inner(img: &Image) -> Result<ParsedModule, (Status, String)> {
+    let module = format!("module {:x}", img.hash);
+    let fb = Fatbin::parse(&img.bytes).map_err(|e| (Status::InvalidImage, format!("{module}: {e}")))?.with_name(format!("{:x}", img.hash));
+    let cc = EMU_CC.0 * 10 + EMU_CC.1;
+    let best = fb.entries.iter().filter(|e| e.kind == EntryKind::Ptx && e.arch <= cc).max_by_key(|e| (e.arch, std::cmp::Reverse(e.index)));
+    let ptx = match best {
+        None => None,
+        Some(entry) => {
+            let data = entry.data().map_err(|e| (Status::InvalidImage, e.to_string()))?;
+            // The text ends at its first NUL (entries are padded).
+            let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
+            let text = std::str::from_utf8(&data[..end])
+                .map_err(|e| (Status::InvalidImage, format!("{module}: compute_{} PTX is not UTF-8: {e}", entry.arch)))?;
+            let t0 = std::time::Instant::now();
+            let program = vgpu_ptx::program::Program::parse(Arc::from(text))
+                .map_err(|err| (Status::InvalidImage, format!("{module}: compute_{} PTX: {err}", entry.arch)))?;
+            debug!(
+                target: "vgpu::modules", "{module}: compute_{} PTX, {} bytes, {} functions, declarations read in {:?}",
+                entry.arch, text.len(), program.module().functions.len(), t0.elapsed()
+            );
+            Some(Ptx { arch: entry.arch, program: Arc::new(program) })
+        }
+    };
+    let has_cubin = fb.entries.iter().any(|e| e.kind == EntryKind::Elf);
+    let mut parsed = match (has_cubin, &ptx) {
+        (true, _) | (false, None) => parse_image(img, EMU_CC, true)?,
+        (false, Some(p)) => from_ptx(&module, p)?,
+    };
+    parsed.ptx = ptx;
+    Ok(parsed)
+}
+
+/// A module's description from its PTX alone (a fat binary without a cubin).
+fn from_ptx(module: &str, p: &Ptx) -> Result<ParsedModule, (Status, String)> {
+    let m = p.program.module();
+    let mut kernels = Vec::new();
+    for f in m.entries() {
+        let (slots, total) =
+            p.program.signature(&f.name).unwrap_or(Ok((Vec::new(), 0))).map_err(|e| (Status::InvalidImage, format!("{module}: {e}")))?;
+        if slots.len() > MAX_PARAMS || u64::from(total) > MAX_PARAM_BYTES {
+            return Err((
+                Status::InvalidImage,
+                format!("{module}: kernel {}: {} parameters of {total} bytes exceed the limits", f.name, slots.len()),
+            ));
+        }
+        let bound =
+            |d: &str| f.directives.iter().find(|(n, _)| n == d).map(|(_, v)| v.iter().map(|&x| x.max(1)).fold(1u64, u64::saturating_mul));
+        let max_threads = bound("maxntid").or_else(|| bound("reqntid")).unwrap_or(1024).min(1024) as u32;
+        let info = FuncInfo {
+            num_params: slots.len() as u32,
+            param_bytes: total,
+            max_threads_per_block: max_threads,
+            // Static shared and local sizes are known once the body is lowered (FuncGet).
+            shared_size_bytes: 0,
+            const_size_bytes: 0,
+            local_size_bytes: 0,
+            num_regs: 0,
+            ptx_version: p.arch,
+            binary_version: p.arch,
+            cache_mode_ca: 0,
+            max_dynamic_shared_size_bytes: DEFAULT_DYNAMIC_SHARED,
+            preferred_shmem_carveout: -1,
+            _reserved: [0; 4],
+        };
+        let params = slots.iter().map(|s| ParamInfo { offset: s.offset, size: s.size }).collect();
+        kernels.push(ParsedKernel { name: f.name.clone(), info, params });
+    }
+    let globals = p
+        .program
+        .device_variables()
+        .map(|(_, v)| ParsedGlobal {
+            name: v.name.clone(),
+            size: v.size(),
+            constant: v.space == vgpu_ptx::ast::Space::Const,
+            // Written at load from the PTX initializers (they may name other symbols).
+            init: None,
+        })
+        .collect();
+    debug!(target: "vgpu::modules", "{module}: PTX only (compute_{}), {} kernels", p.arch, kernels.len());
+    Ok(ParsedModule { ptx: None, from_ptx: true, kernels, globals, arch: p.arch, ptx_version: p.arch, binary_version: p.arch })
 }
 
 /// Parse a module for a device of compute capability `cc`: only a cubin that runs there
@@ -413,7 +529,7 @@ fn parse_image(img: &Image, cc: (u32, u32), any: bool) -> Result<ParsedModule, (
         })
         .collect();
     debug!(target: "vgpu::modules", "{module}: sm_{arch} cubin, {} kernels, {} variables", cubin.kernels.len(), cubin.globals.len());
-    Ok(ParsedModule { kernels, globals, arch, ptx_version, binary_version: arch })
+    Ok(ParsedModule { ptx: None, from_ptx: false, kernels, globals, arch, ptx_version, binary_version: arch })
 }
 
 /// Threads in a block of dimensions `d` (a kernel's `EIATTR_MAX_THREADS` or `EIATTR_REQNTID`),
@@ -453,7 +569,7 @@ pub struct DeviceLimits {
 }
 
 impl DeviceLimits {
-    /// Compute capability 8.0 (A100): what the emu device reports.
+    /// Compute capability 8.0 (A100).
     pub const fn cc80() -> DeviceLimits {
         DeviceLimits {
             max_threads_per_block: 1024,
@@ -471,6 +587,11 @@ impl DeviceLimits {
             max_blocks_per_sm: 32,
             warp_size: 32,
         }
+    }
+
+    /// Compute capability 9.0 (H100/H200, the class vgpu serves): what the emu device reports.
+    pub const fn cc90() -> DeviceLimits {
+        DeviceLimits { shared_per_block_optin: 227 << 10, shared_per_sm: 228 << 10, ..DeviceLimits::cc80() }
     }
 }
 

@@ -131,6 +131,8 @@ fn stats_json(s: &ServerStats) -> Value {
         "streams": l(&s.streams),
         "events": l(&s.events),
         "launches": l(&s.launches),
+        "kernel_warp_insts": l(&s.kernel_warp_insts),
+        "kernel_faults": l(&s.kernel_faults),
         "modules_loaded": l(&s.modules_loaded),
         "modules_cached": l(&s.modules_cached),
         "graph_launches": l(&s.graph_launches),

@@ -152,6 +152,18 @@ type R<T> = Result<T, ExecError>;
 /// Run `k` over `launch` on `mem`. Returns, when every thread has exited, the number of warp
 /// instructions run; or the first error (the launch's effects so far stay, as on a device).
 pub fn run(k: &Kernel, launch: &Launch<'_>, mem: &dyn Memory, cancel: &dyn Fn() -> bool) -> R<u64> {
+    run_blocks(k, launch, mem, cancel, 0..block_count(launch))
+}
+
+/// Blocks in `launch`'s grid.
+pub fn block_count(launch: &Launch<'_>) -> u64 {
+    launch.grid.iter().map(|&d| u64::from(d)).product()
+}
+
+/// [`run`] for the blocks of linear index `blocks` only (x fastest, then y, then z), in
+/// increasing order: a device runs disjoint ranges of one launch on several threads. The
+/// budget is this call's.
+pub fn run_blocks(k: &Kernel, launch: &Launch<'_>, mem: &dyn Memory, cancel: &dyn Fn() -> bool, blocks: std::ops::Range<u64>) -> R<u64> {
     let bad = |what: String| ExecError::BadLaunch { kernel: k.name.clone(), what };
     if (launch.params.len() as u64) < u64::from(k.param_bytes) {
         return Err(bad(format!("{} bytes of parameters, the kernel takes {}", launch.params.len(), k.param_bytes)));
@@ -168,14 +180,11 @@ pub fn run(k: &Kernel, launch: &Launch<'_>, mem: &dyn Memory, cancel: &dyn Fn() 
         return Err(bad(format!("{shared_len} bytes of shared memory")));
     }
     let mut cx = Ctx { k, l: launch, mem, shared: vec![0; shared_len as usize], ctaid: [0; 3], steps: 0, depth: 0, cancel };
-    for z in 0..launch.grid[2] {
-        for y in 0..launch.grid[1] {
-            for x in 0..launch.grid[0] {
-                cx.ctaid = [x, y, z];
-                cx.shared.fill(0);
-                run_block(&mut cx, threads as u32)?;
-            }
-        }
+    let [gx, gy, _] = launch.grid.map(u64::from);
+    for b in blocks.start..blocks.end.min(block_count(launch)) {
+        cx.ctaid = [(b % gx) as u32, (b / gx % gy) as u32, (b / (gx * gy)) as u32];
+        cx.shared.fill(0);
+        run_block(&mut cx, threads as u32)?;
     }
     Ok(cx.steps)
 }

@@ -44,7 +44,7 @@ int main(int argc, char **argv) {
   }
   cu_init("gpubench");
   if (cu_emu) {
-    fprintf(stderr, "gpubench: the device is the vgpu emu executor, which runs no kernels: nothing to measure\n");
+    fprintf(stderr, "gpubench: the device is the vgpu emu executor (a CPU interpreter), not a GPU: nothing to measure\n");
     return 3;
   }
   printf("BENCH device \"%s\"\n", cu_prop.name);

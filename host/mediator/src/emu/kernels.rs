@@ -15,15 +15,16 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tracing::debug;
+use tracing::{debug, warn};
 use vgpu_transport::wire::{self, func_attr, launch, Call, Command, FuncInfo, ModuleHash, ParamInfo, Status, MAX_MODULE_LEN};
 use vgpu_transport::Completer;
 
+use super::vm;
 use super::{after_streams, completion_result, Alloc, Done, Emu, Ordering};
 use crate::modules::{self, DeviceLimits, Image, LaunchLog, LaunchRecord, ModuleCache, ParsedModule, Uploads};
 
-/// The emulated device's limits (compute capability 8.0).
-pub const DEVICE: DeviceLimits = DeviceLimits::cc80();
+/// The emulated device's limits (compute capability 9.0, [`modules::EMU_CC`]).
+pub const DEVICE: DeviceLimits = DeviceLimits::cc90();
 /// Multiprocessors the emu device reports (cooperative launches fit in occupancy × this).
 const SMS: u64 = 16;
 /// Longest device name FuncGet and SymbolGet read.
@@ -45,12 +46,16 @@ struct Module {
     funcs: HashMap<String, u64>,
     /// Variables: name → (device address, size).
     symbols: HashMap<String, (u64, u64)>,
+    /// The device address of each PTX module variable, by index (see [`vm::Kernel::globals`]).
+    globals: Arc<[u64]>,
 }
 
 struct Func {
     name: Arc<str>,
     info: FuncInfo,
     params: Vec<ParamInfo>,
+    /// What a launch runs; `None`: the module has no PTX emu can run (NoKernelImage).
+    kernel: Option<Arc<vm::Kernel>>,
     /// Cluster attributes set with FuncSetAttr (validated, stored, not otherwise used).
     attrs: HashMap<u64, i32>,
 }
@@ -94,7 +99,7 @@ struct Capture {
 
 /// A node resolved against the session's allocations, ready to run.
 enum Op {
-    Launch(LaunchRecord),
+    Launch(LaunchRecord, u64, Option<Arc<vm::Kernel>>),
     Memset(Arc<Alloc>, usize, usize, u8),
     HtoD(Arc<Alloc>, usize, u64, usize),
     DtoH(Arc<Alloc>, usize, u64, usize),
@@ -214,7 +219,79 @@ pub(super) fn copy_d2d(da: &Alloc, dat: usize, sa: &Alloc, sat: usize, len: usiz
     }
 }
 
+/// What a stream job needs to run launches: the memory view at queue time, the limits, and
+/// the session's end.
+struct Runner {
+    session: u64,
+    mem: Arc<vm::Memory>,
+    limits: vm::Limits,
+    gate: Arc<super::Gate>,
+    stats: &'static vgpu_transport::ServerStats,
+}
+
+impl Runner {
+    /// Record `rec` and run it: `(Ok, _)`, NoKernelImage (no PTX for it), or DeviceError with
+    /// the `CUresult` in `result[0]`.
+    fn launch(&self, r: &Recorder, rec: LaunchRecord, flags: u64, kernel: Option<&vm::Kernel>) -> (Status, [u64; 2]) {
+        let params = rec.params.clone();
+        let shape = vm::Shape {
+            grid: rec.grid,
+            block: rec.block,
+            dynamic_shared: u32::try_from(rec.shared).unwrap_or(u32::MAX),
+            params: &params,
+            cooperative: flags & launch::COOPERATIVE != 0,
+        };
+        r.record(rec);
+        let Some(k) = kernel else { return (Status::NoKernelImage, [0, 0]) };
+        let gate = &self.gate;
+        match vm::run(self.session, k, &shape, &self.mem, &self.limits, &|| gate.is_closed()) {
+            Ok(steps) => {
+                self.stats.kernel_warp_insts.fetch_add(steps, Ordering::Relaxed);
+                (Status::Ok, [0, 0])
+            }
+            Err(code) => {
+                self.stats.kernel_faults.fetch_add(1, Ordering::Relaxed);
+                (Status::DeviceError, [u64::from(code), 0])
+            }
+        }
+    }
+}
+
+/// Prepare `k` of module `m` for launching (FuncGet): its PTX kernel lowered with every function
+/// it calls, checked against the cubin's parameter layout; for a PTX-only module, the static
+/// shared and local sizes the lowering found. `None` if the module has no PTX.
+fn prepare(m: &Module, k: &mut modules::ParsedKernel) -> Result<Option<Arc<vm::Kernel>>, Status> {
+    let Some(ptx) = &m.parsed.ptx else { return Ok(None) };
+    let module = format!("module {:x}", m.hash);
+    let entry = ptx.program.entry(&k.name).map_err(|e| {
+        warn!(target: "vgpu::emu", "{module}: kernel {} cannot run on emu: {e}", k.name);
+        Status::InvalidImage
+    })?;
+    let kern = &entry.kernel;
+    let ptx_layout: Vec<(u32, u32)> = kern.params.iter().map(|p| (p.offset, p.size)).collect();
+    let layout: Vec<(u32, u32)> = k.params.iter().map(|p| (p.offset, p.size)).collect();
+    if ptx_layout != layout || kern.param_bytes > k.info.param_bytes {
+        warn!(
+            target: "vgpu::emu",
+            "{module}: kernel {}: the PTX parameters {ptx_layout:?} ({} bytes) differ from the cubin's {layout:?} ({} bytes)",
+            k.name, kern.param_bytes, k.info.param_bytes
+        );
+        return Err(Status::InvalidImage);
+    }
+    if m.parsed.from_ptx {
+        // Described from the PTX (no cubin): the sizes the lowering found.
+        k.info.shared_size_bytes = kern.shared_bytes;
+        k.info.local_size_bytes = kern.local_bytes;
+        k.info.max_dynamic_shared_size_bytes = modules::DEFAULT_DYNAMIC_SHARED.saturating_sub(kern.shared_bytes);
+    }
+    Ok(Some(Arc::new(vm::Kernel { entry, globals: m.globals.clone() })))
+}
+
 impl Emu {
+    fn runner(&mut self) -> Runner {
+        Runner { session: self.kern.session, mem: self.mem_view(), limits: self.limits.kernels, gate: self.gate.clone(), stats: self.stats }
+    }
+
     fn recorder(&self) -> Recorder {
         Recorder { seq: self.kern.launch_seq.clone(), log: self.kern.log.clone(), stats: self.stats }
     }
@@ -288,17 +365,21 @@ impl Emu {
                 let g = (grid[0], grid[1], grid[2]);
                 modules::validate_launch(&f.info, g, (block[0], block[1], block[2]), *shared, params.len() as u64, &DEVICE)?;
                 cooperative_fits(&f.info, *grid, *block, *flags, *shared)?;
-                Op::Launch(LaunchRecord {
-                    session: self.kern.session,
-                    seq: 0,
-                    stream,
-                    kernel: name.to_string(),
-                    grid: *grid,
-                    block: *block,
-                    shared: *shared,
-                    params: params.clone(),
-                    graph: true,
-                })
+                Op::Launch(
+                    LaunchRecord {
+                        session: self.kern.session,
+                        seq: 0,
+                        stream,
+                        kernel: name.to_string(),
+                        grid: *grid,
+                        block: *block,
+                        shared: *shared,
+                        params: params.clone(),
+                        graph: true,
+                    },
+                    *flags,
+                    f.kernel.clone(),
+                )
             }
             Node::Memset { dst, value, len } => {
                 let (a, at) = resolve(*dst, *len)?;
@@ -403,8 +484,10 @@ impl Emu {
                         if self.kern.funcs.len() >= max_functions {
                             return Err(Status::QuotaExceeded);
                         }
+                        let mut k = k;
+                        let kernel = prepare(m, &mut k)?;
                         let h = u64::from(self.handle());
-                        let f = Func { name: Arc::from(name.as_str()), info: k.info, params: k.params, attrs: HashMap::new() };
+                        let f = Func { name: Arc::from(name.as_str()), info: k.info, params: k.params, kernel, attrs: HashMap::new() };
                         self.kern.funcs.insert(h, f);
                         if let Some(m) = self.kern.modules.get_mut(&module) {
                             m.funcs.insert(name, h);
@@ -419,9 +502,10 @@ impl Emu {
             }
             Call::Launch => {
                 let node = self.launch_node(&a)?;
-                let Node::Launch { name, grid, block, shared, params, .. } = node else {
+                let Node::Launch { name, grid, block, shared, params, flags, .. } = node else {
                     return Err(Status::InvalidArgument);
                 };
+                let kernel = self.func(a[0])?.kernel.clone();
                 let rec = LaunchRecord {
                     session: self.kern.session,
                     seq: 0,
@@ -434,11 +518,14 @@ impl Emu {
                     graph: false,
                 };
                 let r = self.recorder();
-                // Recorded when the stream reaches it; the emulator cannot run it.
-                self.queue(cmd, 0, done, move || {
-                    r.record(rec);
-                    Status::NotSupported
-                })
+                let run = self.runner();
+                // Recorded and run when the stream reaches it, on the stream's thread (never
+                // inline on the dispatcher: a kernel may run long).
+                completion_result(
+                    self.enqueue(cmd.stream, cmd.seq, u64::MAX, done, move || {
+                        Done::reply(Some(run.launch(&r, rec, flags, kernel.as_deref())))
+                    }),
+                )
             }
             Call::SymbolGet => {
                 let (module, off, len, size) = (a[0], a[1], a[2], a[3]);
@@ -584,20 +671,30 @@ impl Emu {
                 self.stream(cmd.stream)?;
                 let ops = nodes.iter().map(|n| self.resolve_node(n, cmd.stream)).collect::<Result<Vec<Op>, Status>>()?;
                 self.stats.graph_launches.fetch_add(1, Ordering::Relaxed);
-                let launches = ops.iter().any(|o| matches!(o, Op::Launch(_)));
+                let launches = ops.iter().any(|o| matches!(o, Op::Launch(..)));
                 let cost: u64 = ops
                     .iter()
                     .map(|o| match o {
-                        Op::Launch(_) => 0,
+                        Op::Launch(..) => u64::MAX,
                         Op::Memset(_, _, n, _) | Op::HtoD(_, _, _, n) | Op::DtoH(_, _, _, n) | Op::DtoD(_, _, _, _, n) => *n as u64,
                     })
                     .fold(0u64, u64::saturating_add);
                 let (r, region, stats) = (self.recorder(), self.region.clone(), self.stats);
-                self.queue(cmd, cost, done, move || {
+                let run = launches.then(|| self.runner());
+                completion_result(self.enqueue(cmd.stream, cmd.seq, cost, done, move || {
                     let mut status = Status::Ok;
+                    let mut result = [0, 0];
                     for op in ops {
+                        if status != Status::Ok {
+                            // A failed node ends the replay, as a fault ends a GPU's.
+                            break;
+                        }
                         match op {
-                            Op::Launch(rec) => r.record(rec),
+                            Op::Launch(rec, flags, kernel) => {
+                                if let Some(run) = &run {
+                                    (status, result) = run.launch(&r, rec, flags, kernel.as_deref());
+                                }
+                            }
                             Op::Memset(a, at, len, v) => {
                                 a.data.write().unwrap_or_else(|e| e.into_inner())[at..at + len].fill(v);
                             }
@@ -621,12 +718,8 @@ impl Emu {
                             }
                         }
                     }
-                    if status == Status::Ok && launches {
-                        Status::NotSupported
-                    } else {
-                        status
-                    }
-                })
+                    Done::reply(Some((status, result)))
+                }))
             }
             Call::GraphDestroy => {
                 let g = self.kern.graphs.remove(&a[0]).ok_or(Status::InvalidHandle)?;
@@ -664,7 +757,7 @@ impl Emu {
             match self.kern.modules.values().find(|m| m.hash == hash && m.image.bytes.len() as u64 == len) {
                 Some(m) => (img, m.parsed.clone(), true),
                 None => {
-                    let p = modules::parse(&img).map_err(|(s, _)| s)?;
+                    let p = modules::parse_emu(&img).map_err(|(s, _)| s)?;
                     (img, Arc::new(p), true)
                 }
             }
@@ -672,7 +765,7 @@ impl Emu {
             (m.image.clone(), m.parsed.clone(), false)
         } else {
             let img = self.kern.cache.get(hash, len).ok_or(Status::NotFound)?;
-            let p = modules::parse(&img).map_err(|(s, _)| s)?;
+            let p = modules::parse_emu(&img).map_err(|(s, _)| s)?;
             (img, Arc::new(p), false)
         };
         let h = u64::from(self.handle());
@@ -695,6 +788,15 @@ impl Emu {
             }
             symbols.insert(g.name.clone(), (addr, g.size));
         }
+        let globals = match self.ptx_variables(&parsed, h, &mut symbols) {
+            Ok(g) => g,
+            Err(s) => {
+                for (addr, _) in symbols.values() {
+                    self.free_owned(*addr);
+                }
+                return Err(s);
+            }
+        };
         if uploaded {
             self.kern.cache.put(&image);
         } else {
@@ -705,7 +807,40 @@ impl Emu {
             target: "vgpu::emu", module = h, hash = format_args!("{hash:x}"), len, uploaded,
             kernels = parsed.kernels.len(), variables = parsed.globals.len(), "module loaded"
         );
-        self.kern.modules.insert(h, Module { hash, image, parsed, funcs: HashMap::new(), symbols });
+        self.kern.modules.insert(h, Module { hash, image, parsed, funcs: HashMap::new(), symbols, globals });
         Ok(h)
+    }
+
+    /// The PTX's `.global`/`.const` variables: each one the cubin did not describe is allocated
+    /// too (owned by module `h`), then every one gets the PTX's initial bytes (address
+    /// initializers resolved against the module's symbols). Returns the address of each PTX
+    /// variable by index, what the interpreter's `Launch::globals` takes.
+    fn ptx_variables(&mut self, parsed: &ParsedModule, h: u64, symbols: &mut HashMap<String, (u64, u64)>) -> Result<Arc<[u64]>, Status> {
+        let Some(ptx) = &parsed.ptx else { return Ok(Arc::from(Vec::new())) };
+        let m = ptx.program.module();
+        let mut globals = vec![0u64; m.variables.len()];
+        for (i, v) in ptx.program.device_variables() {
+            let addr = match symbols.get(&v.name) {
+                Some(&(addr, _)) => addr,
+                None => {
+                    let addr = self.alloc_owned(v.size().max(1), h)?;
+                    symbols.insert(v.name.clone(), (addr, v.size()));
+                    addr
+                }
+            };
+            globals[i] = addr;
+        }
+        for (i, v) in ptx.program.device_variables() {
+            if v.init.is_none() {
+                continue;
+            }
+            let bytes = v.init_bytes(&|name| symbols.get(name).map(|s| s.0));
+            if let Some(al) = self.allocs.get(&globals[i]) {
+                let mut d = al.data.write().unwrap_or_else(|e| e.into_inner());
+                let n = bytes.len().min(d.len());
+                d[..n].copy_from_slice(&bytes[..n]);
+            }
+        }
+        Ok(Arc::from(globals))
     }
 }
