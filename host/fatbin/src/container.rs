@@ -21,7 +21,8 @@ const ENTRY_HEADER_MIN: u64 = 64;
 pub const FLAG_64BIT: u64 = 0x1;
 /// Entry flag: compiled with debug information (`-G`).
 pub const FLAG_DEBUG: u64 = 0x2;
-/// Entry flag: payload compressed with LZ4 (fatbinary of CUDA 11.x-12.x). Not decompressed here.
+/// Entry flag: payload is one raw LZ4 block (fatbinary of CUDA 11.x-12.x; CUDA 13's
+/// `-compress-mode=speed`).
 pub const FLAG_COMPRESSED_LZ4: u64 = 0x2000;
 /// Entry flag: payload is one Zstandard frame (fatbinary of CUDA 13, the default for PTX).
 pub const FLAG_COMPRESSED_ZSTD: u64 = 0x8000;
@@ -134,15 +135,12 @@ impl<'a> Entry<'a> {
         Error::Compressed { module: self.module.clone(), kind: self.kind, arch: self.arch, reason }
     }
 
-    /// The image: the payload itself, or its decompression (Zstandard). LZ4-compressed entries
-    /// give [`Error::Compressed`] naming the module and the reason.
+    /// The image: the payload itself, or its decompression (Zstandard or LZ4), which must have
+    /// exactly the size the header declares ([`Entry::uncompressed_len`], at most
+    /// [`MAX_DECOMPRESSED_LEN`]). Corrupt or mis-sized compressed data is [`Error::Compressed`]
+    /// naming the module and the reason.
     pub fn data(&self) -> Result<Cow<'a, [u8]>> {
-        if self.flags & FLAG_COMPRESSED_LZ4 != 0 {
-            return Err(self.compressed(
-                "LZ4 compression (fatbinary of CUDA 11-12) is not supported; rebuild with `-Xfatbin -compress-all=false` or CUDA 13".into(),
-            ));
-        }
-        if self.flags & FLAG_COMPRESSED_ZSTD == 0 {
+        if !self.is_compressed() {
             return Ok(Cow::Borrowed(self.payload));
         }
         if self.uncompressed_len > MAX_DECOMPRESSED_LEN {
@@ -151,6 +149,19 @@ impl<'a> Entry<'a> {
                 self.uncompressed_len
             )));
         }
+        if self.flags & FLAG_COMPRESSED_ZSTD != 0 {
+            if self.flags & FLAG_COMPRESSED_LZ4 != 0 {
+                return Err(self.compressed("flagged both LZ4 and Zstandard".into()));
+            }
+            self.zstd()
+        } else {
+            self.lz4()
+        }
+    }
+
+    /// Zstandard (flag `0x8000`, CUDA 13's `-compress-mode=default|size|balance`): the payload's
+    /// first `compressed size` bytes are one Zstandard frame.
+    fn zstd(&self) -> Result<Cow<'a, [u8]>> {
         let mut src = self.payload;
         let decoder =
             ruzstd::decoding::StreamingDecoder::new(&mut src).map_err(|e| self.compressed(format!("bad Zstandard frame: {e}")))?;
@@ -161,15 +172,52 @@ impl<'a> Entry<'a> {
             .take(self.uncompressed_len + 1)
             .read_to_end(&mut out)
             .map_err(|e| self.compressed(format!("corrupt Zstandard data: {e}")))?;
-        if out.len() as u64 != self.uncompressed_len {
+        self.check_len(out.len() as u64, out.len() as u64 > self.uncompressed_len)?;
+        Ok(Cow::Owned(out))
+    }
+
+    /// LZ4 (flag `0x2000`): CUDA 13's `-compress-mode=speed`, and fatbinary's compression before
+    /// CUDA 13. What nvcc 13.0 writes (checked on `tests/data/tiny_speed.fatbin`): the payload's
+    /// first `compressed size` bytes are one *raw LZ4 block* (no LZ4 frame: no magic
+    /// `04 22 4D 18`, no block headers, no checksum; the first byte is already a sequence token),
+    /// then zero padding up to the payload size (a multiple of 8). The block's output size is not
+    /// stored in it: the header's decompressed size is the output buffer, which the block must
+    /// fill exactly.
+    fn lz4(&self) -> Result<Cow<'a, [u8]>> {
+        // One LZ4 input byte yields at most 255 output bytes (a length-extension byte of 0xff),
+        // so a declared size beyond that bound is a lie: refuse it before allocating the buffer
+        // (a 100-byte payload cannot make us allocate 256 MiB).
+        let bound = (self.stored_len() + 1).saturating_mul(255);
+        if self.uncompressed_len > bound {
             return Err(self.compressed(format!(
-                "decompressed to {}{} bytes, header says {}",
-                out.len(),
-                if out.len() as u64 > self.uncompressed_len { "+" } else { "" },
-                self.uncompressed_len
+                "declared decompressed size {} is more than {} bytes of LZ4 data can hold",
+                self.uncompressed_len,
+                self.stored_len()
             )));
         }
+        // In range: at most MAX_DECOMPRESSED_LEN, checked by the caller.
+        let mut out = vec![0u8; self.uncompressed_len as usize];
+        let n = lz4_flex::block::decompress_into(self.payload, &mut out).map_err(|e| match e {
+            lz4_flex::block::DecompressError::OutputTooSmall { .. } => {
+                self.compressed(format!("LZ4 data decompresses to more than the {} bytes the header declares", self.uncompressed_len))
+            }
+            e => self.compressed(format!("corrupt LZ4 data: {e}")),
+        })?;
+        self.check_len(n as u64, false)?;
         Ok(Cow::Owned(out))
+    }
+
+    /// The decompressed size must be the declared one (`more`: output went on past it).
+    fn check_len(&self, got: u64, more: bool) -> Result<()> {
+        if got == self.uncompressed_len && !more {
+            return Ok(());
+        }
+        Err(self.compressed(format!(
+            "decompressed to {}{} bytes, header says {}",
+            got.min(self.uncompressed_len + 1),
+            if more { "+" } else { "" },
+            self.uncompressed_len
+        )))
     }
 }
 

@@ -74,7 +74,7 @@ fn fields_and_selection() {
     assert_eq!(fb.best_cubin(7, 5).unwrap().arch, 75);
     assert_eq!(fb.best_cubin(8, 0).unwrap().arch, 80);
     assert_eq!(fb.best_cubin(8, 9).unwrap().arch, 86);
-    // LZ4 is reported, naming the module and the reason.
+    // LZ4 that is not a valid block is reported, naming the module and the reason.
     let err = fb.best_cubin(8, 6).unwrap().data().unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::Compressed { arch: 86, .. }), "{msg}");
