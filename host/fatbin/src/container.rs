@@ -207,6 +207,42 @@ impl<'a> Entry<'a> {
         Ok(Cow::Owned(out))
     }
 
+    /// The text of a PTX entry: [`Entry::data`] (decompressed if need be) without its trailing
+    /// NULs (fatbinary stores the C string's terminator, and an uncompressed payload is padded
+    /// with NULs to a multiple of 8), checked to be UTF-8 (PTX is ASCII; its comments may carry
+    /// UTF-8 file names). Borrowed when the entry is not compressed. Errors:
+    /// [`Error::BadPtx`] for an entry that is not PTX, text that is not UTF-8 (naming the byte),
+    /// or a NUL before the end of the text (a JIT reading a C string would silently stop there,
+    /// so the text is refused rather than cut); decompression errors as [`Entry::data`].
+    pub fn ptx_text(&self) -> Result<Cow<'a, str>> {
+        let bad = |reason: String| Error::BadPtx { module: self.module.clone(), arch: self.arch, reason };
+        if self.kind != EntryKind::Ptx {
+            return Err(bad(format!("entry {} is {}, not PTX", self.index, self.kind)));
+        }
+        fn text_len(b: &[u8]) -> usize {
+            b.iter().rposition(|&c| c != 0).map_or(0, |i| i + 1)
+        }
+        let check = |b: &[u8]| -> Result<()> {
+            if let Some(at) = b.iter().position(|&c| c == 0) {
+                return Err(bad(format!("NUL at byte {at} of {} bytes of text", b.len())));
+            }
+            Ok(())
+        };
+        let utf8 = |e: std::str::Utf8Error| bad(format!("not UTF-8 (invalid byte at {})", e.valid_up_to()));
+        match self.data()? {
+            Cow::Borrowed(b) => {
+                let b = &b[..text_len(b)];
+                check(b)?;
+                std::str::from_utf8(b).map(Cow::Borrowed).map_err(utf8)
+            }
+            Cow::Owned(mut v) => {
+                v.truncate(text_len(&v));
+                check(&v)?;
+                String::from_utf8(v).map(Cow::Owned).map_err(|e| utf8(e.utf8_error()))
+            }
+        }
+    }
+
     /// The decompressed size must be the declared one (`more`: output went on past it).
     fn check_len(&self, got: u64, more: bool) -> Result<()> {
         if got == self.uncompressed_len && !more {
@@ -348,6 +384,39 @@ impl<'a> Fatbin<'a> {
         self.name.clone().unwrap_or_else(|| "<unnamed fatbin>".into())
     }
 
+    /// `sm_80, sm_90`-style list of the entries of `kind`, or `none`.
+    fn arch_list(&self, kind: EntryKind, prefix: &str) -> String {
+        let v: Vec<String> = self.entries.iter().filter(|e| e.kind == kind).map(|e| format!("{prefix}_{}", e.arch)).collect();
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    }
+
+    /// The PTX to JIT-compile for compute capability `major.minor`: the PTX entry of the highest
+    /// architecture not above `major * 10 + minor`, of any major version (unlike SASS, PTX for
+    /// `compute_XY` compiles for every later device: compute_75 PTX runs on 8.0, 9.0, 12.0).
+    /// Among equals, a 64-bit one, then the first. Its text: [`Entry::ptx_text`].
+    /// Architecture-specific PTX (`compute_90a`, which does not carry forward) is not told apart:
+    /// the entry header has no flag for it that we know of (as for [`Fatbin::best_cubin`]).
+    /// None: [`Error::NoCompatiblePtx`], listing the PTX and cubin architectures present.
+    pub fn best_ptx(&self, major: u32, minor: u32) -> Result<&Entry<'a>> {
+        let want = major.saturating_mul(10).saturating_add(minor);
+        let best = self
+            .entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::Ptx && e.arch <= want)
+            .max_by_key(|e| (e.arch, e.flags & FLAG_64BIT, std::cmp::Reverse(e.index)));
+        best.ok_or_else(|| Error::NoCompatiblePtx {
+            module: self.module(),
+            major,
+            minor,
+            ptx: self.arch_list(EntryKind::Ptx, "compute"),
+            cubins: self.arch_list(EntryKind::Elf, "sm"),
+        })
+    }
+
     /// The cubin that runs on compute capability `major.minor` and is closest to it: same major
     /// version, highest minor not above `minor` (SASS runs on later minors of its major only).
     /// Among equals, a 64-bit one. Its image may still be compressed: see [`Entry::data`].
@@ -357,22 +426,12 @@ impl<'a> Fatbin<'a> {
             .iter()
             .filter(|e| e.kind == EntryKind::Elf && e.arch / 10 == major && e.arch % 10 <= minor)
             .max_by_key(|e| (e.arch, e.flags & FLAG_64BIT, std::cmp::Reverse(e.index)));
-        best.ok_or_else(|| {
-            let list = |kind: EntryKind, prefix: &str| {
-                let v: Vec<String> = self.entries.iter().filter(|e| e.kind == kind).map(|e| format!("{prefix}_{}", e.arch)).collect();
-                if v.is_empty() {
-                    "none".to_string()
-                } else {
-                    v.join(", ")
-                }
-            };
-            Error::NoCompatibleCubin {
-                module: self.module(),
-                major,
-                minor,
-                cubins: list(EntryKind::Elf, "sm"),
-                ptx: list(EntryKind::Ptx, "compute"),
-            }
+        best.ok_or_else(|| Error::NoCompatibleCubin {
+            module: self.module(),
+            major,
+            minor,
+            cubins: self.arch_list(EntryKind::Elf, "sm"),
+            ptx: self.arch_list(EntryKind::Ptx, "compute"),
         })
     }
 }

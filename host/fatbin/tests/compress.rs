@@ -1,6 +1,8 @@
 //! Committed nvcc 13.0 output (tests/data, rebuilt by tests/data/make.sh from tests/data/tiny.cu):
 //! every `-compress-mode`, LZ4 and Zstandard entries, PTX-only modules. No nvcc needed.
 
+use std::borrow::Cow;
+
 use vgpu_fatbin::{Cubin, Entry, EntryKind, Error, Fatbin, FLAG_COMPRESSED_LZ4, FLAG_COMPRESSED_ZSTD, MAX_DECOMPRESSED_LEN};
 
 fn data(name: &str) -> Vec<u8> {
@@ -37,6 +39,10 @@ fn every_compress_mode_gives_the_uncompressed_images() {
     let (cubin, ptx) = (entry(&none, EntryKind::Elf), entry(&none, EntryKind::Ptx));
     assert!(!cubin.is_compressed() && !ptx.is_compressed());
     check_cubin(cubin.payload);
+    // Uncompressed PTX is borrowed, without the NUL terminator and padding.
+    let none_text = none.best_ptx(8, 0).unwrap().ptx_text().unwrap();
+    assert!(matches!(none_text, Cow::Borrowed(_)));
+    assert!(none_text.contains(".target sm_80") && none_text.contains(".entry add(") && !none_text.ends_with('\0'));
     for (mode, flag) in [
         ("default", FLAG_COMPRESSED_ZSTD),
         ("size", FLAG_COMPRESSED_ZSTD),
@@ -58,6 +64,11 @@ fn every_compress_mode_gives_the_uncompressed_images() {
             assert_eq!(&*e.data().unwrap(), &plain.payload[..n], "{mode} {}", e.kind);
         }
         check_cubin(&fb.best_cubin(8, 0).unwrap().data().unwrap());
+        let text = fb.best_ptx(8, 0).unwrap().ptx_text().unwrap();
+        assert!(matches!(text, Cow::Owned(_)), "decompressed");
+        assert_eq!(text, none_text, "{mode}");
+        // The decompressed PTX is the text and its NUL terminator (1290 bytes here), no padding.
+        assert_eq!(text.len() + 1, entry(&fb, EntryKind::Ptx).uncompressed_len as usize, "{mode}");
     }
 }
 
@@ -195,6 +206,8 @@ fn mutated_compressed_payloads_do_not_panic() {
                         ok += 1;
                         if e.kind == EntryKind::Elf {
                             let _ = Cubin::parse(&d);
+                        } else {
+                            let _ = e.ptx_text();
                         }
                     }
                     Err(Error::Compressed { .. }) => failed += 1,
@@ -206,4 +219,34 @@ fn mutated_compressed_payloads_do_not_panic() {
     eprintln!("mutated entries: {ok} decoded, {failed} refused");
     // Both outcomes happen (unmutated entries of two-entry modules decode fine).
     assert!(ok > 0 && failed > 1000, "ok {ok}, failed {failed}");
+}
+
+/// PTX only (`-gencode arch=compute_75,code=compute_75`), Zstandard and LZ4: PTX carries forward
+/// to every later compute capability, any major; no cubin for any.
+#[test]
+fn ptx_only_modules() {
+    let mut texts = Vec::new();
+    for (name, flag) in [("tiny_ptx75.fatbin", FLAG_COMPRESSED_ZSTD), ("tiny_ptx75_speed.fatbin", FLAG_COMPRESSED_LZ4)] {
+        let bytes = data(name);
+        let fb = Fatbin::parse(&bytes).unwrap().with_name("tiny.so");
+        assert_eq!(fb.entries.len(), 1);
+        assert_eq!(fb.entries[0].flags & (FLAG_COMPRESSED_LZ4 | FLAG_COMPRESSED_ZSTD), flag, "{name}");
+        for (major, minor) in [(7, 5), (7, 9), (8, 0), (8, 6), (9, 0), (10, 0), (12, 0)] {
+            assert_eq!(fb.best_ptx(major, minor).unwrap().arch, 75, "{name} {major}.{minor}");
+        }
+        for (major, minor) in [(7, 0), (7, 2), (6, 1), (0, 0)] {
+            let err = fb.best_ptx(major, minor).unwrap_err();
+            assert!(matches!(err, Error::NoCompatiblePtx { .. }), "{err}");
+            let msg = err.to_string();
+            assert!(msg.contains("tiny.so") && msg.contains("PTX: compute_75") && msg.contains("cubins: none"), "{msg}");
+        }
+        let err = fb.best_cubin(7, 5).unwrap_err().to_string();
+        assert!(err.contains("cubins: none") && err.contains("PTX: compute_75"), "{err}");
+        let text = fb.best_ptx(8, 6).unwrap().ptx_text().unwrap().into_owned();
+        assert!(text.contains(".version 9.0") && text.contains(".target sm_75"), "{text}");
+        assert!(text.contains(".entry add(") && text.contains(".entry _Z5scalePffi("), "{text}");
+        assert!(!text.ends_with('\0'));
+        texts.push(text);
+    }
+    assert_eq!(texts[0], texts[1], "both schemes hold the same text");
 }
