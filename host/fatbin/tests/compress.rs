@@ -141,6 +141,14 @@ fn corrupt_lz4_is_an_error_naming_the_module() {
     // bytes to copy from. Token 0x0f (no literals, match), offset 0xffff.
     let payload_at = off + 64;
     assert_compressed_err(decode(&patched(&bytes, payload_at, &[0x0f, 0xff, 0xff]), EntryKind::Elf), "offset", "corrupt LZ4 data");
+    // An uncompressed cubin flagged LZ4 (the ELF bytes are no LZ4 block of the declared size 0).
+    let plain = data("tiny_none.fatbin");
+    let fb = Fatbin::parse(&plain).unwrap();
+    let c = entry(&fb, EntryKind::Elf);
+    let mut flagged = patched(&plain, c.offset as usize + 40, &(c.flags | FLAG_COMPRESSED_LZ4).to_le_bytes());
+    let n = c.payload.len() as u32;
+    flagged[c.offset as usize + 16..c.offset as usize + 20].copy_from_slice(&n.to_le_bytes());
+    assert_compressed_err(decode(&flagged, EntryKind::Elf), "raw ELF", "LZ4");
     // Both compression flags.
     let flags_at = off + 40;
     let both = e.flags | FLAG_COMPRESSED_ZSTD;
