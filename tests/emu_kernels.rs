@@ -402,7 +402,8 @@ fn hostile_uploads_and_images() {
         }
     }
     assert_eq!(s.load_status(&broken).0, Status::InvalidImage, "corrupt cubin");
-    // LZ4-flagged entries (CUDA 11-12 compression, not supported): a clear InvalidImage.
+    // Entries flagged LZ4 whose payload is no LZ4 block (the plain cubin, declared size 0): a clear
+    // InvalidImage.
     let mut lz4 = img.to_vec();
     let total = 16 + u64::from_le_bytes(lz4[8..16].try_into().unwrap()) as usize;
     let mut off = 16;

@@ -21,7 +21,8 @@ const ENTRY_HEADER_MIN: u64 = 64;
 pub const FLAG_64BIT: u64 = 0x1;
 /// Entry flag: compiled with debug information (`-G`).
 pub const FLAG_DEBUG: u64 = 0x2;
-/// Entry flag: payload compressed with LZ4 (fatbinary of CUDA 11.x-12.x). Not decompressed here.
+/// Entry flag: payload is one raw LZ4 block (fatbinary of CUDA 11.x-12.x; CUDA 13's
+/// `-compress-mode=speed`).
 pub const FLAG_COMPRESSED_LZ4: u64 = 0x2000;
 /// Entry flag: payload is one Zstandard frame (fatbinary of CUDA 13, the default for PTX).
 pub const FLAG_COMPRESSED_ZSTD: u64 = 0x8000;
@@ -134,15 +135,12 @@ impl<'a> Entry<'a> {
         Error::Compressed { module: self.module.clone(), kind: self.kind, arch: self.arch, reason }
     }
 
-    /// The image: the payload itself, or its decompression (Zstandard). LZ4-compressed entries
-    /// give [`Error::Compressed`] naming the module and the reason.
+    /// The image: the payload itself, or its decompression (Zstandard or LZ4), which must have
+    /// exactly the size the header declares ([`Entry::uncompressed_len`], at most
+    /// [`MAX_DECOMPRESSED_LEN`]). Corrupt or mis-sized compressed data is [`Error::Compressed`]
+    /// naming the module and the reason.
     pub fn data(&self) -> Result<Cow<'a, [u8]>> {
-        if self.flags & FLAG_COMPRESSED_LZ4 != 0 {
-            return Err(self.compressed(
-                "LZ4 compression (fatbinary of CUDA 11-12) is not supported; rebuild with `-Xfatbin -compress-all=false` or CUDA 13".into(),
-            ));
-        }
-        if self.flags & FLAG_COMPRESSED_ZSTD == 0 {
+        if !self.is_compressed() {
             return Ok(Cow::Borrowed(self.payload));
         }
         if self.uncompressed_len > MAX_DECOMPRESSED_LEN {
@@ -151,6 +149,19 @@ impl<'a> Entry<'a> {
                 self.uncompressed_len
             )));
         }
+        if self.flags & FLAG_COMPRESSED_ZSTD != 0 {
+            if self.flags & FLAG_COMPRESSED_LZ4 != 0 {
+                return Err(self.compressed("flagged both LZ4 and Zstandard".into()));
+            }
+            self.zstd()
+        } else {
+            self.lz4()
+        }
+    }
+
+    /// Zstandard (flag `0x8000`, CUDA 13's `-compress-mode=default|size|balance`): the payload's
+    /// first `compressed size` bytes are one Zstandard frame.
+    fn zstd(&self) -> Result<Cow<'a, [u8]>> {
         let mut src = self.payload;
         let decoder =
             ruzstd::decoding::StreamingDecoder::new(&mut src).map_err(|e| self.compressed(format!("bad Zstandard frame: {e}")))?;
@@ -161,15 +172,88 @@ impl<'a> Entry<'a> {
             .take(self.uncompressed_len + 1)
             .read_to_end(&mut out)
             .map_err(|e| self.compressed(format!("corrupt Zstandard data: {e}")))?;
-        if out.len() as u64 != self.uncompressed_len {
+        self.check_len(out.len() as u64, out.len() as u64 > self.uncompressed_len)?;
+        Ok(Cow::Owned(out))
+    }
+
+    /// LZ4 (flag `0x2000`): CUDA 13's `-compress-mode=speed`, and fatbinary's compression before
+    /// CUDA 13. What nvcc 13.0 writes (checked on `tests/data/tiny_speed.fatbin`): the payload's
+    /// first `compressed size` bytes are one *raw LZ4 block* (no LZ4 frame: no magic
+    /// `04 22 4D 18`, no block headers, no checksum; the first byte is already a sequence token),
+    /// then zero padding up to the payload size (a multiple of 8). The block's output size is not
+    /// stored in it: the header's decompressed size is the output buffer, which the block must
+    /// fill exactly.
+    fn lz4(&self) -> Result<Cow<'a, [u8]>> {
+        // One LZ4 input byte yields at most 255 output bytes (a length-extension byte of 0xff),
+        // so a declared size beyond that bound is a lie: refuse it before allocating the buffer
+        // (a 100-byte payload cannot make us allocate 256 MiB).
+        let bound = (self.stored_len() + 1).saturating_mul(255);
+        if self.uncompressed_len > bound {
             return Err(self.compressed(format!(
-                "decompressed to {}{} bytes, header says {}",
-                out.len(),
-                if out.len() as u64 > self.uncompressed_len { "+" } else { "" },
-                self.uncompressed_len
+                "declared decompressed size {} is more than {} bytes of LZ4 data can hold",
+                self.uncompressed_len,
+                self.stored_len()
             )));
         }
+        // In range: at most MAX_DECOMPRESSED_LEN, checked by the caller.
+        let mut out = vec![0u8; self.uncompressed_len as usize];
+        let n = lz4_flex::block::decompress_into(self.payload, &mut out).map_err(|e| match e {
+            lz4_flex::block::DecompressError::OutputTooSmall { .. } => {
+                self.compressed(format!("LZ4 data decompresses to more than the {} bytes the header declares", self.uncompressed_len))
+            }
+            e => self.compressed(format!("corrupt LZ4 data: {e}")),
+        })?;
+        self.check_len(n as u64, false)?;
         Ok(Cow::Owned(out))
+    }
+
+    /// The text of a PTX entry: [`Entry::data`] (decompressed if need be) without its trailing
+    /// NULs (fatbinary stores the C string's terminator, and an uncompressed payload is padded
+    /// with NULs to a multiple of 8), checked to be UTF-8 (PTX is ASCII; its comments may carry
+    /// UTF-8 file names). Borrowed when the entry is not compressed. Errors:
+    /// [`Error::BadPtx`] for an entry that is not PTX, text that is not UTF-8 (naming the byte),
+    /// or a NUL before the end of the text (a JIT reading a C string would silently stop there,
+    /// so the text is refused rather than cut); decompression errors as [`Entry::data`].
+    pub fn ptx_text(&self) -> Result<Cow<'a, str>> {
+        let bad = |reason: String| Error::BadPtx { module: self.module.clone(), arch: self.arch, reason };
+        if self.kind != EntryKind::Ptx {
+            return Err(bad(format!("entry {} is {}, not PTX", self.index, self.kind)));
+        }
+        fn text_len(b: &[u8]) -> usize {
+            b.iter().rposition(|&c| c != 0).map_or(0, |i| i + 1)
+        }
+        let check = |b: &[u8]| -> Result<()> {
+            if let Some(at) = b.iter().position(|&c| c == 0) {
+                return Err(bad(format!("NUL at byte {at} of {} bytes of text", b.len())));
+            }
+            Ok(())
+        };
+        let utf8 = |e: std::str::Utf8Error| bad(format!("not UTF-8 (invalid byte at {})", e.valid_up_to()));
+        match self.data()? {
+            Cow::Borrowed(b) => {
+                let b = &b[..text_len(b)];
+                check(b)?;
+                std::str::from_utf8(b).map(Cow::Borrowed).map_err(utf8)
+            }
+            Cow::Owned(mut v) => {
+                v.truncate(text_len(&v));
+                check(&v)?;
+                String::from_utf8(v).map(Cow::Owned).map_err(|e| utf8(e.utf8_error()))
+            }
+        }
+    }
+
+    /// The decompressed size must be the declared one (`more`: output went on past it).
+    fn check_len(&self, got: u64, more: bool) -> Result<()> {
+        if got == self.uncompressed_len && !more {
+            return Ok(());
+        }
+        Err(self.compressed(format!(
+            "decompressed to {}{} bytes, header says {}",
+            got.min(self.uncompressed_len + 1),
+            if more { "+" } else { "" },
+            self.uncompressed_len
+        )))
     }
 }
 
@@ -300,6 +384,39 @@ impl<'a> Fatbin<'a> {
         self.name.clone().unwrap_or_else(|| "<unnamed fatbin>".into())
     }
 
+    /// `sm_80, sm_90`-style list of the entries of `kind`, or `none`.
+    fn arch_list(&self, kind: EntryKind, prefix: &str) -> String {
+        let v: Vec<String> = self.entries.iter().filter(|e| e.kind == kind).map(|e| format!("{prefix}_{}", e.arch)).collect();
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    }
+
+    /// The PTX to JIT-compile for compute capability `major.minor`: the PTX entry of the highest
+    /// architecture not above `major * 10 + minor`, of any major version (unlike SASS, PTX for
+    /// `compute_XY` compiles for every later device: compute_75 PTX runs on 8.0, 9.0, 12.0).
+    /// Among equals, a 64-bit one, then the first. Its text: [`Entry::ptx_text`].
+    /// Architecture-specific PTX (`compute_90a`, which does not carry forward) is not told apart:
+    /// the entry header has no flag for it that we know of (as for [`Fatbin::best_cubin`]).
+    /// None: [`Error::NoCompatiblePtx`], listing the PTX and cubin architectures present.
+    pub fn best_ptx(&self, major: u32, minor: u32) -> Result<&Entry<'a>> {
+        let want = major.saturating_mul(10).saturating_add(minor);
+        let best = self
+            .entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::Ptx && e.arch <= want)
+            .max_by_key(|e| (e.arch, e.flags & FLAG_64BIT, std::cmp::Reverse(e.index)));
+        best.ok_or_else(|| Error::NoCompatiblePtx {
+            module: self.module(),
+            major,
+            minor,
+            ptx: self.arch_list(EntryKind::Ptx, "compute"),
+            cubins: self.arch_list(EntryKind::Elf, "sm"),
+        })
+    }
+
     /// The cubin that runs on compute capability `major.minor` and is closest to it: same major
     /// version, highest minor not above `minor` (SASS runs on later minors of its major only).
     /// Among equals, a 64-bit one. Its image may still be compressed: see [`Entry::data`].
@@ -309,22 +426,12 @@ impl<'a> Fatbin<'a> {
             .iter()
             .filter(|e| e.kind == EntryKind::Elf && e.arch / 10 == major && e.arch % 10 <= minor)
             .max_by_key(|e| (e.arch, e.flags & FLAG_64BIT, std::cmp::Reverse(e.index)));
-        best.ok_or_else(|| {
-            let list = |kind: EntryKind, prefix: &str| {
-                let v: Vec<String> = self.entries.iter().filter(|e| e.kind == kind).map(|e| format!("{prefix}_{}", e.arch)).collect();
-                if v.is_empty() {
-                    "none".to_string()
-                } else {
-                    v.join(", ")
-                }
-            };
-            Error::NoCompatibleCubin {
-                module: self.module(),
-                major,
-                minor,
-                cubins: list(EntryKind::Elf, "sm"),
-                ptx: list(EntryKind::Ptx, "compute"),
-            }
+        best.ok_or_else(|| Error::NoCompatibleCubin {
+            module: self.module(),
+            major,
+            minor,
+            cubins: self.arch_list(EntryKind::Elf, "sm"),
+            ptx: self.arch_list(EntryKind::Ptx, "compute"),
         })
     }
 }

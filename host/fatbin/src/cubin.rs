@@ -6,6 +6,23 @@ use object::Endianness;
 
 use crate::{Error, Reader, Result};
 
+// The cubin need not be aligned: nvcc 13.5 writes section header tables at offsets that are
+// multiples of 4 only, and an uncompressed cubin borrowed from a guest buffer (`Entry::data`)
+// starts at whatever address the guest chose. `object` without its `unaligned` feature reads ELF
+// structures in place as aligned `u64`s and refuses such input ("Invalid ELF section header
+// offset/size/alignment", "Invalid ELF header size or alignment"); with it, every field is a byte
+// array read bytewise (no unsafe here, and `object` still bounds-checks each table against the
+// input). Any offset is accepted, not only multiples of 4: alignment is no safety matter for
+// bytewise reads, and refusing odd layouts the driver may load would buy nothing. Cargo.toml
+// enables the feature; these fail the build if a change of features ever loses it (the tests
+// would not notice: a dev-dependency's features leak into test builds).
+const _: () = {
+    use std::mem::align_of;
+    assert!(align_of::<FileHeader64<Endianness>>() == 1);
+    assert!(align_of::<object::elf::SectionHeader64<Endianness>>() == 1);
+    assert!(align_of::<object::elf::Sym64<Endianness>>() == 1);
+};
+
 /// `e_machine` of a cubin.
 const EM_CUDA: u16 = 190;
 /// `st_other` bit nvcc sets on kernel entry points (`__global__`), not on device functions.

@@ -77,6 +77,30 @@ pub enum Error {
         /// The PTX architectures present (would need a JIT), or `none`.
         ptx: String,
     },
+    /// No PTX in the fatbin can be JIT-compiled for the requested compute capability.
+    #[error("module {module}: no PTX for compute capability {major}.{minor} (PTX: {ptx}; cubins: {cubins})")]
+    NoCompatiblePtx {
+        /// The module (see [`Error::Compressed`]).
+        module: String,
+        /// Requested compute capability, major.
+        major: u32,
+        /// Requested compute capability, minor.
+        minor: u32,
+        /// The PTX architectures present, e.g. `compute_90`, or `none`.
+        ptx: String,
+        /// The cubin architectures present, or `none`.
+        cubins: String,
+    },
+    /// A PTX entry's text is unusable (not UTF-8, a NUL inside it, not a PTX entry).
+    #[error("module {module}: PTX for compute_{arch}: {reason}")]
+    BadPtx {
+        /// The module (see [`Error::Compressed`]).
+        module: String,
+        /// The entry's architecture.
+        arch: u32,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The cubin is not a well-formed ELF file.
     #[error("cubin ELF: {0}")]
     Elf(String),

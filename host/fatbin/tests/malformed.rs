@@ -74,7 +74,7 @@ fn fields_and_selection() {
     assert_eq!(fb.best_cubin(7, 5).unwrap().arch, 75);
     assert_eq!(fb.best_cubin(8, 0).unwrap().arch, 80);
     assert_eq!(fb.best_cubin(8, 9).unwrap().arch, 86);
-    // LZ4 is reported, naming the module and the reason.
+    // LZ4 that is not a valid block is reported, naming the module and the reason.
     let err = fb.best_cubin(8, 6).unwrap().data().unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::Compressed { arch: 86, .. }), "{msg}");
@@ -126,6 +126,54 @@ fn malformed_containers_are_errors() {
     for len in 0..data.len() {
         assert!(Fatbin::parse(&data[..len]).is_err());
     }
+}
+
+#[test]
+fn ptx_selection_and_text() {
+    let data = container(&[
+        E { kind: 1, arch: 52, flags: FLAG_64BIT, payload: b"// 52\0\0\0", id: None },
+        E { kind: 1, arch: 90, flags: FLAG_64BIT, payload: b"// 90\0\0\0", id: None },
+        E { kind: 1, arch: 70, flags: 0, payload: b"// 70 32", id: None },
+        E { kind: 1, arch: 70, flags: FLAG_64BIT, payload: b"// 70\0\0\0", id: None },
+        E { kind: 2, arch: 80, flags: FLAG_64BIT, payload: b"cubin-80", id: None },
+        E { kind: 1, arch: 100, flags: FLAG_64BIT, payload: b"\xff\xfe not", id: None },
+        E { kind: 1, arch: 110, flags: FLAG_64BIT, payload: b"a\0b\0\0\0\0\0", id: Some("k.cu") },
+    ]);
+    let fb = Fatbin::parse(&data).unwrap().with_name("libm.so");
+    let best = |major, minor| fb.best_ptx(major, minor).map(|e| (e.arch, e.index));
+    // The highest architecture not above the device's, any major; 64-bit first among equals.
+    assert_eq!(best(5, 2), Ok((52, 0)));
+    assert_eq!(best(6, 1), Ok((52, 0)));
+    assert_eq!(best(8, 6), Ok((70, 3)));
+    assert_eq!(best(9, 0), Ok((90, 1)));
+    assert_eq!(best(9, 9), Ok((90, 1)));
+    assert_eq!(best(10, 0), Ok((100, 5)));
+    assert_eq!(best(12, 0), Ok((110, 6)));
+    let err = fb.best_ptx(5, 0).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::NoCompatiblePtx { major: 5, minor: 0, .. }), "{msg}");
+    assert!(
+        msg.contains("libm.so") && msg.contains("PTX: compute_52, compute_90, compute_70, compute_70, compute_100, compute_110"),
+        "{msg}"
+    );
+    assert!(msg.contains("cubins: sm_80"), "{msg}");
+    // Text: trailing NULs trimmed, borrowed.
+    assert_eq!(fb.entries[3].ptx_text().unwrap(), "// 70");
+    assert_eq!(fb.entries[2].ptx_text().unwrap(), "// 70 32");
+    // Not UTF-8, a NUL inside the text, not PTX: BadPtx naming the module.
+    let err = fb.entries[5].ptx_text().unwrap_err().to_string();
+    assert!(err.contains("libm.so (entry 5)") && err.contains("compute_100") && err.contains("not UTF-8 (invalid byte at 0)"), "{err}");
+    let err = fb.entries[6].ptx_text().unwrap_err().to_string();
+    assert!(err.contains("k.cu") && err.contains("NUL at byte 1 of 3"), "{err}");
+    let err = fb.entries[4].ptx_text().unwrap_err();
+    assert!(matches!(err, Error::BadPtx { arch: 80, .. }) && err.to_string().contains("is ELF, not PTX"), "{err}");
+    // No PTX at all; all-NUL text is empty.
+    let only_cubin = container(&[E { kind: 2, arch: 80, flags: FLAG_64BIT, payload: b"cubin-80", id: None }]);
+    let fb = Fatbin::parse(&only_cubin).unwrap();
+    assert!(fb.best_ptx(12, 0).unwrap_err().to_string().contains("PTX: none; cubins: sm_80"));
+    let nuls = container(&[E { kind: 1, arch: 80, flags: FLAG_64BIT, payload: &[0; 8], id: None }]);
+    let fb = Fatbin::parse(&nuls).unwrap();
+    assert_eq!(fb.best_ptx(8, 0).unwrap().ptx_text().unwrap(), "");
 }
 
 #[test]

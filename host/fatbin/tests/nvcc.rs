@@ -134,7 +134,13 @@ fn fatbin_entries_and_best_cubin() {
     assert_ne!(ptx.flags & FLAG_COMPRESSED_ZSTD, 0);
     let text = ptx.data().unwrap();
     assert_eq!(text.len() as u64, ptx.uncompressed_len);
-    let text = String::from_utf8_lossy(&text);
+    // The same through best_ptx/ptx_text: compute_90 for 9.0 and later majors, none before.
+    for (major, minor) in [(9, 0), (10, 0), (12, 0)] {
+        assert_eq!(fb.best_ptx(major, minor).unwrap().index, ptx.index);
+    }
+    assert!(matches!(fb.best_ptx(8, 9), Err(Error::NoCompatiblePtx { .. })));
+    let text = fb.best_ptx(12, 0).unwrap().ptx_text().unwrap();
+    assert_eq!(text.len() as u64 + 1, ptx.uncompressed_len, "text and NUL");
     assert!(text.contains(".target sm_90"), "{text}");
     for (name, _, _) in expected() {
         assert!(text.contains(&format!(".entry {name}(")), "{name} missing from the PTX");

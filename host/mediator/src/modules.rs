@@ -351,7 +351,7 @@ pub const EMU_CC: (u32, u32) = (9, 0);
 
 /// Parse a module for the emulator: the best cubin for [`EMU_CC`], else the first cubin of any
 /// architecture (emu runs nothing, so any cubin describes the kernels). Errors: InvalidImage
-/// (not a fatbin, corrupt, LZ4-compressed, a cubin that does not parse), NoKernelImage (no cubin,
+/// (not a fatbin, corrupt, compressed data that does not decompress, a cubin that does not parse), NoKernelImage (no cubin,
 /// e.g. PTX only); the message names the module and the reason, and is logged (`warn!`).
 pub fn parse(img: &Image) -> Result<ParsedModule, (Status, String)> {
     parse_inner(img, EMU_CC, true)
