@@ -1,13 +1,13 @@
 //! `vgpu demo`: the README's first command. Starts a mediator on `emu` as a child process,
 //! runs a guest workload through the real transport, and shows what it did and how fast; then
-//! kernels: a synthetic module (`vgpu_fatbin::synth`: kernel metadata, no GPU code) loaded and
-//! launched through the async Rust API, the launches read back from the mediator's launch log,
-//! and emu's deferred `cudaErrorNotSupported` at the sync (emu records launches, runs none).
+//! kernels: saxpy, nvcc's PTX of `demo/saxpy.cu` in a PTX-only fat binary (as Ollama's CUDA 13
+//! build ships its kernels), loaded and launched through the async Rust API, computed by emu's
+//! PTX interpreter and checked element by element, the launches read back from the mediator's
+//! launch log.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use vgpu_fatbin::synth::{SynthKernel, SynthModule};
 use vgpu_streams::{CudaError, Device};
 use vgpu_transport::wire::{req, DeviceInfo, Win};
 use vgpu_transport::{Client, ClientConfig};
@@ -178,16 +178,17 @@ pub fn run() -> Result<(), String> {
     Ok(())
 }
 
-/// `__global__ void saxpy(float a, const float *x, float *y, int n)`.
-const SAXPY: &str = "_Z5saxpyfPKfPfi";
+/// `extern "C" __global__ void saxpy(float a, const float *x, float *y, int n)` (demo/saxpy.cu).
+const SAXPY: &str = "saxpy";
+/// nvcc 13's PTX of demo/saxpy.cu for compute_75 (the command is in saxpy.cu).
+const SAXPY_PTX: &str = include_str!("demo/saxpy.ptx");
 
-/// The kernel section: load a synthetic module, launch it on real device buffers, show the
-/// launch log, the deferred NotSupported, a second session loading by hash, and the counters.
+/// The kernel section: load saxpy, launch it on real device buffers, check what emu computed,
+/// show the launch log, a second session loading by hash, and the counters.
 fn kernels(m: &Mediator, log: &Path) -> Result<(), String> {
     let cuda = |what: &'static str| move |e: CudaError| format!("{what}: {} ({})", e.name(), e.description());
-    println!("\nkernels (emu validates and records launches; it runs none)");
-    let image =
-        SynthModule::new(80).kernel(SynthKernel::new(SAXPY, &[(4, 4), (8, 8), (8, 8), (4, 4)])).fatbin().map_err(|e| e.to_string())?;
+    println!("\nkernels (emu runs them on its PTX interpreter)");
+    let image = vgpu_fatbin::synth::ptx_fatbin(&[(75, SAXPY_PTX)]);
     let dev = Device::connect(m.socket()).map_err(cuda("connecting"))?;
     let t = Instant::now();
     let module = dev.load_module(&image).map_err(cuda("load_module"))?;
@@ -196,8 +197,8 @@ fn kernels(m: &Mediator, log: &Path) -> Result<(), String> {
     check(dev.context().module_counts() == (0, 1), "the module was uploaded (the host's cache was empty)")?;
     let layout: Vec<String> = f.params().iter().map(|p| format!("{}+{}", p.offset, p.size)).collect();
     println!(
-        "module: synthetic saxpy (vgpu_fatbin::synth: kernel metadata, no GPU code), {} uploaded and loaded in {:.0} us; \
-         the host's parameter layout: [{}], {} bytes",
+        "module: saxpy, nvcc's compute_75 PTX in a PTX-only fat binary ({}), uploaded, parsed and lowered in {:.0} us; \
+         the host's parameter layout from the PTX signature: [{}], {} bytes",
         human_bytes(image.len() as u64),
         load.as_secs_f64() * 1e6,
         layout.join(", "),
@@ -216,23 +217,38 @@ fn kernels(m: &Mediator, log: &Path) -> Result<(), String> {
     let n = N as i32;
     let coefficients = [2.0f32, 0.5, -1.0];
     let grid = [(N / 256) as u32, 1, 1];
+    let t = Instant::now();
     for a in coefficients {
         s.launch(&f, grid, [256, 1, 1], 0, &[&a, &x, &y, &n]).map_err(cuda("launch"))?;
     }
-    println!(
-        "launched saxpy 3 times on 2 x 4 MiB device buffers, grid {} x 256 threads: each launch returned at once (fire-and-forget)",
-        grid[0]
-    );
-    let sync = s.synchronize_blocking();
-    check(sync == Err(CudaError::NotSupported), "the sync reports emu's NotSupported")?;
-    println!(
-        "cudaStreamSynchronize: cudaErrorNotSupported (801), deferred from the launches as CUDA defers launch errors \
-         (emu validates and records launches; it cannot compute them: run with --executor cuda on a GPU host)"
-    );
+    let enqueued = t.elapsed();
+    s.synchronize_blocking().map_err(cuda("cudaStreamSynchronize"))?;
+    let ran = t.elapsed();
     let mut back = vec![0f32; N];
     s.download(&y, &mut back).map_err(cuda("download y"))?;
-    check(back == ys, "y is unchanged")?;
-    println!("y read back: unchanged, as nothing ran (the error was reported once; the stream works on)");
+    // The same arithmetic on the CPU, in the kernel's order: y = fma(x, a, y) per launch.
+    let mut want = ys.clone();
+    for a in coefficients {
+        for (w, xv) in want.iter_mut().zip(&xs) {
+            *w = xv.mul_add(a, *w);
+        }
+    }
+    let wrong = back.iter().zip(&want).filter(|(g, w)| g.to_bits() != w.to_bits()).count();
+    check(wrong == 0, &format!("saxpy's result: {wrong} of {N} elements differ from the CPU's"))?;
+    let st = query_stat(m.socket())?;
+    let warp_insts: u64 = st["sessions"].as_array().into_iter().flatten().map(|s| s["kernel_warp_insts"].as_u64().unwrap_or(0)).sum();
+    println!(
+        "launched saxpy 3 times on 2 x 4 MiB device buffers, grid {} x 256 threads: enqueued in {:.0} us, computed by the sync in {:.1} ms \
+         ({warp_insts} warp instructions of 32 lanes: {:.0} M lane-instructions/s on this CPU)",
+        grid[0],
+        enqueued.as_secs_f64() * 1e6,
+        ran.as_secs_f64() * 1e3,
+        warp_insts as f64 * 32.0 / ran.as_secs_f64() / 1e6
+    );
+    println!(
+        "y read back: all {N} elements equal the CPU's y = 2x+1, then 0.5x+y, then -x+y (bit for bit), e.g. y[1000] = {}",
+        back[1000]
+    );
 
     // The launch log: one JSON line per launch, written by the host.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -289,9 +305,11 @@ fn kernels(m: &Mediator, log: &Path) -> Result<(), String> {
     let st = query_stat(m.socket())?;
     let sum = |k: &str| st["sessions"].as_array().into_iter().flatten().map(|s| s[k].as_u64().unwrap_or(0)).sum::<u64>();
     check(sum("launches") == coefficients.len() as u64, "the host counted the launches")?;
+    check(sum("kernel_faults") == 0, "no kernel faulted")?;
     println!(
-        "host counters: {} launches recorded, {} modules loaded, {} of them from the cache",
+        "host counters: {} launches run ({} warp instructions), {} modules loaded, {} of them from the cache",
         sum("launches"),
+        sum("kernel_warp_insts"),
         sum("modules_loaded"),
         sum("modules_cached")
     );

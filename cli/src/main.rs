@@ -54,6 +54,10 @@ enum Cmd {
         /// else ~/.cache/vgpu/modules).
         #[arg(long, value_name = "DIR|none")]
         module_cache: Option<String>,
+        /// How long one kernel may run on emu before it is stopped with cudaErrorLaunchTimeout,
+        /// in seconds (default 600).
+        #[arg(long, value_name = "SECS")]
+        kernel_timeout: Option<f64>,
     },
     /// Show a running mediator's sessions and counters.
     Stat {
@@ -150,11 +154,17 @@ struct WorkerKernelArgs {
     /// Absent: no module cache.
     #[arg(long)]
     module_cache: Option<PathBuf>,
+    #[arg(long)]
+    kernel_timeout_ms: Option<u64>,
 }
 
 impl WorkerKernelArgs {
     fn opts(self) -> vgpu_mediator::modules::KernelOpts {
-        vgpu_mediator::modules::KernelOpts { launch_log: self.launch_log, module_cache: self.module_cache }
+        vgpu_mediator::modules::KernelOpts {
+            launch_log: self.launch_log,
+            module_cache: self.module_cache,
+            kernel_timeout: self.kernel_timeout_ms.map(Duration::from_millis),
+        }
     }
 }
 
@@ -173,14 +183,22 @@ fn main() -> ExitCode {
     vgpu_mediator::init_logging();
     let cli = Cli::parse();
     let r: Result<(), String> = match cli.cmd {
-        Cmd::Serve { socket, ivshmem, size, executor, spin_us, mem_gib, launch_log, module_cache } => {
-            let kernels = match vgpu_mediator::modules::KernelOpts::from_flags(launch_log, module_cache.as_deref()) {
+        Cmd::Serve { socket, ivshmem, size, executor, spin_us, mem_gib, launch_log, module_cache, kernel_timeout } => {
+            let mut kernels = match vgpu_mediator::modules::KernelOpts::from_flags(launch_log, module_cache.as_deref()) {
                 Ok(k) => k,
                 Err(e) => {
                     eprintln!("vgpu serve: {e}");
                     return ExitCode::from(2);
                 }
             };
+            match kernel_timeout.map(Duration::try_from_secs_f64) {
+                None => {}
+                Some(Ok(t)) if !t.is_zero() => kernels.kernel_timeout = Some(t),
+                Some(_) => {
+                    eprintln!("vgpu serve: --kernel-timeout takes a positive number of seconds");
+                    return ExitCode::from(2);
+                }
+            }
             let ivshmem = match serve::ivshmem_sockets(ivshmem, &size) {
                 Ok(v) => v,
                 Err(e) => {

@@ -286,6 +286,8 @@ impl Session {
             max_graphs: 16,
             max_graph_nodes: 256,
             max_graph_bytes: 1 << 20,
+            // A fuzzed kernel stops early: an input must never hang the target.
+            kernels: vgpu_mediator::emu::KernelLimits { kernel_timeout: Duration::from_millis(200), kernel_budget: 100_000 },
         };
         let emu = Emu::new(region.clone(), stats(), limits).expect("emu").with_kernels(Arc::new(ModuleCache::disabled()), None);
         Session {

@@ -432,17 +432,46 @@ impl Section {
 /// for `sm_<arch>` (entry header as nvcc 13 writes it: version 0x0101, image version 1.8, flags
 /// 0x11), payloads padded to 8 bytes.
 pub fn fatbin_of(cubins: &[(u32, &[u8])]) -> Vec<u8> {
+    let entries: Vec<(u16, u32, (u16, u16), &[u8])> = cubins.iter().map(|&(arch, image)| (2, arch, (1, 8), image)).collect();
+    container(&entries)
+}
+
+/// A fatbin container holding PTX only, as `nvcc -fatbin -gencode arch=compute_XX,code=compute_XX
+/// -Xfatbin -compress-all=false` makes it: one uncompressed 64-bit PTX entry per `(XX, text)`,
+/// the text NUL-terminated and padded to 8 bytes, its image version the text's `.version`
+/// (9.0 when it has none).
+pub fn ptx_fatbin(ptx: &[(u32, &str)]) -> Vec<u8> {
+    let texts: Vec<(u32, (u16, u16), Vec<u8>)> = ptx
+        .iter()
+        .map(|&(arch, text)| {
+            let version = text
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(".version"))
+                .and_then(|v| v.trim().split_once('.'))
+                .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)))
+                .unwrap_or((9, 0));
+            let mut bytes = text.as_bytes().to_vec();
+            bytes.push(0);
+            (arch, version, bytes)
+        })
+        .collect();
+    let entries: Vec<(u16, u32, (u16, u16), &[u8])> = texts.iter().map(|(arch, v, b)| (1, *arch, *v, b.as_slice())).collect();
+    container(&entries)
+}
+
+/// Entries `(kind, arch, (major, minor) image version, payload)`, uncompressed, 64-bit Linux.
+fn container(list: &[(u16, u32, (u16, u16), &[u8])]) -> Vec<u8> {
     let mut entries = Vec::new();
-    for &(arch, image) in cubins {
+    for &(kind, arch, (major, minor), image) in list {
         let padded = image.len().next_multiple_of(8);
-        entries.extend_from_slice(&2u16.to_le_bytes()); // kind: ELF
+        entries.extend_from_slice(&kind.to_le_bytes()); // 1: PTX, 2: ELF
         entries.extend_from_slice(&0x0101u16.to_le_bytes());
         entries.extend_from_slice(&64u32.to_le_bytes()); // header size
         entries.extend_from_slice(&(padded as u64).to_le_bytes());
         entries.extend_from_slice(&0u32.to_le_bytes()); // compressed size
         entries.extend_from_slice(&0u32.to_le_bytes()); // options offset
-        entries.extend_from_slice(&8u16.to_le_bytes()); // image version, minor
-        entries.extend_from_slice(&1u16.to_le_bytes()); // image version, major
+        entries.extend_from_slice(&minor.to_le_bytes()); // image version, minor
+        entries.extend_from_slice(&major.to_le_bytes()); // image version, major
         entries.extend_from_slice(&arch.to_le_bytes());
         entries.extend_from_slice(&0u32.to_le_bytes()); // identifier offset
         entries.extend_from_slice(&0u32.to_le_bytes()); // identifier length
@@ -465,6 +494,18 @@ pub fn fatbin_of(cubins: &[(u32, &[u8])]) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::{Cubin, EntryKind, Fatbin};
+
+    #[test]
+    fn a_ptx_fatbin_reads_back_as_nvcc_s() {
+        let text = ".version 8.7\n.target sm_75\n.address_size 64\n";
+        let fb_bytes = ptx_fatbin(&[(75, text), (90, ".target sm_90\n")]);
+        let fb = Fatbin::parse(&fb_bytes).unwrap();
+        assert_eq!(fb.entries.len(), 2);
+        assert_eq!((fb.entries[0].kind, fb.entries[0].arch, fb.entries[0].image_version), (EntryKind::Ptx, 75, (8, 7)));
+        assert_eq!(fb.entries[1].image_version, (9, 0));
+        assert_eq!(fb.best_ptx(8, 0).unwrap().ptx_text().unwrap(), text);
+        assert_eq!(fb.best_ptx(9, 0).unwrap().arch, 90);
+    }
 
     /// (name, params as (size, align), expected (offset, size) list, expected total)
     type Case = (&'static str, Vec<(u32, u32)>, Vec<(u16, u32)>, u32);

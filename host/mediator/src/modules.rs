@@ -376,18 +376,12 @@ pub fn parse_emu(img: &Image) -> Result<ParsedModule, (Status, String)> {
 fn parse_emu_inner(img: &Image) -> Result<ParsedModule, (Status, String)> {
     let module = format!("module {:x}", img.hash);
     let fb = Fatbin::parse(&img.bytes).map_err(|e| (Status::InvalidImage, format!("{module}: {e}")))?.with_name(format!("{:x}", img.hash));
-    let cc = EMU_CC.0 * 10 + EMU_CC.1;
-    let best = fb.entries.iter().filter(|e| e.kind == EntryKind::Ptx && e.arch <= cc).max_by_key(|e| (e.arch, std::cmp::Reverse(e.index)));
-    let ptx = match best {
-        None => None,
-        Some(entry) => {
-            let data = entry.data().map_err(|e| (Status::InvalidImage, e.to_string()))?;
-            // The text ends at its first NUL (entries are padded).
-            let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
-            let text = std::str::from_utf8(&data[..end])
-                .map_err(|e| (Status::InvalidImage, format!("{module}: compute_{} PTX is not UTF-8: {e}", entry.arch)))?;
+    let ptx = match fb.best_ptx(EMU_CC.0, EMU_CC.1) {
+        Err(_) => None,
+        Ok(entry) => {
+            let text = entry.ptx_text().map_err(|e| (Status::InvalidImage, e.to_string()))?;
             let t0 = std::time::Instant::now();
-            let program = vgpu_ptx::program::Program::parse(Arc::from(text))
+            let program = vgpu_ptx::program::Program::parse(Arc::from(&*text))
                 .map_err(|err| (Status::InvalidImage, format!("{module}: compute_{} PTX: {err}", entry.arch)))?;
             debug!(
                 target: "vgpu::modules", "{module}: compute_{} PTX, {} bytes, {} functions, declarations read in {:?}",
@@ -685,6 +679,8 @@ pub struct KernelOpts {
     pub launch_log: Option<PathBuf>,
     /// The module cache folder; `None`: no cache.
     pub module_cache: Option<PathBuf>,
+    /// How long one kernel may run on emu (`None`: [`crate::emu::KernelLimits`]'s default).
+    pub kernel_timeout: Option<Duration>,
 }
 
 impl KernelOpts {
@@ -705,7 +701,7 @@ impl KernelOpts {
                 return Err(format!("{}: the path must be valid UTF-8", p.display()));
             }
         }
-        Ok(KernelOpts { launch_log, module_cache })
+        Ok(KernelOpts { launch_log, module_cache, kernel_timeout: None })
     }
 
     /// The `vgpu worker` arguments that carry these settings (the worker takes the folder as
@@ -722,7 +718,20 @@ impl KernelOpts {
             v.push("--module-cache".into());
             v.push(d.to_string_lossy().into_owned());
         }
+        if let Some(t) = self.kernel_timeout {
+            v.push("--kernel-timeout-ms".into());
+            v.push(t.as_millis().to_string());
+        }
         v
+    }
+
+    /// The emu kernel limits these settings give.
+    pub fn kernel_limits(&self) -> crate::emu::KernelLimits {
+        let mut l = crate::emu::KernelLimits::default();
+        if let Some(t) = self.kernel_timeout {
+            l.kernel_timeout = t;
+        }
+        l
     }
 
     /// Open the cache and the log for a worker (a log that cannot be opened is logged and left

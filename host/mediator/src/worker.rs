@@ -105,7 +105,7 @@ pub fn serve_link(link: direct::HostLink, opts: &WorkerOpts, stats: &'static Ser
         }
     };
     let mut exec: Box<dyn vgpu_transport::Executor> = match opts.executor {
-        ExecutorKind::Emu | ExecutorKind::Auto => match Emu::new(Arc::clone(&region), stats, opts.limits) {
+        ExecutorKind::Emu | ExecutorKind::Auto => match Emu::new(Arc::clone(&region), stats, crate::emu::EmuLimits { kernels: opts.kernels.kernel_limits(), ..opts.limits }) {
             Ok(e) => {
                 let (cache, log) = opts.kernels.open();
                 Box::new(e.with_kernels(cache, log))
@@ -202,7 +202,7 @@ pub fn run_ivshmem(opts: IvshmemWorkerOpts) -> i32 {
         match opts.executor {
             ExecutorKind::Emu | ExecutorKind::Auto => {
                 let (cache, log) = opts.kernels.open();
-                Emu::new(Arc::clone(&region), stats, opts.limits)
+                Emu::new(Arc::clone(&region), stats, crate::emu::EmuLimits { kernels: opts.kernels.kernel_limits(), ..opts.limits })
                     .map(|e| Box::new(e.with_kernels(cache, log)) as Box<dyn vgpu_transport::Executor>)
                     .map_err(|e| format!("emu setup: {e}"))
             }
