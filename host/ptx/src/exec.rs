@@ -21,6 +21,8 @@
 use crate::ast::Scalar;
 use crate::lower::{Inst, Kernel, Mod, Op, Opd, RegId, Special, Word};
 
+mod mma;
+
 /// Where generic addresses of shared memory start (offset 0 of the block's shared memory).
 pub const SHARED_WINDOW: u64 = 0xffff_8000_0000_0000;
 /// Where generic addresses of local memory start (offset 0 of the thread's frame).
@@ -540,6 +542,8 @@ fn min_operands(op: Op) -> usize {
     match op {
         Op::Ret | Op::Exit | Op::Trap | Op::Membar | Op::Fence | Op::Bar | Op::Barrier | Op::Call => 0,
         Op::Bra => 1,
+        Op::Ldmatrix => 2,
+        Op::Mma => 4,
         Op::Mov | Op::Ld | Op::Ldu | Op::St | Op::Cvta | Op::Cvt | Op::Vote | Op::Red => 2,
         Op::Abs
         | Op::Neg
@@ -742,9 +746,10 @@ fn exec(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32, mask: u32, next:
         }
         Op::Atom | Op::Red => atom(cx, w, i, run)?,
         Op::Call => call(cx, w, i, run)?,
+        Op::Mma => mma::mma(cx, w, i, run, mask)?,
+        Op::Ldmatrix => mma::ldmatrix(cx, w, i, run, mask)?,
         _ => alu(cx, w, i, run)?,
     }
-    let _ = mask;
     Ok(())
 }
 
