@@ -1268,20 +1268,11 @@ fn alu(cx: &Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32) -> R<()> {
                     acc as u64
                 }
                 Op::Prmt => {
-                    if i.mods.iter().any(|m| matches!(m, Mod::W(Word::F4e | Word::B4e | Word::Rc8 | Word::Ecl | Word::Ecr | Word::Rc16))) {
-                        return Err(unsupported(cx, i, "prmt modes"));
-                    }
-                    let bytes = (mask_to(Scalar::B32, b) << 32 | mask_to(Scalar::B32, a)).to_le_bytes();
-                    let mut out = 0u64;
-                    for k in 0..4 {
-                        let sel = (c >> (4 * k)) & 0xf;
-                        let mut byte = bytes[(sel & 7) as usize];
-                        if sel & 8 != 0 {
-                            byte = if byte & 0x80 != 0 { 0xff } else { 0 };
-                        }
-                        out |= u64::from(byte) << (8 * k);
-                    }
-                    out
+                    let mode = i.mods.iter().find_map(|m| match m {
+                        Mod::W(w @ (Word::F4e | Word::B4e | Word::Rc8 | Word::Ecl | Word::Ecr | Word::Rc16)) => Some(*w),
+                        _ => None,
+                    });
+                    u64::from(prmt(a as u32, b as u32, c as u32, mode))
                 }
                 _ => return Err(unsupported(cx, i, format!("{} on integers", i.op.word()))),
             };
@@ -1301,6 +1292,47 @@ fn alu(cx: &Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32) -> R<()> {
         set(w, d, l, v);
     }
     Ok(())
+}
+
+/// `prmt.b32{.mode} d, a, b, c` (PTX ISA 9.7.9.7 "prmt"): four bytes picked from the eight of
+/// `{b, a}` (`a` bytes 0-3, `b` bytes 4-7).
+///
+/// - Default mode: byte `k` of `d` is chosen by nibble `k` of `c`: its low 3 bits index the
+///   source byte; with bit 3 set, the chosen byte's sign bit is replicated over the byte.
+/// - `.f4e .b4e .rc8 .ecl .ecr .rc16`: `c[1:0]` selects a row of the ISA's table, which lists
+///   the source byte of `d.b3 d.b2 d.b1 d.b0`:
+///
+/// | mode | c=0     | c=1     | c=2     | c=3     |
+/// |------|---------|---------|---------|---------|
+/// | f4e  | 3 2 1 0 | 4 3 2 1 | 5 4 3 2 | 6 5 4 3 |
+/// | b4e  | 5 6 7 0 | 6 7 0 1 | 7 0 1 2 | 0 1 2 3 |
+/// | rc8  | 0 0 0 0 | 1 1 1 1 | 2 2 2 2 | 3 3 3 3 |
+/// | ecl  | 3 2 1 0 | 3 2 1 1 | 3 2 2 2 | 3 3 3 3 |
+/// | ecr  | 0 0 0 0 | 1 1 1 0 | 2 2 1 0 | 3 2 1 0 |
+/// | rc16 | 1 0 1 0 | 3 2 3 2 | 1 0 1 0 | 3 2 3 2 |
+fn prmt(a: u32, b: u32, c: u32, mode: Option<Word>) -> u32 {
+    let bytes = (u64::from(b) << 32 | u64::from(a)).to_le_bytes();
+    let Some(mode) = mode else {
+        return (0..4).fold(0u32, |out, k| {
+            let sel = (c >> (4 * k)) & 0xf;
+            let mut byte = bytes[(sel & 7) as usize];
+            if sel & 8 != 0 {
+                byte = if byte & 0x80 != 0 { 0xff } else { 0 };
+            }
+            out | u32::from(byte) << (8 * k)
+        });
+    };
+    let s = (c & 3) as usize;
+    // Source bytes of d.b3, d.b2, d.b1, d.b0.
+    let row: [usize; 4] = match mode {
+        Word::F4e => [s + 3, s + 2, s + 1, s],
+        Word::B4e => [(s + 5) % 8, (s + 6) % 8, (s + 7) % 8, s],
+        Word::Rc8 => [s; 4],
+        Word::Ecl => [3, s.max(2), s.max(1), s],
+        Word::Ecr => [s, s.min(2), s.min(1), 0],
+        _ => [2 * (s & 1) + 1, 2 * (s & 1), 2 * (s & 1) + 1, 2 * (s & 1)],
+    };
+    row.iter().enumerate().fold(0u32, |out, (k, &src)| out | u32::from(bytes[src]) << (8 * (3 - k)))
 }
 
 fn wide_of(t: Scalar) -> Scalar {
@@ -1639,6 +1671,30 @@ mod tests {
     fn fmt(f: &str, args: &[u64]) -> String {
         let mut it = args.iter().copied();
         format_printf(f.as_bytes(), &mut |_| Ok(it.next().unwrap_or(0)), &mut |_| "str".into()).unwrap()
+    }
+
+    #[test]
+    fn prmt_modes_follow_the_isa_table() {
+        // {b, a} = bytes 7..0 = 0x77 0x66 ... 0x00 (byte n is 0xnn), so d's bytes name their sources.
+        let (a, b) = (0x3322_1100, 0x7766_5544);
+        let table: [(Word, [u32; 4]); 6] = [
+            (Word::F4e, [0x3322_1100, 0x4433_2211, 0x5544_3322, 0x6655_4433]),
+            (Word::B4e, [0x5566_7700, 0x6677_0011, 0x7700_1122, 0x0011_2233]),
+            (Word::Rc8, [0x0000_0000, 0x1111_1111, 0x2222_2222, 0x3333_3333]),
+            (Word::Ecl, [0x3322_1100, 0x3322_1111, 0x3322_2222, 0x3333_3333]),
+            (Word::Ecr, [0x0000_0000, 0x1111_1100, 0x2222_1100, 0x3322_1100]),
+            (Word::Rc16, [0x1100_1100, 0x3322_3322, 0x1100_1100, 0x3322_3322]),
+        ];
+        for (mode, rows) in table {
+            for (sel, want) in rows.into_iter().enumerate() {
+                // Only c[1:0] selects: the other bits of c are ignored.
+                assert_eq!(prmt(a, b, sel as u32 | 0xfff0, Some(mode)), want, "{mode:?} {sel}");
+            }
+        }
+        // Default mode: nibble k of c picks d's byte k; bit 3 replicates the byte's sign.
+        assert_eq!(prmt(a, b, 0x7531, None), 0x7755_3311);
+        assert_eq!(prmt(0x0000_80ff, 0, 0x4498, None), 0x0000_ffff);
+        assert_eq!(prmt(0x0000_7f01, 0, 0x4409, None), 0x0000_0100);
     }
 
     #[test]
