@@ -6,8 +6,12 @@
 //!   lowest PC among its live lanes, for the lanes at that PC (one simple correct scheme for
 //!   divergence and reconvergence under unstructured control flow). Warps of a block take
 //!   turns in time slices, so a warp spinning on shared memory lets the others progress.
-//! - **Barriers** (`bar.sync`/`barrier.sync`): a lane that reaches one waits; when every live
-//!   lane of the block waits, all go on. Exited lanes count as arrived.
+//! - **Barriers** (`bar`/`barrier` `.sync`, `.arrive`, `.red`; `exec/barrier.rs`): a lane that
+//!   reaches one waits; barrier `a` completes when `b` threads (its thread count) have arrived,
+//!   or without a count when every live thread of the block waits there (exited threads count
+//!   as arrived). A block whose threads all wait at barriers that cannot complete is an error.
+//! - **Warp-wide matrix and mask operations**: `mma.sync`, `ldmatrix` (`exec/mma.rs`), `redux.sync`,
+//!   `match.sync` (`exec/warp.rs`) check that the lanes the ISA requires execute them together.
 //! - **Memory**: global (and `.const`, and module variables) through [`Memory`], the device's
 //!   allocations, checked by it; shared per block and local per thread here, bounds-checked;
 //!   parameters from the launch's buffer. Generic addresses: shared and local are mapped at
@@ -21,7 +25,9 @@
 use crate::ast::Scalar;
 use crate::lower::{Inst, Kernel, Mod, Op, Opd, RegId, Special, Word};
 
+mod barrier;
 mod mma;
+mod warp;
 
 /// Where generic addresses of shared memory start (offset 0 of the block's shared memory).
 pub const SHARED_WINDOW: u64 = 0xffff_8000_0000_0000;
@@ -31,6 +37,9 @@ const WINDOW_SPAN: u64 = 1 << 40;
 
 /// Instructions a warp runs before the next warp of its block gets a turn.
 const SLICE: u32 = 256;
+
+/// Named barriers per block (`bar.sync 0` .. `bar.sync 15`).
+const BARRIERS: usize = 16;
 
 /// Global memory as the device has it.
 pub trait Memory {
@@ -113,6 +122,8 @@ struct Warp {
     params: Option<Vec<u8>>,
     /// Per lane: a called function's return values.
     ret: Vec<u8>,
+    /// Set by `nanosleep`: the warp gives up the rest of its time slice.
+    yielded: bool,
 }
 
 fn ret_bytes(k: &Kernel) -> u32 {
@@ -132,6 +143,7 @@ impl Warp {
             call: vec![0; k.call_param_bytes as usize * 32],
             params: None,
             ret: vec![0; ret_bytes(k) as usize * 32],
+            yielded: false,
         }
     }
 }
@@ -147,6 +159,10 @@ struct Ctx<'k, 'a> {
     depth: u32,
     /// The caller's kill switch, asked every time slice (also inside called functions).
     cancel: &'a dyn Fn() -> bool,
+    /// Per barrier (0-15): threads that arrived with `bar.arrive` since it last completed.
+    arrivals: [u32; BARRIERS],
+    /// Threads arrived at a barrier or exited since barriers were last checked.
+    barrier_news: bool,
 }
 
 type R<T> = Result<T, ExecError>;
@@ -169,12 +185,24 @@ pub fn run(k: &Kernel, launch: &Launch<'_>, mem: &dyn Memory, cancel: &dyn Fn() 
     if shared_len > 256 << 10 {
         return Err(bad(format!("{shared_len} bytes of shared memory")));
     }
-    let mut cx = Ctx { k, l: launch, mem, shared: vec![0; shared_len as usize], ctaid: [0; 3], steps: 0, depth: 0, cancel };
+    let mut cx = Ctx {
+        k,
+        l: launch,
+        mem,
+        shared: vec![0; shared_len as usize],
+        ctaid: [0; 3],
+        steps: 0,
+        depth: 0,
+        cancel,
+        arrivals: [0; BARRIERS],
+        barrier_news: false,
+    };
     for z in 0..launch.grid[2] {
         for y in 0..launch.grid[1] {
             for x in 0..launch.grid[0] {
                 cx.ctaid = [x, y, z];
                 cx.shared.fill(0);
+                cx.arrivals = [0; BARRIERS];
                 run_block(&mut cx, threads as u32)?;
             }
         }
@@ -192,7 +220,8 @@ fn run_block(cx: &mut Ctx<'_, '_>, threads: u32) -> R<()> {
     loop {
         let mut progressed = false;
         let mut all_done = true;
-        for w in warps.iter_mut() {
+        for wi in 0..warps.len() {
+            let w = &mut warps[wi];
             let live = w.exists & !w.exited;
             if live == 0 {
                 continue;
@@ -209,21 +238,19 @@ fn run_block(cx: &mut Ctx<'_, '_>, threads: u32) -> R<()> {
                     break;
                 }
                 progressed = true;
+                if std::mem::take(&mut w.yielded) {
+                    break;
+                }
+            }
+            if std::mem::take(&mut cx.barrier_news) {
+                barrier::release(cx, &mut warps)?;
             }
         }
         if all_done {
             return Ok(());
         }
-        if !progressed {
-            // Every live lane waits at a barrier: release them all.
-            for w in warps.iter_mut() {
-                for lane in 0..32 {
-                    if w.at_barrier & (1 << lane) != 0 {
-                        w.pc[lane] += 1;
-                    }
-                }
-                w.at_barrier = 0;
-            }
+        if !progressed && !barrier::release(cx, &mut warps)? {
+            return Err(barrier::deadlock(cx, &warps));
         }
     }
 }
@@ -541,7 +568,8 @@ fn lanes(m: u32) -> impl Iterator<Item = usize> {
 fn min_operands(op: Op) -> usize {
     match op {
         Op::Ret | Op::Exit | Op::Trap | Op::Membar | Op::Fence | Op::Bar | Op::Barrier | Op::Call => 0,
-        Op::Bra => 1,
+        Op::Griddepcontrol => 0,
+        Op::Bra | Op::Nanosleep => 1,
         Op::Ldmatrix => 2,
         Op::Mma => 4,
         Op::Mov | Op::Ld | Op::Ldu | Op::St | Op::Cvta | Op::Cvt | Op::Vote | Op::Red => 2,
@@ -581,22 +609,16 @@ fn exec(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32, mask: u32, next:
                 next[l] = *t;
             }
         }
-        Op::Ret | Op::Exit => w.exited |= run,
+        Op::Ret | Op::Exit => {
+            w.exited |= run;
+            cx.barrier_news = true;
+        }
         Op::Trap => {
             if run != 0 {
                 return Err(ExecError::Trap { kernel: cx.k.name.clone(), line: i.line });
             }
         }
-        Op::Bar | Op::Barrier => {
-            if has(i, Word::Warp) {
-                // bar.warp.sync: lanes already run in lockstep at one PC.
-            } else if has(i, Word::Red) || has(i, Word::Arrive) || i.opds.len() > 1 {
-                return Err(unsupported(cx, i, "bar with a thread count, .arrive or .red"));
-            } else {
-                w.at_barrier |= run;
-                // Lanes whose guard failed go on.
-            }
-        }
+        Op::Bar | Op::Barrier => barrier::arrive(cx, w, i, run)?,
         Op::Membar | Op::Fence => {}
         Op::Mov => {
             let t = last_type(cx, i)?;
@@ -748,9 +770,32 @@ fn exec(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32, mask: u32, next:
         Op::Call => call(cx, w, i, run)?,
         Op::Mma => mma::mma(cx, w, i, run, mask)?,
         Op::Ldmatrix => mma::ldmatrix(cx, w, i, run, mask)?,
+        Op::Redux => warp::redux(cx, w, i, run)?,
+        Op::Match => warp::match_sync(cx, w, i, run)?,
+        Op::Nanosleep => {
+            // A hint that the thread may sleep up to `t` ns: the warp yields its time slice.
+            if run != 0 {
+                w.yielded = true;
+            }
+        }
+        Op::Griddepcontrol => griddepcontrol(cx, i)?,
         _ => alu(cx, w, i, run)?,
     }
     Ok(())
+}
+
+/// `griddepcontrol.wait` and `griddepcontrol.launch_dependents` (PTX ISA 9.7.13.16,
+/// programmatic dependent launch): no-ops here, and correctly so. `wait` blocks until the
+/// grids this one depends on have completed and their memory operations are visible; the
+/// device runs the launches of a stream one after another, each starting only after the
+/// previous one has finished, so that already holds when the first instruction runs.
+/// `launch_dependents` only allows a dependent grid to start *early*; never doing so is
+/// what a launch without programmatic dependent launch does.
+fn griddepcontrol(cx: &Ctx<'_, '_>, i: &Inst) -> R<()> {
+    match i.mods[..] {
+        [Mod::W(Word::Wait | Word::LaunchDependents)] if i.opds.is_empty() => Ok(()),
+        _ => Err(unsupported(cx, i, "this form of griddepcontrol")),
+    }
 }
 
 fn setp(cx: &Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32) -> R<()> {
@@ -1412,7 +1457,18 @@ fn call_body(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32, k: &Kernel,
     }
     child.params = Some(params);
     let shared = std::mem::take(&mut cx.shared);
-    let mut ccx = Ctx { k, l: cx.l, mem: cx.mem, shared, ctaid: cx.ctaid, steps: cx.steps, depth: cx.depth + 1, cancel: cx.cancel };
+    let mut ccx = Ctx {
+        k,
+        l: cx.l,
+        mem: cx.mem,
+        shared,
+        ctaid: cx.ctaid,
+        steps: cx.steps,
+        depth: cx.depth + 1,
+        cancel: cx.cancel,
+        arrivals: cx.arrivals,
+        barrier_news: false,
+    };
     let r = (|| -> R<()> {
         // A called function may loop for ever: ask the kill switch every time slice here too.
         let mut n = 0u32;
@@ -1429,6 +1485,7 @@ fn call_body(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32, k: &Kernel,
     })();
     cx.shared = std::mem::take(&mut ccx.shared);
     cx.steps = ccx.steps;
+    cx.arrivals = ccx.arrivals;
     r?;
     if child.at_barrier != 0 {
         return Err(unsupported(cx, i, format!("a barrier inside the called function {}", k.name)));

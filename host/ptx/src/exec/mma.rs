@@ -3,7 +3,7 @@
 //!
 //! Both are warp-wide (`.sync.aligned`): every lane of the warp must execute the same
 //! instruction together. The interpreter refuses one reached by only some lanes (a partial
-//! warp, divergence, a guard true for only some lanes) with [`ExecError::Unsupported`] rather
+//! warp, divergence, a guard true for only some lanes) with `ExecError::Unsupported` rather
 //! than computing from registers of lanes that are not there.
 //!
 //! **Fragments** (ISA 9.7.14.5, "Matrix Fragments for mma.mMnNkK"): each lane holds some
