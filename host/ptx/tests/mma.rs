@@ -341,6 +341,19 @@ fn mma_refuses_a_partial_warp_and_unknown_forms() {
     }
 }
 
+#[test]
+fn mma_refuses_immediate_fragments() {
+    let src = mma_kernel("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32", 2, 1, 4, 4)
+        .replace("{%r4, %r5, %r6, %r7}", "{0f3F800000, %r5, %r6, %r7}");
+    let m = Module::parse(&src).unwrap();
+    let k = m.lower(m.function("k").unwrap()).unwrap();
+    let mem = Allocations::default();
+    let (inp, out) = (mem.alloc(&[0u8; 32 * 7 * 4]), mem.alloc(&[0u8; 32 * 4 * 4]));
+    let p: Vec<u8> = inp.to_le_bytes().into_iter().chain(out.to_le_bytes()).collect();
+    let e = run(&k, &launch(32, &p), &mem, &|| false).unwrap_err();
+    assert!(matches!(&e, ExecError::Unsupported { what, .. } if what.contains("fragments are registers")), "{e}");
+}
+
 /// A kernel that fills 32 rows of 8 `.b16` in shared memory with element `e` = its index
 /// (row `r`, column `c`: `8r + c`), then runs `ldm` with lane `l` giving the address of row
 /// `(5l + 3) % 32`, and stores the `n` destination registers to `out[l * n ..]`.

@@ -230,6 +230,9 @@ fn regs<'i>(cx: &Ctx<'_, '_>, i: &Inst, o: &'i Opd, n: usize) -> R<&'i [Opd]> {
         Opd::Vector(v) => v,
         other => std::slice::from_ref(other),
     };
+    if let Some(o) = v.iter().find(|o| !matches!(o, Opd::Reg(_))) {
+        return Err(unsupported(cx, i, format!("{} with the operand {o:?} (its fragments are registers)", i.op.word())));
+    }
     if v.len() != n {
         return Err(unsupported(cx, i, format!("{} with an operand of {} registers where the form takes {n}", i.op.word(), v.len())));
     }
