@@ -163,6 +163,9 @@ struct Ctx<'k, 'a> {
     arrivals: [u32; BARRIERS],
     /// Threads arrived at a barrier or exited since barriers were last checked.
     barrier_news: bool,
+    /// A barrier with a thread count (or `bar.arrive`) has run in this launch: a barrier may
+    /// complete before every live thread waits.
+    counted_barriers: bool,
 }
 
 type R<T> = Result<T, ExecError>;
@@ -196,6 +199,7 @@ pub fn run(k: &Kernel, launch: &Launch<'_>, mem: &dyn Memory, cancel: &dyn Fn() 
         cancel,
         arrivals: [0; BARRIERS],
         barrier_news: false,
+        counted_barriers: false,
     };
     for z in 0..launch.grid[2] {
         for y in 0..launch.grid[1] {
@@ -1468,6 +1472,7 @@ fn call_body(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32, k: &Kernel,
         cancel: cx.cancel,
         arrivals: cx.arrivals,
         barrier_news: false,
+        counted_barriers: cx.counted_barriers,
     };
     let r = (|| -> R<()> {
         // A called function may loop for ever: ask the kill switch every time slice here too.

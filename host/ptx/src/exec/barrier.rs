@@ -92,6 +92,7 @@ pub(super) fn arrive(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32) -> 
     cx.barrier_news |= run != 0;
     for l in lanes(run) {
         let b = decode(cx, w, i, l)?;
+        cx.counted_barriers |= b.count.is_some();
         if b.arrive {
             cx.arrivals[b.id] += 1;
         } else {
@@ -115,6 +116,10 @@ struct State {
 /// Release every barrier that is complete; whether one was.
 pub(super) fn release(cx: &mut Ctx<'_, '_>, warps: &mut [Warp]) -> R<bool> {
     let live: u32 = warps.iter().map(|w| (w.exists & !w.exited).count_ones()).sum();
+    // Without thread counts, only every live thread waiting can complete a barrier.
+    if !cx.counted_barriers && warps.iter().map(|w| w.at_barrier.count_ones()).sum::<u32>() < live {
+        return Ok(false);
+    }
     let mut st = [State::default(); BARRIERS];
     for w in warps.iter() {
         for l in lanes(w.at_barrier) {
