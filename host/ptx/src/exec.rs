@@ -159,8 +159,9 @@ struct Ctx<'k, 'a> {
     depth: u32,
     /// The caller's kill switch, asked every time slice (also inside called functions).
     cancel: &'a dyn Fn() -> bool,
-    /// Per barrier (0-15): threads that arrived with `bar.arrive` since it last completed.
-    arrivals: [u32; BARRIERS],
+    /// Per barrier (0-15): threads that arrived with `bar.arrive` since it last completed, and
+    /// the thread count they gave.
+    arrivals: [(u32, u32); BARRIERS],
     /// Threads arrived at a barrier or exited since barriers were last checked.
     barrier_news: bool,
     /// A barrier with a thread count (or `bar.arrive`) has run in this launch: a barrier may
@@ -197,7 +198,7 @@ pub fn run(k: &Kernel, launch: &Launch<'_>, mem: &dyn Memory, cancel: &dyn Fn() 
         steps: 0,
         depth: 0,
         cancel,
-        arrivals: [0; BARRIERS],
+        arrivals: [(0, 0); BARRIERS],
         barrier_news: false,
         counted_barriers: false,
     };
@@ -206,7 +207,7 @@ pub fn run(k: &Kernel, launch: &Launch<'_>, mem: &dyn Memory, cancel: &dyn Fn() 
             for x in 0..launch.grid[0] {
                 cx.ctaid = [x, y, z];
                 cx.shared.fill(0);
-                cx.arrivals = [0; BARRIERS];
+                cx.arrivals = [(0, 0); BARRIERS];
                 run_block(&mut cx, threads as u32)?;
             }
         }
@@ -246,7 +247,9 @@ fn run_block(cx: &mut Ctx<'_, '_>, threads: u32) -> R<()> {
                     break;
                 }
             }
-            if std::mem::take(&mut cx.barrier_news) {
+            // A counted barrier may complete while other warps run; one without a count only
+            // when no warp can go on (below).
+            if std::mem::take(&mut cx.barrier_news) && cx.counted_barriers {
                 barrier::release(cx, &mut warps)?;
             }
         }

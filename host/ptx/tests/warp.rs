@@ -101,6 +101,17 @@ fn counted_barriers_complete_without_the_rest_of_the_block() {
     unsupported(e, "cannot complete");
     let e = run_body("bar.sync 0, 32;\nst.global.b32 [%rd1], 1;", 64);
     assert_eq!(e.unwrap(), vec![1; 64], "two generations of a 32-thread barrier");
+    // Barrier ids from registers: warps 0 and 2 meet at barrier 1, warps 1 and 3 at barrier 2.
+    let body = "shr.u32 %r5, %r0, 5;\nand.b32 %r5, %r5, 1;\nadd.s32 %r5, %r5, 1;\nbarrier.sync %r5, 64;\nst.global.b32 [%rd1], %r5;";
+    assert_eq!(run_body(body, 128).unwrap(), (0..128).map(|t| (t / 32) % 2 + 1).collect::<Vec<u32>>());
+    let e = run_body("bar.sync 1, 32;\nst.global.b32 [%rd1], 1;", 64).unwrap();
+    assert_eq!(e, vec![1; 64]);
+    // Arrivals alone complete a barrier: two rounds of 64 arrivals at barrier 3, then a
+    // 32-thread barrier completed by a warp that waits and one that arrives.
+    let body = "bar.arrive 3, 64;\nbar.arrive 3, 64;\nsetp.lt.u32 %p1, %r0, 32;\n@%p1 bar.sync 4, 64;\n@!%p1 bar.arrive 4, 64;\nst.global.b32 [%rd1], 2;";
+    assert_eq!(run_body(body, 64).unwrap(), vec![2; 64]);
+    let e = run_body("bar.arrive 3, 16;", 32).unwrap_err();
+    unsupported(e, "32 threads arrived at barrier 3, whose thread count is 16");
     let e = run_body("bar.sync 16;", 32).unwrap_err();
     unsupported(e, "barrier 16");
 }

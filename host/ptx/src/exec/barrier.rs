@@ -86,20 +86,42 @@ fn decode(cx: &Ctx<'_, '_>, w: &Warp, i: &Inst, lane: usize) -> R<Bar> {
 /// A barrier instruction for the lanes `run`: they wait at it (`sync`, `red`) or count
 /// towards it (`arrive`). `bar.warp.sync` is a no-op: a warp's lanes at one PC run together.
 pub(super) fn arrive(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32) -> R<()> {
-    if i.mods.contains(&Mod::W(Word::Warp)) {
+    if i.mods.contains(&Mod::W(Word::Warp)) || run == 0 {
         return Ok(());
     }
-    cx.barrier_news |= run != 0;
-    for l in lanes(run) {
-        let b = decode(cx, w, i, l)?;
+    cx.barrier_news = true;
+    for (group, b) in decode_lanes(cx, w, i, run)? {
         cx.counted_barriers |= b.count.is_some();
         if b.arrive {
-            cx.arrivals[b.id] += 1;
+            let (n, count) = cx.arrivals[b.id];
+            let want = b.count.unwrap_or(0);
+            if n != 0 && count != want {
+                return Err(unsupported(cx, i, format!("bar.arrive at barrier {} with thread counts {count} and {want}", b.id)));
+            }
+            let n = n + group.count_ones();
+            if n > want {
+                return Err(unsupported(cx, i, format!("{n} threads arrived at barrier {}, whose thread count is {want}", b.id)));
+            }
+            cx.arrivals[b.id] = (n, want);
         } else {
-            w.at_barrier |= 1 << l;
+            w.at_barrier |= group;
         }
     }
     Ok(())
+}
+
+/// The barrier of each of the lanes `m` of `w`, all at instruction `i`: one group of all of
+/// them when its barrier and count are immediates (the same for every lane), else one a lane.
+fn decode_lanes(cx: &Ctx<'_, '_>, w: &Warp, i: &Inst, m: u32) -> R<Vec<(u32, Bar)>> {
+    let n = i.opds.len();
+    let red = i.mods.contains(&Mod::W(Word::Red));
+    // The barrier and count operands: all but `d` and the predicate of .red.
+    let ids = if red { i.opds.get(1..n.saturating_sub(1)).unwrap_or(&[]) } else { &i.opds[..] };
+    let first = lanes(m).next().unwrap_or(0);
+    if ids.iter().all(|o| matches!(o, Opd::Imm(_))) {
+        return Ok(vec![(m, decode(cx, w, i, first)?)]);
+    }
+    lanes(m).map(|l| Ok((1 << l, decode(cx, w, i, l)?))).collect()
 }
 
 /// Per barrier: how many threads wait, with which count and reduction (all must agree), and
@@ -116,40 +138,59 @@ struct State {
 /// Release every barrier that is complete; whether one was.
 pub(super) fn release(cx: &mut Ctx<'_, '_>, warps: &mut [Warp]) -> R<bool> {
     let live: u32 = warps.iter().map(|w| (w.exists & !w.exited).count_ones()).sum();
-    // Without thread counts, only every live thread waiting can complete a barrier.
-    if !cx.counted_barriers && warps.iter().map(|w| w.at_barrier.count_ones()).sum::<u32>() < live {
-        return Ok(false);
-    }
     let mut st = [State::default(); BARRIERS];
-    for w in warps.iter() {
-        for l in lanes(w.at_barrier) {
-            let i = waiting_inst(cx, w, l)?;
-            let b = decode(cx, w, i, l)?;
-            let s = &mut st[b.id];
-            match s.form {
-                None => s.form = Some((b.count, b.red)),
-                Some(f) if f != (b.count, b.red) => {
-                    return Err(unsupported(cx, i, format!("threads waiting at barrier {} with different counts or reductions", b.id)));
+    // Groups of waiting lanes: their warp, lanes and barrier.
+    let mut waiters = Vec::new();
+    for (wi, w) in warps.iter().enumerate() {
+        let mut rest = w.at_barrier;
+        while rest != 0 {
+            let pc = w.pc[rest.trailing_zeros() as usize];
+            let at_pc = lanes(rest).filter(|&l| w.pc[l] == pc).fold(0u32, |m, l| m | 1 << l);
+            rest &= !at_pc;
+            let i = waiting_inst(cx, pc)?;
+            for (group, b) in decode_lanes(cx, w, i, at_pc)? {
+                let s = &mut st[b.id];
+                match s.form {
+                    None => s.form = Some((b.count, b.red)),
+                    Some(f) if f != (b.count, b.red) => {
+                        return Err(unsupported(cx, i, format!("threads waiting at barrier {} with different counts or reductions", b.id)));
+                    }
+                    Some(_) => {}
                 }
-                Some(_) => {}
-            }
-            s.waiting += 1;
-            if b.red.is_some() {
-                let c = i.opds.last().ok_or_else(|| unsupported(cx, i, "bar.red without its predicate"))?;
-                s.trues += (src(cx, w, i, c, Scalar::Pred, l)? & 1) as u32;
+                s.waiting += group.count_ones();
+                if b.red.is_some() {
+                    let c = i.opds.last().ok_or_else(|| unsupported(cx, i, "bar.red without its predicate"))?;
+                    for l in lanes(group) {
+                        s.trues += (src(cx, w, i, c, Scalar::Pred, l)? & 1) as u32;
+                    }
+                }
+                waiters.push((wi, group, pc, b));
             }
         }
     }
     let mut done = [false; BARRIERS];
     for (id, s) in st.iter().enumerate() {
-        let Some((count, _)) = s.form else { continue };
-        let n = s.waiting + cx.arrivals[id];
+        let (arrived, arrive_count) = cx.arrivals[id];
+        let count = match s.form {
+            Some((c, _)) if arrived == 0 || c == Some(arrive_count) => c,
+            Some(_) => {
+                let &(_, _, pc, _) = waiters.iter().find(|x| x.3.id == id).unwrap_or(&waiters[0]);
+                let i = waiting_inst(cx, pc)?;
+                return Err(unsupported(cx, i, format!("barrier {id} waited at and arrived at with different thread counts")));
+            }
+            // Only bar.arrive so far: it completes when its count has arrived.
+            None if arrived != 0 => Some(arrive_count),
+            None => continue,
+        };
+        let n = s.waiting + arrived;
         done[id] = match count {
             None => s.waiting >= live,
             Some(b) if n > b => {
-                let (w, l) = first_waiter(warps, cx, id)?;
-                let i = waiting_inst(cx, &warps[w], l)?;
-                return Err(unsupported(cx, i, format!("{n} threads at barrier {id}, whose thread count is {b}")));
+                let what = format!("{n} threads at barrier {id}, whose thread count is {b}");
+                return Err(match waiters.iter().find(|x| x.3.id == id) {
+                    Some(&(_, _, pc, _)) => unsupported(cx, waiting_inst(cx, pc)?, what),
+                    None => ExecError::Unsupported { kernel: cx.k.name.clone(), line: 0, what },
+                });
             }
             Some(b) => n == b,
         };
@@ -157,52 +198,42 @@ pub(super) fn release(cx: &mut Ctx<'_, '_>, warps: &mut [Warp]) -> R<bool> {
     if !done.contains(&true) {
         return Ok(false);
     }
-    for w in warps.iter_mut() {
-        for l in lanes(w.at_barrier) {
-            let i = waiting_inst(cx, w, l)?;
-            let b = decode(cx, w, i, l)?;
-            if !done[b.id] {
-                continue;
-            }
-            if let Some(red) = b.red {
-                let s = st[b.id];
-                let v = match red {
-                    Red::Popc => s.trues,
-                    Red::And => u32::from(s.trues == s.waiting),
-                    Red::Or => u32::from(s.trues != 0),
-                };
-                let Some(Opd::Reg(d)) = i.opds.first() else { return Err(unsupported(cx, i, "bar.red into a non-register")) };
+    for (wi, group, pc, b) in waiters {
+        if !done[b.id] {
+            continue;
+        }
+        let w = &mut warps[wi];
+        if let Some(red) = b.red {
+            let i = waiting_inst(cx, pc)?;
+            let s = st[b.id];
+            let v = match red {
+                Red::Popc => s.trues,
+                Red::And => u32::from(s.trues == s.waiting),
+                Red::Or => u32::from(s.trues != 0),
+            };
+            let Some(Opd::Reg(d)) = i.opds.first() else { return Err(unsupported(cx, i, "bar.red into a non-register")) };
+            for l in lanes(group) {
                 set(w, *d, l, u64::from(v));
             }
-            w.at_barrier &= !(1 << l);
+        }
+        w.at_barrier &= !group;
+        for l in lanes(group) {
             w.pc[l] += 1;
         }
     }
     for (id, d) in done.iter().enumerate() {
         if *d {
-            cx.arrivals[id] = 0;
+            cx.arrivals[id] = (0, 0);
         }
     }
     Ok(true)
 }
 
-/// The instruction lane `l` of `w` waits at.
-fn waiting_inst<'k>(cx: &Ctx<'k, '_>, w: &Warp, l: usize) -> R<&'k Inst> {
-    cx.k.insts.get(w.pc[l] as usize).ok_or_else(|| ExecError::BadLaunch {
-        kernel: cx.k.name.clone(),
-        what: format!("a lane waits at instruction {} past the end", w.pc[l]),
-    })
-}
-
-fn first_waiter(warps: &[Warp], cx: &Ctx<'_, '_>, id: usize) -> R<(usize, usize)> {
-    for (wi, w) in warps.iter().enumerate() {
-        for l in lanes(w.at_barrier) {
-            if decode(cx, w, waiting_inst(cx, w, l)?, l)?.id == id {
-                return Ok((wi, l));
-            }
-        }
-    }
-    Err(ExecError::BadLaunch { kernel: cx.k.name.clone(), what: format!("no thread waits at barrier {id}") })
+/// The instruction at `pc`, where lanes of `w` wait.
+fn waiting_inst<'k>(cx: &Ctx<'k, '_>, pc: u32) -> R<&'k Inst> {
+    cx.k.insts
+        .get(pc as usize)
+        .ok_or_else(|| ExecError::BadLaunch { kernel: cx.k.name.clone(), what: format!("a lane waits at instruction {pc} past the end") })
 }
 
 /// Every live thread waits and no barrier can complete: a device would hang here.
