@@ -791,8 +791,8 @@ fn exec(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32, mask: u32, next:
     Ok(())
 }
 
-/// `griddepcontrol.wait` and `griddepcontrol.launch_dependents` (PTX ISA 9.7.13.16,
-/// programmatic dependent launch): no-ops here, and correctly so. `wait` blocks until the
+/// `griddepcontrol.wait` and `griddepcontrol.launch_dependents` (PTX ISA, "Parallel Synchronization and
+/// Communication Instructions: griddepcontrol", programmatic dependent launch): no-ops here, and correctly so. `wait` blocks until the
 /// grids this one depends on have completed and their memory operations are visible; the
 /// device runs the launches of a stream one after another, each starting only after the
 /// previous one has finished, so that already holds when the first instruction runs.
@@ -1346,7 +1346,8 @@ fn alu(cx: &Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32) -> R<()> {
     Ok(())
 }
 
-/// `prmt.b32{.mode} d, a, b, c` (PTX ISA 9.7.9.7 "prmt"): four bytes picked from the eight of
+/// `prmt.b32{.mode} d, a, b, c` (PTX ISA, "Data Movement and Conversion Instructions:
+/// prmt"): four bytes picked from the eight of
 /// `{b, a}` (`a` bytes 0-3, `b` bytes 4-7).
 ///
 /// - Default mode: byte `k` of `d` is chosen by nibble `k` of `c`: its low 3 bits index the

@@ -1,6 +1,6 @@
 //! `mma.sync` and `ldmatrix` in tiny hand-written kernels: known matrices are distributed to
-//! the lanes by the fragment layouts as the PTX ISA writes them (9.7.14.5.x, "Matrix
-//! Fragments for mma.mMnNkK"; 9.7.14.5.15 `ldmatrix`), one instruction runs, and D is
+//! the lanes by the fragment layouts as the PTX ISA writes them ("Matrix Fragments
+//! for mma.mMnNkK", and `ldmatrix`), one instruction runs, and D is
 //! compared with a plain matrix product.
 
 use vgpu_ptx::exec::{run, ExecError, Launch};

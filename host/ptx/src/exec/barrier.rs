@@ -1,4 +1,5 @@
-//! Block barriers (PTX ISA 9.7.13.1, "bar, barrier"): `bar{.cta}.sync` /
+//! Block barriers (PTX ISA, "Parallel Synchronization and Communication Instructions:
+//! bar, barrier"): `bar{.cta}.sync` /
 //! `barrier{.cta}.sync{.aligned}`, `bar{.cta}.arrive`, `bar{.cta}.red.popc.u32` and
 //! `bar{.cta}.red.{and,or}.pred`, each on one of the block's 16 barriers, with or without a
 //! thread count.

@@ -1,4 +1,4 @@
-//! Warp-level matrix instructions: `mma.sync` and `ldmatrix` (PTX ISA 9.7.14, "Warp Level
+//! Warp-level matrix instructions: `mma.sync` and `ldmatrix` (PTX ISA, "Warp Level
 //! Matrix Multiply-Accumulate Instructions").
 //!
 //! Both are warp-wide (`.sync.aligned`): every lane of the warp must execute the same
@@ -6,7 +6,7 @@
 //! warp, divergence, a guard true for only some lanes) with `ExecError::Unsupported` rather
 //! than computing from registers of lanes that are not there.
 //!
-//! **Fragments** (ISA 9.7.14.5, "Matrix Fragments for mma.mMnNkK"): each lane holds some
+//! **Fragments** (ISA, "Matrix Fragments for mma.mMnNkK", one section a shape): each lane holds some
 //! elements of A (M×K, row-major), B (K×N, column-major) and C/D (M×N), packed low to high
 //! in its `.b32` registers (four `.s8`/`.u8`, two `.f16`/`.bf16`, one `.tf32`/`.f32`/`.s32`
 //! per register). With `g = %laneid >> 2` and `t = %laneid % 4`, element `i` of a lane is at
@@ -184,7 +184,8 @@ fn shape_of(w: Word) -> Option<Shape> {
     })
 }
 
-/// The combinations of ISA 9.7.14.5.14 ("mma") that vgpu implements.
+/// The combinations of the ISA's `mma` ("Warp-level matrix multiply-accumulate
+/// instructions: mma") that vgpu implements.
 fn supported(f: &Form) -> bool {
     let int8 = |e: El| matches!(e, El::S8 | El::U8);
     match f.shape {
@@ -321,7 +322,8 @@ fn element(f: &Form, a: &[u32], b: &[u32], c: &[u32], r: usize, col: usize, k: u
     }
 }
 
-/// `ldmatrix.sync.aligned.m8n8.{x1,x2,x4}{.trans}{.shared}.b16 d, [a]` (ISA 9.7.14.5.15).
+/// `ldmatrix.sync.aligned.m8n8.{x1,x2,x4}{.trans}{.shared}.b16 d, [a]` (ISA, "Warp-level matrix load
+/// instruction: ldmatrix").
 ///
 /// Matrix `j` (of 1, 2 or 4) is 8 rows of 8 `.b16` (16 bytes, 16-byte aligned); lane `8j + r`
 /// gives the address of its row `r` (lanes past `8·count` give none). Destination register

@@ -1,5 +1,5 @@
-//! Warp reductions and matches over a member mask: `redux.sync` (PTX ISA 9.7.13.11) and
-//! `match.sync` (9.7.13.10).
+//! Warp reductions and matches over a member mask: `redux.sync` and `match.sync` (PTX ISA,
+//! "Parallel Synchronization and Communication Instructions: redux.sync" and "match.sync").
 //!
 //! Every lane in `membermask` must execute the same instruction together, and every lane
 //! executing it must be in its `membermask`; otherwise the ISA leaves the result undefined, and
