@@ -1,8 +1,7 @@
-//! Block barriers (PTX ISA, "Parallel Synchronization and Communication Instructions:
-//! bar, barrier"): `bar{.cta}.sync` /
-//! `barrier{.cta}.sync{.aligned}`, `bar{.cta}.arrive`, `bar{.cta}.red.popc.u32` and
-//! `bar{.cta}.red.{and,or}.pred`, each on one of the block's 16 barriers, with or without a
-//! thread count.
+//! Block barriers (PTX ISA, "Parallel Synchronization and Communication Instructions: bar,
+//! barrier"): `bar{.cta}.sync` / `barrier{.cta}.sync{.aligned}`, `bar{.cta}.arrive`,
+//! `bar{.cta}.red.popc.u32` and `bar{.cta}.red.{and,or}.pred`, each on one of the block's 16
+//! barriers, with or without a thread count.
 //!
 //! - `sync a{, b}`: the thread waits at barrier `a` until it completes;
 //! - `arrive a, b`: the thread counts towards barrier `a` and goes on (a producer);
@@ -17,8 +16,7 @@
 //! live thread waits at a barrier that cannot complete (a hang on a device) are errors naming
 //! the line, never a release that the ISA would not make.
 
-use super::ExecError;
-use super::{lanes, set, src, unsupported, Ctx, Warp, BARRIERS, R};
+use super::{lanes, set, src, unsupported, Ctx, ExecError, Warp, BARRIERS, R};
 use crate::ast::Scalar;
 use crate::lower::{Inst, Mod, Opd, Word};
 
