@@ -245,10 +245,7 @@ fn kernels(m: &Mediator, log: &Path) -> Result<(), String> {
         ran.as_secs_f64() * 1e3,
         warp_insts as f64 * 32.0 / ran.as_secs_f64() / 1e6
     );
-    println!(
-        "y read back: all {N} elements equal the CPU's y = 2x+1, then 0.5x+y, then -x+y (bit for bit), e.g. y[1000] = {}",
-        back[1000]
-    );
+    println!("y read back: all {N} elements equal the CPU's y = 2x+1, then 0.5x+y, then -x+y (bit for bit), e.g. y[1000] = {}", back[1000]);
 
     // The launch log: one JSON line per launch, written by the host.
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -105,16 +105,18 @@ pub fn serve_link(link: direct::HostLink, opts: &WorkerOpts, stats: &'static Ser
         }
     };
     let mut exec: Box<dyn vgpu_transport::Executor> = match opts.executor {
-        ExecutorKind::Emu | ExecutorKind::Auto => match Emu::new(Arc::clone(&region), stats, crate::emu::EmuLimits { kernels: opts.kernels.kernel_limits(), ..opts.limits }) {
-            Ok(e) => {
-                let (cache, log) = opts.kernels.open();
-                Box::new(e.with_kernels(cache, log))
+        ExecutorKind::Emu | ExecutorKind::Auto => {
+            match Emu::new(Arc::clone(&region), stats, crate::emu::EmuLimits { kernels: opts.kernels.kernel_limits(), ..opts.limits }) {
+                Ok(e) => {
+                    let (cache, log) = opts.kernels.open();
+                    Box::new(e.with_kernels(cache, log))
+                }
+                Err(e) => {
+                    warn!(target: "vgpu::worker", "emu setup: {e}");
+                    return 1;
+                }
             }
-            Err(e) => {
-                warn!(target: "vgpu::worker", "emu setup: {e}");
-                return 1;
-            }
-        },
+        }
         ExecutorKind::Cuda => match crate::cuda::open_session(Arc::clone(&region), stats, opts.session, opts.limits, &opts.kernels) {
             Ok(e) => e,
             Err(e) => {

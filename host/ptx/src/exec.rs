@@ -6,8 +6,12 @@
 //!   lowest PC among its live lanes, for the lanes at that PC (one simple correct scheme for
 //!   divergence and reconvergence under unstructured control flow). Warps of a block take
 //!   turns in time slices, so a warp spinning on shared memory lets the others progress.
-//! - **Barriers** (`bar.sync`/`barrier.sync`): a lane that reaches one waits; when every live
-//!   lane of the block waits, all go on. Exited lanes count as arrived.
+//! - **Barriers** (`bar`/`barrier` `.sync`, `.arrive`, `.red`; `exec/barrier.rs`): a lane that
+//!   reaches one waits; barrier `a` completes when `b` threads (its thread count) have arrived,
+//!   or without a count when every live thread of the block waits there (exited threads count
+//!   as arrived). A block whose threads all wait at barriers that cannot complete is an error.
+//! - **Warp-wide matrix and mask operations**: `mma.sync`, `ldmatrix` (`exec/mma.rs`), `redux.sync`,
+//!   `match.sync` (`exec/warp.rs`) check that the lanes the ISA requires execute them together.
 //! - **Memory**: global (and `.const`, and module variables) through [`Memory`], the device's
 //!   allocations, checked by it; shared per block and local per thread here, bounds-checked;
 //!   parameters from the launch's buffer. Generic addresses: shared and local are mapped at
@@ -21,6 +25,10 @@
 use crate::ast::Scalar;
 use crate::lower::{Inst, Kernel, Mod, Op, Opd, RegId, Special, Word};
 
+mod barrier;
+mod mma;
+mod warp;
+
 /// Where generic addresses of shared memory start (offset 0 of the block's shared memory).
 pub const SHARED_WINDOW: u64 = 0xffff_8000_0000_0000;
 /// Where generic addresses of local memory start (offset 0 of the thread's frame).
@@ -29,6 +37,9 @@ const WINDOW_SPAN: u64 = 1 << 40;
 
 /// Instructions a warp runs before the next warp of its block gets a turn.
 const SLICE: u32 = 256;
+
+/// Named barriers per block (`bar.sync 0` .. `bar.sync 15`).
+const BARRIERS: usize = 16;
 
 /// Global memory as the device has it.
 pub trait Memory {
@@ -111,6 +122,8 @@ struct Warp {
     params: Option<Vec<u8>>,
     /// Per lane: a called function's return values.
     ret: Vec<u8>,
+    /// Set by `nanosleep`: the warp gives up the rest of its time slice.
+    yielded: bool,
 }
 
 fn ret_bytes(k: &Kernel) -> u32 {
@@ -130,6 +143,7 @@ impl Warp {
             call: vec![0; k.call_param_bytes as usize * 32],
             params: None,
             ret: vec![0; ret_bytes(k) as usize * 32],
+            yielded: false,
         }
     }
 }
@@ -145,6 +159,14 @@ struct Ctx<'k, 'a> {
     depth: u32,
     /// The caller's kill switch, asked every time slice (also inside called functions).
     cancel: &'a dyn Fn() -> bool,
+    /// Per barrier (0-15): threads that arrived with `bar.arrive` since it last completed, and
+    /// the thread count they gave.
+    arrivals: [(u32, u32); BARRIERS],
+    /// Threads arrived at a barrier or exited since barriers were last checked.
+    barrier_news: bool,
+    /// A barrier with a thread count (or `bar.arrive`) has run in this launch: a barrier may
+    /// complete before every live thread waits.
+    counted_barriers: bool,
 }
 
 type R<T> = Result<T, ExecError>;
@@ -179,11 +201,24 @@ pub fn run_blocks(k: &Kernel, launch: &Launch<'_>, mem: &dyn Memory, cancel: &dy
     if shared_len > 256 << 10 {
         return Err(bad(format!("{shared_len} bytes of shared memory")));
     }
-    let mut cx = Ctx { k, l: launch, mem, shared: vec![0; shared_len as usize], ctaid: [0; 3], steps: 0, depth: 0, cancel };
+    let mut cx = Ctx {
+        k,
+        l: launch,
+        mem,
+        shared: vec![0; shared_len as usize],
+        ctaid: [0; 3],
+        steps: 0,
+        depth: 0,
+        cancel,
+        arrivals: [(0, 0); BARRIERS],
+        barrier_news: false,
+        counted_barriers: false,
+    };
     let [gx, gy, _] = launch.grid.map(u64::from);
     for b in blocks.start..blocks.end.min(block_count(launch)) {
         cx.ctaid = [(b % gx) as u32, (b / gx % gy) as u32, (b / (gx * gy)) as u32];
         cx.shared.fill(0);
+        cx.arrivals = [(0, 0); BARRIERS];
         run_block(&mut cx, threads as u32)?;
     }
     Ok(cx.steps)
@@ -199,7 +234,8 @@ fn run_block(cx: &mut Ctx<'_, '_>, threads: u32) -> R<()> {
     loop {
         let mut progressed = false;
         let mut all_done = true;
-        for w in warps.iter_mut() {
+        for wi in 0..warps.len() {
+            let w = &mut warps[wi];
             let live = w.exists & !w.exited;
             if live == 0 {
                 continue;
@@ -216,21 +252,21 @@ fn run_block(cx: &mut Ctx<'_, '_>, threads: u32) -> R<()> {
                     break;
                 }
                 progressed = true;
+                if std::mem::take(&mut w.yielded) {
+                    break;
+                }
+            }
+            // A counted barrier may complete while other warps run; one without a count only
+            // when no warp can go on (below).
+            if std::mem::take(&mut cx.barrier_news) && cx.counted_barriers {
+                barrier::release(cx, &mut warps)?;
             }
         }
         if all_done {
             return Ok(());
         }
-        if !progressed {
-            // Every live lane waits at a barrier: release them all.
-            for w in warps.iter_mut() {
-                for lane in 0..32 {
-                    if w.at_barrier & (1 << lane) != 0 {
-                        w.pc[lane] += 1;
-                    }
-                }
-                w.at_barrier = 0;
-            }
+        if !progressed && !barrier::release(cx, &mut warps)? {
+            return Err(barrier::deadlock(cx, &warps));
         }
     }
 }
@@ -548,7 +584,10 @@ fn lanes(m: u32) -> impl Iterator<Item = usize> {
 fn min_operands(op: Op) -> usize {
     match op {
         Op::Ret | Op::Exit | Op::Trap | Op::Membar | Op::Fence | Op::Bar | Op::Barrier | Op::Call => 0,
-        Op::Bra => 1,
+        Op::Griddepcontrol => 0,
+        Op::Bra | Op::Nanosleep => 1,
+        Op::Ldmatrix => 2,
+        Op::Mma => 4,
         Op::Mov | Op::Ld | Op::Ldu | Op::St | Op::Cvta | Op::Cvt | Op::Vote | Op::Red => 2,
         Op::Abs
         | Op::Neg
@@ -586,22 +625,16 @@ fn exec(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32, mask: u32, next:
                 next[l] = *t;
             }
         }
-        Op::Ret | Op::Exit => w.exited |= run,
+        Op::Ret | Op::Exit => {
+            w.exited |= run;
+            cx.barrier_news = true;
+        }
         Op::Trap => {
             if run != 0 {
                 return Err(ExecError::Trap { kernel: cx.k.name.clone(), line: i.line });
             }
         }
-        Op::Bar | Op::Barrier => {
-            if has(i, Word::Warp) {
-                // bar.warp.sync: lanes already run in lockstep at one PC.
-            } else if has(i, Word::Red) || has(i, Word::Arrive) || i.opds.len() > 1 {
-                return Err(unsupported(cx, i, "bar with a thread count, .arrive or .red"));
-            } else {
-                w.at_barrier |= run;
-                // Lanes whose guard failed go on.
-            }
-        }
+        Op::Bar | Op::Barrier => barrier::arrive(cx, w, i, run)?,
         Op::Membar | Op::Fence => {}
         Op::Mov => {
             let t = last_type(cx, i)?;
@@ -751,10 +784,34 @@ fn exec(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32, mask: u32, next:
         }
         Op::Atom | Op::Red => atom(cx, w, i, run)?,
         Op::Call => call(cx, w, i, run)?,
+        Op::Mma => mma::mma(cx, w, i, run, mask)?,
+        Op::Ldmatrix => mma::ldmatrix(cx, w, i, run, mask)?,
+        Op::Redux => warp::redux(cx, w, i, run)?,
+        Op::Match => warp::match_sync(cx, w, i, run)?,
+        Op::Nanosleep => {
+            // A hint that the thread may sleep up to `t` ns: the warp yields its time slice.
+            if run != 0 {
+                w.yielded = true;
+            }
+        }
+        Op::Griddepcontrol => griddepcontrol(cx, i)?,
         _ => alu(cx, w, i, run)?,
     }
-    let _ = mask;
     Ok(())
+}
+
+/// `griddepcontrol.wait` and `griddepcontrol.launch_dependents` (PTX ISA, "Parallel Synchronization and
+/// Communication Instructions: griddepcontrol", programmatic dependent launch): no-ops here, and correctly so. `wait` blocks until the
+/// grids this one depends on have completed and their memory operations are visible; the
+/// device runs the launches of a stream one after another, each starting only after the
+/// previous one has finished, so that already holds when the first instruction runs.
+/// `launch_dependents` only allows a dependent grid to start *early*; never doing so is
+/// what a launch without programmatic dependent launch does.
+fn griddepcontrol(cx: &Ctx<'_, '_>, i: &Inst) -> R<()> {
+    match i.mods[..] {
+        [Mod::W(Word::Wait | Word::LaunchDependents)] if i.opds.is_empty() => Ok(()),
+        _ => Err(unsupported(cx, i, "this form of griddepcontrol")),
+    }
 }
 
 fn setp(cx: &Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32) -> R<()> {
@@ -1272,20 +1329,11 @@ fn alu(cx: &Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32) -> R<()> {
                     acc as u64
                 }
                 Op::Prmt => {
-                    if i.mods.iter().any(|m| matches!(m, Mod::W(Word::F4e | Word::B4e | Word::Rc8 | Word::Ecl | Word::Ecr | Word::Rc16))) {
-                        return Err(unsupported(cx, i, "prmt modes"));
-                    }
-                    let bytes = (mask_to(Scalar::B32, b) << 32 | mask_to(Scalar::B32, a)).to_le_bytes();
-                    let mut out = 0u64;
-                    for k in 0..4 {
-                        let sel = (c >> (4 * k)) & 0xf;
-                        let mut byte = bytes[(sel & 7) as usize];
-                        if sel & 8 != 0 {
-                            byte = if byte & 0x80 != 0 { 0xff } else { 0 };
-                        }
-                        out |= u64::from(byte) << (8 * k);
-                    }
-                    out
+                    let mode = i.mods.iter().find_map(|m| match m {
+                        Mod::W(w @ (Word::F4e | Word::B4e | Word::Rc8 | Word::Ecl | Word::Ecr | Word::Rc16)) => Some(*w),
+                        _ => None,
+                    });
+                    u64::from(prmt(a as u32, b as u32, c as u32, mode))
                 }
                 _ => return Err(unsupported(cx, i, format!("{} on integers", i.op.word()))),
             };
@@ -1305,6 +1353,48 @@ fn alu(cx: &Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32) -> R<()> {
         set(w, d, l, v);
     }
     Ok(())
+}
+
+/// `prmt.b32{.mode} d, a, b, c` (PTX ISA, "Data Movement and Conversion Instructions:
+/// prmt"): four bytes picked from the eight of
+/// `{b, a}` (`a` bytes 0-3, `b` bytes 4-7).
+///
+/// - Default mode: byte `k` of `d` is chosen by nibble `k` of `c`: its low 3 bits index the
+///   source byte; with bit 3 set, the chosen byte's sign bit is replicated over the byte.
+/// - `.f4e .b4e .rc8 .ecl .ecr .rc16`: `c[1:0]` selects a row of the ISA's table, which lists
+///   the source byte of `d.b3 d.b2 d.b1 d.b0`:
+///
+/// | mode | c=0     | c=1     | c=2     | c=3     |
+/// |------|---------|---------|---------|---------|
+/// | f4e  | 3 2 1 0 | 4 3 2 1 | 5 4 3 2 | 6 5 4 3 |
+/// | b4e  | 5 6 7 0 | 6 7 0 1 | 7 0 1 2 | 0 1 2 3 |
+/// | rc8  | 0 0 0 0 | 1 1 1 1 | 2 2 2 2 | 3 3 3 3 |
+/// | ecl  | 3 2 1 0 | 3 2 1 1 | 3 2 2 2 | 3 3 3 3 |
+/// | ecr  | 0 0 0 0 | 1 1 1 0 | 2 2 1 0 | 3 2 1 0 |
+/// | rc16 | 1 0 1 0 | 3 2 3 2 | 1 0 1 0 | 3 2 3 2 |
+fn prmt(a: u32, b: u32, c: u32, mode: Option<Word>) -> u32 {
+    let bytes = (u64::from(b) << 32 | u64::from(a)).to_le_bytes();
+    let Some(mode) = mode else {
+        return (0..4).fold(0u32, |out, k| {
+            let sel = (c >> (4 * k)) & 0xf;
+            let mut byte = bytes[(sel & 7) as usize];
+            if sel & 8 != 0 {
+                byte = if byte & 0x80 != 0 { 0xff } else { 0 };
+            }
+            out | u32::from(byte) << (8 * k)
+        });
+    };
+    let s = (c & 3) as usize;
+    // Source bytes of d.b3, d.b2, d.b1, d.b0.
+    let row: [usize; 4] = match mode {
+        Word::F4e => [s + 3, s + 2, s + 1, s],
+        Word::B4e => [(s + 5) % 8, (s + 6) % 8, (s + 7) % 8, s],
+        Word::Rc8 => [s; 4],
+        Word::Ecl => [3, s.max(2), s.max(1), s],
+        Word::Ecr => [s, s.min(2), s.min(1), 0],
+        _ => [2 * (s & 1) + 1, 2 * (s & 1), 2 * (s & 1) + 1, 2 * (s & 1)],
+    };
+    row.iter().enumerate().fold(0u32, |out, (k, &src)| out | u32::from(bytes[src]) << (8 * (3 - k)))
 }
 
 fn wide_of(t: Scalar) -> Scalar {
@@ -1384,7 +1474,19 @@ fn call_body(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32, k: &Kernel,
     }
     child.params = Some(params);
     let shared = std::mem::take(&mut cx.shared);
-    let mut ccx = Ctx { k, l: cx.l, mem: cx.mem, shared, ctaid: cx.ctaid, steps: cx.steps, depth: cx.depth + 1, cancel: cx.cancel };
+    let mut ccx = Ctx {
+        k,
+        l: cx.l,
+        mem: cx.mem,
+        shared,
+        ctaid: cx.ctaid,
+        steps: cx.steps,
+        depth: cx.depth + 1,
+        cancel: cx.cancel,
+        arrivals: cx.arrivals,
+        barrier_news: false,
+        counted_barriers: cx.counted_barriers,
+    };
     let r = (|| -> R<()> {
         // A called function may loop for ever: ask the kill switch every time slice here too.
         let mut n = 0u32;
@@ -1401,6 +1503,7 @@ fn call_body(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32, k: &Kernel,
     })();
     cx.shared = std::mem::take(&mut ccx.shared);
     cx.steps = ccx.steps;
+    cx.arrivals = ccx.arrivals;
     r?;
     if child.at_barrier != 0 {
         return Err(unsupported(cx, i, format!("a barrier inside the called function {}", k.name)));
@@ -1643,6 +1746,30 @@ mod tests {
     fn fmt(f: &str, args: &[u64]) -> String {
         let mut it = args.iter().copied();
         format_printf(f.as_bytes(), &mut |_| Ok(it.next().unwrap_or(0)), &mut |_| "str".into()).unwrap()
+    }
+
+    #[test]
+    fn prmt_modes_follow_the_isa_table() {
+        // {b, a} = bytes 7..0 = 0x77 0x66 ... 0x00 (byte n is 0xnn), so d's bytes name their sources.
+        let (a, b) = (0x3322_1100, 0x7766_5544);
+        let table: [(Word, [u32; 4]); 6] = [
+            (Word::F4e, [0x3322_1100, 0x4433_2211, 0x5544_3322, 0x6655_4433]),
+            (Word::B4e, [0x5566_7700, 0x6677_0011, 0x7700_1122, 0x0011_2233]),
+            (Word::Rc8, [0x0000_0000, 0x1111_1111, 0x2222_2222, 0x3333_3333]),
+            (Word::Ecl, [0x3322_1100, 0x3322_1111, 0x3322_2222, 0x3333_3333]),
+            (Word::Ecr, [0x0000_0000, 0x1111_1100, 0x2222_1100, 0x3322_1100]),
+            (Word::Rc16, [0x1100_1100, 0x3322_3322, 0x1100_1100, 0x3322_3322]),
+        ];
+        for (mode, rows) in table {
+            for (sel, want) in rows.into_iter().enumerate() {
+                // Only c[1:0] selects: the other bits of c are ignored.
+                assert_eq!(prmt(a, b, sel as u32 | 0xfff0, Some(mode)), want, "{mode:?} {sel}");
+            }
+        }
+        // Default mode: nibble k of c picks d's byte k; bit 3 replicates the byte's sign.
+        assert_eq!(prmt(a, b, 0x7531, None), 0x7755_3311);
+        assert_eq!(prmt(0x0000_80ff, 0, 0x4498, None), 0x0000_ffff);
+        assert_eq!(prmt(0x0000_7f01, 0, 0x4409, None), 0x0000_0100);
     }
 
     #[test]

@@ -16,10 +16,13 @@
 //!    PC per lane (the lanes at the lowest PC run together), barriers, shared/local/param
 //!    memory here and global memory through the device's [`exec::Memory`], atomics, shuffles
 //!    and votes, integer and float arithmetic, conversions. Half and bfloat16 conversions
-//!    and packed-pair arithmetic, calls of device functions (`Callee`) and `printf` too. Not
-//!    yet: `mma`/`ldmatrix`, textures, grid-wide sync; each is an
-//!    [`exec::ExecError::Unsupported`] naming the line, never a wrong result. Wiring it into the
-//!    `emu` executor is the next step.
+//!    and packed-pair arithmetic, calls of device functions (`Callee`) and `printf`,
+//!    `mma.sync` (s8/u8, f16, bf16, tf32 shapes) and `ldmatrix` with the ISA's fragment
+//!    layouts, counted and reducing barriers, `redux`, `match`. Not yet: textures, surfaces,
+//!    the `mma` forms listed in `exec::mma`; each is an [`exec::ExecError::Unsupported`]
+//!    naming the line, never a wrong result;
+//! 5. [`program`]: a loaded module as a device holds it (`emu` in the mediator): kernels
+//!    lowered on first lookup with every function they reach.
 //!
 //! The input is untrusted (it comes from the guest): every error is an [`Error`] naming the
 //! line, its text and what was expected; nothing panics, recursion is bounded, sizes are

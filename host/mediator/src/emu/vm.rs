@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 // Counters, not a protocol: the block index handed out, a stop flag, a sum (no loom model needed:
 // each is one independent atomic, and results are read after the scope joins every thread).
-use vgpu_transport::sync::stat::AtomicU64;
-use vgpu_transport::sync::Ordering;
 use vgpu_ptx::exec::{self, ExecError, Fault, Launch};
 use vgpu_ptx::program::Entry;
+use vgpu_transport::sync::stat::AtomicU64;
+use vgpu_transport::sync::Ordering;
 
 use super::Alloc;
 
