@@ -14,7 +14,8 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 use vgpu_tests::{
-    args, mediator, mediator_with_args, mediator_with_launch_log, pattern, read_launch_log, session_where, stat, RawSession, TempDir,
+    args, mediator, mediator_with_args, mediator_with_launch_log, pattern, poll_until, read_launch_log, session_where, stat, RawSession,
+    TempDir,
 };
 use vgpu_transport::wire::{func_attr, hdr, launch, module_hash, module_load_args, Call, Status, FUNC_INFO_MAX, MAX_MODULE_LEN};
 
@@ -47,14 +48,18 @@ fn compile(out: &str, args: &[&str]) -> Option<Vec<u8>> {
     Some(bytes)
 }
 
-/// sm_80 and sm_90 cubins: emu (compute capability 8.0) picks sm_80.
+/// sm_80 and sm_90 cubins and compute_90 PTX: emu (compute capability 9.0) describes the
+/// kernels from the sm_90 cubin and runs the PTX.
 fn fatbin() -> Option<&'static [u8]> {
     static F: OnceLock<Option<Vec<u8>>> = OnceLock::new();
-    F.get_or_init(|| compile("module.fatbin", &["-fatbin", "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]))
-        .as_deref()
+    F.get_or_init(|| {
+        compile("module.fatbin", &["-fatbin", "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=[sm_90,compute_90]"])
+    })
+    .as_deref()
 }
 
-/// PTX only: nothing emu (or any device without a JIT) can take as a binary.
+/// PTX only (as Ollama's CUDA 13 build ships its kernels): emu describes the kernels from the
+/// PTX signatures and runs them.
 fn ptx_only() -> Option<Vec<u8>> {
     compile("module-ptx.fatbin", &["-fatbin", "-gencode=arch=compute_80,code=compute_80"])
 }
@@ -263,7 +268,14 @@ fn load_query_launch_and_symbols() {
     let Some(img) = fatbin() else { return };
     let dir = TempDir::new("emu-kernels-log");
     let log = dir.path().join("launches.jsonl");
-    let m = mediator_with_launch_log(&log);
+    let m = mediator_with_args(&[
+        std::ffi::OsStr::new("--launch-log"),
+        log.as_os_str(),
+        "--module-cache".as_ref(),
+        "none".as_ref(),
+        "--kernel-timeout".as_ref(),
+        "2".as_ref(),
+    ]);
     let mut s = S::new(&m);
     let module = s.load(img);
     let st = s.stat(&m);
@@ -276,7 +288,7 @@ fn load_query_launch_and_symbols() {
     assert_eq!(bi.shared, 1024, "__shared__ float tile[256]");
     assert_eq!(bi.max_dyn_shared, (48 << 10) - 1024);
     assert!(bi.num_regs > 0 && bi.const_bytes >= 12, "{bi:?}");
-    assert_eq!((bi.binary_version, bi.ptx_version), (80, 80), "the sm_80 cubin, from compute_80");
+    assert_eq!((bi.binary_version, bi.ptx_version), (90, 90), "the sm_90 cubin, from compute_90");
     assert_eq!(s.func(module, BOUNDED).0, fb, "the same function gets the same handle");
     let (fs, si) = s.func(module, SCALE);
     assert_eq!((si.param_bytes, si.params.clone()), (33, vec![(0, 8), (8, 4), (16, 16), (32, 1)]), "{si:?}");
@@ -306,16 +318,23 @@ fn load_query_launch_and_symbols() {
     assert_eq!(s.status(Call::MemFree, 0, args(g[0], 0, 0)), Status::InvalidDevicePointer);
     assert_eq!(s.read_status(g[0] + 8, 9), Err(Status::InvalidDevicePointer), "past the variable");
 
-    // Launches: validated, recorded in the log, completed NotSupported (emu runs no kernel).
+    // Launches: validated, recorded in the log, run. The last one's grid is the largest the
+    // device takes (2^33 blocks): it runs past the mediator's --kernel-timeout and is stopped
+    // with the device's launch-timeout fault.
     let buf = s.alloc(4096);
     let stream = s.ok(Call::StreamCreate, 0, args(0, 0, 0))[0] as u32;
     let p1 = bounded_params(buf, 100);
     let p2 = scale_params(buf, 2.5, -3, 0.25, 7);
     let p3 = buf.to_le_bytes().to_vec();
-    assert_eq!(s.launch(0, fb, (2, 1, 1), (128, 1, 1), 0, &p1), Status::NotSupported);
-    assert_eq!(s.launch(stream, fs, (3, 2, 1), (32, 4, 1), 0, &p2), Status::NotSupported);
-    assert_eq!(s.launch(stream, fd, (1, 1, 1), (256, 1, 1), 1000, &p3), Status::NotSupported);
-    assert_eq!(s.launch(0, fnp, (65536, 65535, 2), (1, 1, 1), 0, &[]), Status::NotSupported);
+    assert_eq!(s.launch(0, fb, (2, 1, 1), (128, 1, 1), 0, &p1), Status::Ok);
+    assert_eq!(s.launch(stream, fs, (3, 2, 1), (32, 4, 1), 0, &p2), Status::Ok);
+    assert_eq!(s.launch(stream, fd, (1, 1, 1), (256, 1, 1), 1000, &p3), Status::Ok);
+    let t = std::time::Instant::now();
+    assert_eq!(s.launch(0, fnp, (65536, 65535, 2), (1, 1, 1), 0, &[]), Status::DeviceError, "stopped by the timeout");
+    assert!(t.elapsed() < std::time::Duration::from_secs(30), "stopped after {:?}", t.elapsed());
+    // dynshared: out[t] = dyn[(t + 1) % 256] = (t + 1) % 256.
+    let want: Vec<u8> = (0..256u32).map(|t| ((t + 1) % 256) as u8).collect();
+    assert_eq!(s.read(buf, 256), want, "dynshared ran");
     let recs = read_launch_log(&log);
     assert_eq!(recs.len(), 4, "{recs:?}");
     let sid = s.session_id();
@@ -326,6 +345,7 @@ fn load_query_launch_and_symbols() {
     let seqs: Vec<u64> = recs.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, vec![1, 2, 3, 4]);
     assert_eq!(s.stat(&m)["launches"].as_u64(), Some(4));
+    assert_eq!(s.stat(&m)["kernel_faults"].as_u64(), Some(1), "the timed-out launch");
 
     // Unload: functions and variables are gone, and their memory with them.
     let before = s.stat(&m)["mem_in_use"].as_u64().unwrap();
@@ -416,7 +436,17 @@ fn hostile_uploads_and_images() {
     }
     assert_eq!(s.load_status(&lz4).0, Status::InvalidImage, "LZ4");
     if let Some(ptx) = ptx_only() {
-        assert_eq!(s.load_status(&ptx).0, Status::NoKernelImage, "PTX only");
+        let (st, pm) = s.load_status(&ptx);
+        assert_eq!(st, Status::Ok, "PTX only");
+        let (f, info) = s.func(pm, BOUNDED);
+        assert_eq!(info.params, [(0, 8), (8, 4)], "the layout from the PTX signature");
+        assert_eq!((info.max_threads, info.shared, info.ptx_version), (128, 1024, 80), ".maxntid 128, tile[256], compute_80");
+        let out = s.alloc(512);
+        s.write(out, &[0; 512]);
+        assert_eq!(s.launch(0, f, (1, 1, 1), (128, 1, 1), 0, &bounded_params(out, 4)), Status::Ok);
+        // out[t] = tile[t + 1] + gtable[4 & 3] for t < 4, and tile holds 0 * coeffs.
+        let got = s.read(out, 16);
+        assert_eq!(got, [1.0f32; 4].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
     }
     // Quotas: 64 open uploads, MAX_MODULE_LEN open bytes (address space only: nothing written).
     for id in 100..164 {
@@ -441,7 +471,11 @@ fn hostile_uploads_and_images() {
     assert_eq!(st_, Status::Ok);
     assert_ne!(r[0], module, "a second load is a second module");
     let st = s.stat(&m);
-    assert_eq!((st["modules_loaded"].as_u64(), st["modules_cached"].as_u64()), (Some(2), Some(1)), "{st}");
+    assert_eq!(
+        (st["modules_loaded"].as_u64(), st["modules_cached"].as_u64()),
+        (Some(3), Some(1)),
+        "the PTX-only module, the good one twice: {st}"
+    );
 }
 
 #[test]
@@ -497,20 +531,20 @@ fn hostile_functions_and_launches() {
     let (g, b) = (launch::pack_grid(1, 1, 1).unwrap(), launch::pack_block(1, 1, 1, 0).unwrap());
     assert_eq!(s.status(Call::Launch, 0, [fb, g, b, 0, s.raw.window_len() - 4, 12]), Status::InvalidWindowRange);
     assert_eq!(read_launch_log(&log).len(), 0, "nothing recorded");
-    // Dynamic shared memory: 48 KiB by default, more after opting in, never past 163 KiB.
-    assert_eq!(s.launch(0, fd, (1, 1, 1), (64, 1, 1), 48 << 10, &pd), Status::NotSupported);
+    // Dynamic shared memory: 48 KiB by default, more after opting in, never past 227 KiB (cc 9.0).
+    assert_eq!(s.launch(0, fd, (1, 1, 1), (64, 1, 1), 48 << 10, &pd), Status::Ok);
     assert_eq!(s.launch(0, fd, (1, 1, 1), (64, 1, 1), (48 << 10) + 1, &pd), Status::LaunchOutOfResources);
     let set = |s: &mut S, f: u64, attr: u64, v: u64| s.status(Call::FuncSetAttr, 0, args(f, attr, v));
     assert_eq!(set(&mut s, fd, func_attr::MAX_DYNAMIC_SHARED_MEMORY_SIZE, 100 << 10), Status::Ok);
-    assert_eq!(s.launch(0, fd, (1, 1, 1), (64, 1, 1), 100 << 10, &pd), Status::NotSupported);
+    assert_eq!(s.launch(0, fd, (1, 1, 1), (64, 1, 1), 100 << 10, &pd), Status::Ok);
     assert_eq!(s.launch(0, fd, (1, 1, 1), (64, 1, 1), (100 << 10) + 1, &pd), Status::LaunchOutOfResources);
     assert_eq!(s.func(module, DYNSHARED).1.max_dyn_shared, 100 << 10, "FuncGet reports the raised limit");
-    assert_eq!(set(&mut s, fd, func_attr::MAX_DYNAMIC_SHARED_MEMORY_SIZE, (163 << 10) + 1), Status::InvalidArgument);
-    assert_eq!(set(&mut s, fb, func_attr::MAX_DYNAMIC_SHARED_MEMORY_SIZE, 162 << 10), Status::Ok);
+    assert_eq!(set(&mut s, fd, func_attr::MAX_DYNAMIC_SHARED_MEMORY_SIZE, (227 << 10) + 1), Status::InvalidArgument);
+    assert_eq!(set(&mut s, fb, func_attr::MAX_DYNAMIC_SHARED_MEMORY_SIZE, 226 << 10), Status::Ok);
     assert_eq!(
-        set(&mut s, fb, func_attr::MAX_DYNAMIC_SHARED_MEMORY_SIZE, (162 << 10) + 1),
+        set(&mut s, fb, func_attr::MAX_DYNAMIC_SHARED_MEMORY_SIZE, (226 << 10) + 1),
         Status::InvalidArgument,
-        "static 1 KiB + dynamic past 163 KiB"
+        "static 1 KiB + dynamic past 227 KiB"
     );
     assert_eq!(set(&mut s, fd, func_attr::MAX_DYNAMIC_SHARED_MEMORY_SIZE, (-1i32) as u32 as u64), Status::InvalidArgument);
     assert_eq!(set(&mut s, fd, func_attr::MAX_DYNAMIC_SHARED_MEMORY_SIZE, 1 << 40), Status::InvalidArgument);
@@ -520,15 +554,15 @@ fn hostile_functions_and_launches() {
     assert_eq!(set(&mut s, fd, func_attr::CLUSTER_DIM_MUST_BE_SET, 1), Status::InvalidArgument, "read-only");
     assert_eq!(set(&mut s, fd, 99, 1), Status::InvalidArgument);
     assert_eq!(set(&mut s, 999_999, func_attr::PREFERRED_SHARED_MEMORY_CARVEOUT, 1), Status::InvalidHandle);
-    // Occupancy: resident blocks from threads, registers and shared memory (cc 8.0 limits).
+    // Occupancy: resident blocks from threads, registers and shared memory (cc 9.0 limits).
     let occ = |s: &mut S, f: u64, threads: u64, shared: u64| s.call(Call::Occupancy, 0, [f, threads, shared, 0, 0, 0]);
     let (_, bi) = s.func(module, BOUNDED);
     let warps = 4u64;
     let by_regs = 65536 / ((bi.num_regs as u64 * 32).div_ceil(256) * 256) / warps;
-    let want = 32.min(64 / warps).min(by_regs).min((164 << 10) / 2048);
+    let want = 32.min(64 / warps).min(by_regs).min((228 << 10) / 2048);
     assert_eq!(occ(&mut s, fb, 128, 0), (Status::Ok, [want, 0]), "{bi:?}");
     assert_eq!(occ(&mut s, fb, 256, 0), (Status::Ok, [0, 0]), "more threads than the function takes");
-    assert_eq!(occ(&mut s, fd, 128, 48 << 10).1[0], 3, "48 KiB + 1 KiB reserved per block in 164 KiB");
+    assert_eq!(occ(&mut s, fd, 128, 48 << 10).1[0], 4, "48 KiB + 1 KiB reserved per block in 228 KiB");
     assert_eq!(occ(&mut s, fd, 32, 0).1[0], 32, "block limit");
     assert_eq!(occ(&mut s, fd, 0, 0).0, Status::InvalidArgument);
     assert_eq!(occ(&mut s, fd, 32, u64::MAX), (Status::Ok, [0, 0]), "more shared memory than exists");
@@ -571,7 +605,8 @@ fn capture_graphs_and_replay() {
     assert_eq!(s.status(Call::StreamBeginCapture, st, args(0, 0, 0)), Status::InvalidArgument, "already capturing");
     s.ok(Call::Memset, st, args(a, 0x11, 1024));
     s.ok(Call::MemcpyHtoD, st, args(b, PINNED_IN, 512));
-    assert_eq!(s.launch(st, fs, (2, 1, 1), (64, 1, 1), 0, &params), Status::Ok, "a captured launch completes Ok");
+    // One block: scale's threads index x by threadIdx.x alone, so two blocks would race.
+    assert_eq!(s.launch(st, fs, (1, 1, 1), (64, 1, 1), 0, &params), Status::Ok, "a captured launch completes Ok");
     s.ok(Call::MemcpyDtoD, st, args(b + 1024, a, 256));
     s.ok(Call::MemcpyDtoH, st, args(b, PINNED_OUT, 128));
     assert_eq!(s.launch(st, fs, (0, 1, 1), (64, 1, 1), 0, &params), Status::InvalidConfiguration, "still validated");
@@ -586,19 +621,22 @@ fn capture_graphs_and_replay() {
     let e = s.ok(Call::GraphInstantiate, 0, args(g, 0, 0))[0];
     let x = pattern(2, 512);
     s.raw.region.write_window(PINNED_IN, &x).unwrap();
-    assert_eq!(s.status(Call::GraphLaunch, st, args(e, 0, 0)), Status::NotSupported, "it holds a launch");
+    assert_eq!(s.status(Call::GraphLaunch, st, args(e, 0, 0)), Status::Ok, "memset, copy, launch, copies");
+    // scale on a: x = x * 2 + 1 + 0.5 + 3 for its 64 threads, x = bits 0x11111111 (about 1e-28).
+    let scaled: Vec<u8> = 4.5f32.to_le_bytes().repeat(64);
     let ga = s.read(a, 4096);
-    assert_eq!(ga[..1024], [0x11; 1024]);
+    assert_eq!(ga[..256], scaled[..]);
+    assert_eq!(ga[256..1024], [0x11; 768]);
     assert_eq!(ga[1024..], pa[1024..]);
     let gb = s.read(b, 4096);
     assert_eq!(gb[..512], x[..]);
-    assert_eq!(gb[1024..1280], [0x11; 256]);
+    assert_eq!(gb[1024..1280], scaled[..], "the copy after the launch saw its result");
     let mut out = vec![0u8; 128];
     s.raw.region.read_window(PINNED_OUT, &mut out).unwrap();
     assert_eq!(out, x[..128]);
     let recs = read_launch_log(&log);
     assert_eq!(recs.len(), 1);
-    check_record(&recs[0], s.session_id(), st, SCALE, [2, 1, 1], [64, 1, 1], 0, &params, true);
+    check_record(&recs[0], s.session_id(), st, SCALE, [1, 1, 1], [64, 1, 1], 0, &params, true);
     assert_eq!(s.stat(&m)["graph_launches"].as_u64(), Some(1));
 
     // Update with the same topology: new parameters, same exec.
@@ -611,7 +649,7 @@ fn capture_graphs_and_replay() {
     s.ok(Call::MemcpyDtoH, st, args(b, PINNED_OUT, 128));
     let g2 = s.ok(Call::StreamEndCapture, st, args(0, 0, 0))[0];
     assert_eq!(s.ok(Call::GraphExecUpdate, 0, args(e, g2, 0))[0], 0, "same topology");
-    assert_eq!(s.status(Call::GraphLaunch, st, args(e, 0, 0)), Status::NotSupported);
+    assert_eq!(s.status(Call::GraphLaunch, st, args(e, 0, 0)), Status::Ok);
     assert_eq!(s.read(a, 1024), vec![0x22; 1024]);
     let recs = read_launch_log(&log);
     check_record(&recs[1], s.session_id(), st, SCALE, [4, 1, 1], [32, 1, 1], 0, &params2, true);
@@ -623,7 +661,7 @@ fn capture_graphs_and_replay() {
     assert_eq!(s.ok(Call::GraphExecUpdate, 0, args(e, g3, 0))[0], 2, "cudaGraphExecUpdateErrorTopologyChanged");
     assert_eq!(s.status(Call::GraphExecUpdate, 0, args(999_999, g3, 0)), Status::InvalidHandle);
     assert_eq!(s.status(Call::GraphExecUpdate, 0, args(e, 999_999, 0)), Status::InvalidHandle);
-    assert_eq!(s.status(Call::GraphLaunch, st, args(e, 0, 0)), Status::NotSupported);
+    assert_eq!(s.status(Call::GraphLaunch, st, args(e, 0, 0)), Status::Ok);
     assert_eq!(s.read(a, 1024), vec![0x22; 1024], "still the updated exec");
     // A graph of copies only completes Ok.
     let e3 = s.ok(Call::GraphInstantiate, 0, args(g3, 0, 0))[0];
@@ -665,7 +703,7 @@ fn capture_graphs_and_replay() {
     // Destroy: a graph's execs outlive it; a destroyed exec is gone.
     s.ok(Call::GraphDestroy, 0, args(g, 0, 0));
     assert_eq!(s.status(Call::GraphDestroy, 0, args(g, 0, 0)), Status::InvalidHandle);
-    assert_eq!(s.status(Call::GraphLaunch, st, args(e, 0, 0)), Status::NotSupported);
+    assert_eq!(s.status(Call::GraphLaunch, st, args(e, 0, 0)), Status::Ok);
     s.ok(Call::ModuleUnload, 0, args(module, 0, 0));
     assert_eq!(s.status(Call::GraphLaunch, st, args(e, 0, 0)), Status::InvalidHandle, "its function was unloaded");
     s.ok(Call::GraphExecDestroy, 0, args(e, 0, 0));
@@ -783,4 +821,122 @@ fn mutated_images_never_hurt_the_session() {
     }
     assert!(loaded > 0, "some mutations leave the module loadable");
     assert_eq!(s.stat(&m)["state"], "serving");
+}
+
+// ---- The PTX interpreter against hostile kernels (hand-written PTX in PTX-only fat binaries, so
+// no nvcc is needed): faults, endless loops, a session that ends under a running kernel, PTX that
+// does not parse or uses what the interpreter lacks. ----
+
+const VM_PTX: &str = ".version 8.0\n.target sm_80\n.address_size 64\n\
+    .visible .entry poke(.param .u64 p)\n{\n.reg .b64 %rd<2>;\n.reg .b32 %r<2>;\n\
+    ld.param.u64 %rd1, [p];\nmov.u32 %r1, 7;\nst.global.u32 [%rd1], %r1;\nret;\n}\n\
+    .visible .entry spin()\n{\n$L_top:\nbra.uni $L_top;\n}\n\
+    .visible .entry boom()\n{\ntrap;\n}\n\
+    .visible .entry uses_tex(.param .u64 t)\n{\n.reg .b64 %rd<2>;\n.reg .f32 %f<5>;\n\
+    ld.param.u64 %rd1, [t];\ntex.1d.v4.f32.s32 {%f1, %f2, %f3, %f4}, [%rd1, {0}];\nret;\n}\n";
+
+fn vm_module(s: &mut S) -> u64 {
+    s.load(&vgpu_fatbin::synth::ptx_fatbin(&[(80, VM_PTX)]))
+}
+
+/// `(status, CUresult)` of a launch (a DeviceError carries the device's code in `aux`).
+fn launch_code(s: &mut S, stream: u32, f: u64, params: &[u8]) -> (Status, u32) {
+    s.raw.region.write_window(PARAM_OFF, params).unwrap();
+    let (g, b) = (launch::pack_grid(1, 1, 1).unwrap(), launch::pack_block(32, 1, 1, 0).unwrap());
+    let c = s.raw.call_raw(Call::Launch as u16, 0, stream, [f, g, b, 0, PARAM_OFF, params.len() as u64]);
+    (Status::from_u32(c.status), c.aux)
+}
+
+#[test]
+fn kernel_faults_are_device_errors_and_the_session_goes_on() {
+    let m = mediator_with_args(&["--module-cache", "none", "--kernel-timeout", "1"]);
+    let mut s = S::new(&m);
+    let module = vm_module(&mut s);
+    let (poke, _) = s.func(module, "poke");
+    let (boom, _) = s.func(module, "boom");
+    // A store to a device address: it lands.
+    let buf = s.alloc(64);
+    s.write(buf, &[0; 64]);
+    assert_eq!(launch_code(&mut s, 0, poke, &buf.to_le_bytes()), (Status::Ok, 0));
+    assert_eq!(s.read(buf, 4), 7u32.to_le_bytes());
+    // Past the allocation, an address no allocation has, a host address, null: an illegal address.
+    for bad in [buf + 64, buf + (1 << 30), &s as *const S as u64, 0] {
+        assert_eq!(launch_code(&mut s, 0, poke, &bad.to_le_bytes()), (Status::DeviceError, 700), "store to {bad:#x}");
+    }
+    // A freed allocation is gone for kernels too.
+    let gone = s.alloc(64);
+    s.ok(Call::MemFree, 0, args(gone, 0, 0));
+    assert_eq!(launch_code(&mut s, 0, poke, &gone.to_le_bytes()), (Status::DeviceError, 700));
+    // trap: the device's launch failure.
+    assert_eq!(launch_code(&mut s, 0, boom, &[]), (Status::DeviceError, 719));
+    // The session and its memory are unharmed.
+    assert_eq!(s.read(buf, 4), 7u32.to_le_bytes());
+    assert_eq!(launch_code(&mut s, 0, poke, &(buf + 60).to_le_bytes()), (Status::Ok, 0));
+    assert_eq!(s.stat(&m)["kernel_faults"].as_u64(), Some(6));
+}
+
+#[test]
+fn an_endless_kernel_is_stopped_and_other_streams_stay_responsive() {
+    let m = mediator_with_args(&["--module-cache", "none", "--kernel-timeout", "2"]);
+    let mut s = S::new(&m);
+    let module = vm_module(&mut s);
+    let (spin, _) = s.func(module, "spin");
+    let other = s.ok(Call::StreamCreate, 0, args(1, 0, 0))[0] as u32; // non-blocking
+    let spinning = s.ok(Call::StreamCreate, 0, args(1, 0, 0))[0] as u32;
+    let (g, b) = (launch::pack_grid(4, 1, 1).unwrap(), launch::pack_block(64, 1, 1, 0).unwrap());
+    let t = std::time::Instant::now();
+    let seq = s.raw.submit(Call::Launch as u16, 0, spinning, [spin, g, b, 0, PARAM_OFF, 0]);
+    // While it spins, another stream's work completes at once.
+    let buf = s.alloc(1 << 20);
+    for i in 0..20u8 {
+        s.ok(Call::Memset, other, args(buf, u64::from(i), 1 << 20));
+        s.ok(Call::StreamSync, other, args(0, 0, 0));
+    }
+    assert_eq!(s.read(buf, 4), [19; 4]);
+    assert!(t.elapsed() < std::time::Duration::from_millis(1500), "other streams waited for the kernel: {:?}", t.elapsed());
+    assert!(!s.raw.has_completion(seq), "the spinning kernel cannot have finished yet");
+    let c = s.raw.wait(seq);
+    let took = t.elapsed();
+    assert_eq!((Status::from_u32(c.status), c.aux), (Status::DeviceError, 702), "cudaErrorLaunchTimeout");
+    assert!(took >= std::time::Duration::from_secs(2) && took < std::time::Duration::from_secs(20), "stopped after {took:?}");
+}
+
+#[test]
+fn a_session_that_ends_stops_its_running_kernel() {
+    let m = mediator_with_args(&["--module-cache", "none"]); // the default timeout: 10 minutes
+    let mut s = S::new(&m);
+    let module = vm_module(&mut s);
+    let (spin, _) = s.func(module, "spin");
+    let (g, b) = (launch::pack_grid(1, 1, 1).unwrap(), launch::pack_block(32, 1, 1, 0).unwrap());
+    s.raw.submit(Call::Launch as u16, 0, 0, [spin, g, b, 0, PARAM_OFF, 0]);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let id = s.session_id();
+    drop(s);
+    let t = std::time::Instant::now();
+    let ended = poll_until(std::time::Duration::from_secs(20), "the session to end", || {
+        let st = vgpu_mediator::serve::query_stat(m.socket()).ok()?;
+        let sess = st["sessions"].as_array()?.iter().find(|x| x["id"].as_u64() == Some(id))?.clone();
+        sess["state"].as_str().is_some_and(|v| v.starts_with("ended")).then_some(sess)
+    });
+    assert!(t.elapsed() < std::time::Duration::from_secs(10), "the worker took {:?} to stop the kernel: {ended}", t.elapsed());
+}
+
+#[test]
+fn bad_ptx_fails_at_load_or_lookup_naming_the_line() {
+    let m = mediator_with_args(&["--module-cache", "none"]);
+    let mut s = S::new(&m);
+    // A syntax error in the declarations: the module does not load.
+    let broken = ".version 8.0\n.target sm_80\n.address_size 64\n.visible .entry k(.param .u64 p\n{\nret;\n}\n";
+    assert_eq!(s.load_status(&vgpu_fatbin::synth::ptx_fatbin(&[(80, broken)])).0, Status::InvalidImage);
+    // An instruction the interpreter lacks (textures): the lookup of that kernel fails, the rest
+    // of the module works.
+    let module = vm_module(&mut s);
+    assert_eq!(s.func_get_raw(module, b"uses_tex\0", FUNC_INFO_MAX as u64).0, Status::InvalidImage);
+    let (poke, _) = s.func(module, "poke");
+    let buf = s.alloc(4);
+    assert_eq!(launch_code(&mut s, 0, poke, &buf.to_le_bytes()), (Status::Ok, 0));
+    // PTX for a later device than emu's: no kernel image.
+    let later = VM_PTX.replace(".target sm_80", ".target sm_100");
+    let (st, _) = s.load_status(&vgpu_fatbin::synth::ptx_fatbin(&[(100, later.as_str())]));
+    assert_eq!(st, Status::NoKernelImage, "compute_100 PTX on a 9.0 device");
 }

@@ -57,7 +57,7 @@ int main() {
   Attr as = attrs("static_shared", (const void *)static_shared);
   Attr al = attrs("uses_local", (const void *)uses_local);
   CU_REQUIRE(ab.max_threads == 128, "__launch_bounds__(128): maxThreadsPerBlock = %d", ab.max_threads);
-  CU_REQUIRE(cu_static_shared_is(as.shared, 4096), "static_shared: sharedSizeBytes = %zu", as.shared);
+  CU_REQUIRE(as.shared == 4096, "static_shared: sharedSizeBytes = %zu", as.shared);
   CU_REQUIRE(ab.shared == 0, "bounded: sharedSizeBytes = %zu", ab.shared);
   // Cached by the runtime after the first call, and the same answer again.
   Attr ab2 = attrs("bounded", (const void *)bounded);

@@ -110,14 +110,6 @@ static inline void cu_sync_point(cudaError_t e, const char *where) {
 
 static inline void cu_sync(const char *where) { cu_sync_point(cudaDeviceSynchronize(), where); }
 
-// Static shared memory as cudaFuncGetAttributes may report it for `bytes` declared: sm_90 cubins
-// place a kernel's static shared data after a 1 KiB system reserve (`.nv.shared.reserved.0`) and
-// size `.nv.shared.<kernel>` to include it. Whether NVIDIA's driver counts the reserve in
-// sharedSizeBytes is not verified on a GPU here, so both are accepted, on sm_90 and later only.
-static inline bool cu_static_shared_is(size_t got, size_t bytes) {
-  return got == bytes || (cu_prop.major >= 9 && got == bytes + 1024);
-}
-
 // FNV-1a 64.
 static inline uint64_t cu_fnv(const void *p, size_t n, uint64_t h = 0xcbf29ce484222325ull) {
   const unsigned char *c = (const unsigned char *)p;

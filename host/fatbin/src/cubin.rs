@@ -178,6 +178,15 @@ impl ParamLayout {
     }
 }
 
+/// Shared memory the system reserves at the start of every block's shared memory on sm_90 and
+/// later. Measured with nvcc 13.0 (`-arch=sm_90`): such cubins have an empty
+/// `.nv.shared.reserved.0` section and a `.nv.reservedSmem.offset0` symbol, and every kernel's
+/// `.nv.shared.<kernel>` is 1 KiB larger than its variables (0x400 for a kernel without
+/// shared memory, 0x800 for one with 1 KiB); sm_80 cubins have neither. CUDA counts this reserve
+/// per block separately (`cudaDevAttrReservedSharedMemoryPerBlock`, 1 KiB), not in a function's
+/// `sharedSizeBytes`, so it is taken out of [`Kernel::shared_static`].
+pub const SYSTEM_RESERVED_SHARED: u64 = 1 << 10;
+
 /// A kernel (`__global__` entry point) of a cubin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Kernel<'a> {
@@ -193,7 +202,8 @@ pub struct Kernel<'a> {
     pub info: Vec<NvInfoRecord<'a>>,
     /// The parameter layout from those records.
     pub params: ParamLayout,
-    /// Static shared memory per block: the size of `.nv.shared.<name>` (0 when absent).
+    /// Static shared memory per block: the size of `.nv.shared.<name>` (0 when absent), less
+    /// the system's reserve when the cubin lays one out (see [`SYSTEM_RESERVED_SHARED`]).
     pub shared_static: u64,
     /// `EIATTR_MAX_THREADS` (`__launch_bounds__(n)` gives `[n, 1, 1]`), when present.
     pub max_threads: Option<[u32; 3]>,
@@ -295,6 +305,7 @@ impl<'a> Cubin<'a> {
         let mut registers = std::collections::HashMap::new();
         let mut frames = std::collections::HashMap::new();
         let mut note = None;
+        let mut reserved = 0;
         for section in sections.iter() {
             let name = sections.section_name(endian, section).map_err(elf)?;
             if name == b".nv.info" {
@@ -308,6 +319,8 @@ impl<'a> Cubin<'a> {
                 }
             } else if let Some(kernel) = name.strip_prefix(b".nv.info.") {
                 infos.insert(kernel.to_vec(), section.data(endian, data).map_err(elf)?);
+            } else if name.starts_with(b".nv.shared.reserved.") {
+                reserved = SYSTEM_RESERVED_SHARED;
             } else if let Some(kernel) = name.strip_prefix(b".nv.shared.") {
                 shared.insert(kernel.to_vec(), section.sh_size(endian));
             } else if name == b".note.nv.cuinfo" {
@@ -350,7 +363,7 @@ impl<'a> Cubin<'a> {
                 registers: registers.get(&index).copied(),
                 info,
                 params,
-                shared_static: shared.get(raw_name).copied().unwrap_or(0),
+                shared_static: shared.get(raw_name).map_or(0, |&n| n.saturating_sub(reserved)),
                 max_threads,
                 reqntid,
                 max_registers,

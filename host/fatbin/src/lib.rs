@@ -14,7 +14,7 @@ pub use container::{
     Entry, EntryKind, Fatbin, Wrapper, FATBIN_HEADER_LEN, FATBIN_MAGIC, FLAG_64BIT, FLAG_COMPRESSED_LZ4, FLAG_COMPRESSED_ZSTD, FLAG_DEBUG,
     MAX_DECOMPRESSED_LEN, WRAPPER_LEN, WRAPPER_MAGIC,
 };
-pub use cubin::{Cubin, Global, GlobalKind, Kernel, NvInfoAttr, NvInfoRecord, Param, ParamLayout};
+pub use cubin::{Cubin, Global, GlobalKind, Kernel, NvInfoAttr, NvInfoRecord, Param, ParamLayout, SYSTEM_RESERVED_SHARED};
 
 /// Everything that can be wrong with an input.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]

@@ -432,7 +432,7 @@ impl Section {
 /// for `sm_<arch>` (entry header as nvcc 13 writes it: version 0x0101, image version 1.8, flags
 /// 0x11), payloads padded to 8 bytes.
 pub fn fatbin_of(cubins: &[(u32, &[u8])]) -> Vec<u8> {
-    let entries: Vec<(u16, u32, (u16, u16), &[u8])> = cubins.iter().map(|&(arch, image)| (2, arch, (1, 8), image)).collect();
+    let entries: Vec<RawEntry<'_>> = cubins.iter().map(|&(arch, image)| (2, arch, (1, 8), image)).collect();
     container(&entries)
 }
 
@@ -455,12 +455,15 @@ pub fn ptx_fatbin(ptx: &[(u32, &str)]) -> Vec<u8> {
             (arch, version, bytes)
         })
         .collect();
-    let entries: Vec<(u16, u32, (u16, u16), &[u8])> = texts.iter().map(|(arch, v, b)| (1, *arch, *v, b.as_slice())).collect();
+    let entries: Vec<RawEntry<'_>> = texts.iter().map(|(arch, v, b)| (1, *arch, *v, b.as_slice())).collect();
     container(&entries)
 }
 
-/// Entries `(kind, arch, (major, minor) image version, payload)`, uncompressed, 64-bit Linux.
-fn container(list: &[(u16, u32, (u16, u16), &[u8])]) -> Vec<u8> {
+/// One entry for [`container`]: `(kind, arch, (major, minor) image version, payload)`.
+type RawEntry<'a> = (u16, u32, (u16, u16), &'a [u8]);
+
+/// A container of these entries, uncompressed, 64-bit Linux.
+fn container(list: &[RawEntry<'_>]) -> Vec<u8> {
     let mut entries = Vec::new();
     for &(kind, arch, (major, minor), image) in list {
         let padded = image.len().next_multiple_of(8);
