@@ -13,6 +13,7 @@
 //!
 //! Mediators run as real child processes, exactly as guests see them.
 
+mod compute;
 mod launch;
 mod rt;
 
@@ -308,6 +309,7 @@ pub fn run(quick: bool, as_json: bool) -> Result<(), String> {
 
     rt::run(&mut out, quick, lat_iters, max_size)?;
     launch::run(&mut out, quick, lat_iters)?;
+    compute::run(&mut out, quick, lat_iters)?;
 
     let f = |k: &str| out.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
     let ratios = json!({
@@ -405,6 +407,7 @@ fn render(v: &Value) -> String {
     ));
     rt::render(v, &mut s);
     launch::render(v, &mut s);
+    compute::render(v, &mut s);
     s.push_str(&format!("\nelapsed {:.1} s on {} cores\n", f("elapsed_s"), v["cores"]));
     s
 }

@@ -1,7 +1,8 @@
 //! Kernel-launch figures on the `emu` executor, through the async Rust API (`vgpu_streams`
-//! `Device::load_module`, `Module::function`, `Stream::launch`), with a synthetic module
-//! (`vgpu_fatbin::synth`: real kernel metadata, no GPU code). Each figure is measured beside its
-//! anchor on the same session, in the same run:
+//! `Device::load_module`, `Module::function`, `Stream::launch`), with a PTX-only module of two
+//! empty kernels (`vgpu_fatbin::synth::ptx_fatbin`), launched with one warp so the figures are
+//! the launch path, not the interpreter. Each figure is measured beside its anchor on the same
+//! session, in the same run:
 //!
 //! - launch enqueue (ns per fire-and-forget launch, steady state, 16 B and 256 B of parameters,
 //!   a stream sync every 256 launches, not timed) vs. the transport's fire-and-forget `Nop`
@@ -12,14 +13,14 @@
 //!   host's module cache (a second session), for a small module and a 1 MiB one, vs. the
 //!   null-call round trip.
 //!
-//! emu validates and records launches and completes each with NotSupported (it runs no kernel):
-//! these figures are the guest's enqueue plus the host's validation and recording, not GPU
-//! execution. GPU-side figures need `scripts/gpu-check.sh` on a device.
+//! emu validates, records and runs each launch (one warp of an empty kernel on the interpreter):
+//! these figures are the guest's enqueue plus the host's validation, recording and execution, not
+//! a GPU's. GPU-side figures need `scripts/gpu-check.sh` on a device; kernel execution speed is in
+//! `compute.rs`.
 
 use std::time::Instant;
 
 use serde_json::{json, Map, Value};
-use vgpu_fatbin::synth::{SynthKernel, SynthModule};
 use vgpu_streams::{CudaError, Device, Function, KernelArg, Stream};
 use vgpu_transport::wire::req;
 
@@ -36,24 +37,25 @@ fn cuda(what: &str) -> impl Fn(CudaError) -> String + '_ {
     move |e| format!("{what}: {} ({})", e.name(), e.description())
 }
 
-/// The bench module, `tag` making its bytes (and hash) unique, `padding` its size.
+/// The bench module: PTX of two empty kernels, `tag` (a comment) making its bytes (and hash)
+/// unique, `padding` bytes of comment lines its size (the host lexes them, as it would a large
+/// module's text).
 fn bench_module(tag: u64, padding: usize) -> Result<Vec<u8>, String> {
-    SynthModule::new(80)
-        .kernel(SynthKernel::new(K16, &[(8, 8), (8, 8)]))
-        .kernel(SynthKernel::new(K256, &[(256, 8)]))
-        .with_tag(tag)
-        .with_padding(padding)
-        .fatbin()
-        .map_err(|e| e.to_string())
+    let mut ptx = format!(
+        ".version 8.0\n.target sm_75\n.address_size 64\n// vgpu bench module {tag}\n\
+         .visible .entry {K16}(.param .u64 a, .param .u64 b)\n{{\nret;\n}}\n\
+         .visible .entry {K256}(.param .align 8 .b8 big[256])\n{{\nret;\n}}\n"
+    );
+    let line = format!("// {}\n", "-".repeat(76));
+    while ptx.len() + line.len() <= padding {
+        ptx.push_str(&line);
+    }
+    Ok(vgpu_fatbin::synth::ptx_fatbin(&[(75, &ptx)]))
 }
 
-/// A stream sync after launches: emu's NotSupported (reported once per sync) is the expected
-/// answer, anything else an error.
+/// A stream sync after launches: every launch must have run.
 fn sync(s: &Stream) -> Result<(), String> {
-    match s.synchronize_blocking() {
-        Ok(()) | Err(CudaError::NotSupported) => Ok(()),
-        Err(e) => Err(cuda("cudaStreamSynchronize")(e)),
-    }
+    s.synchronize_blocking().map_err(cuda("cudaStreamSynchronize"))
 }
 
 /// Null-call round trips on `dev`'s session: p50 in µs.
@@ -134,13 +136,8 @@ fn measure(out: &mut Map<String, Value>, quick: bool, lat_iters: usize, dir: &st
     let mut best = [(f64::INFINITY, f64::INFINITY); 3];
     for _ in 0..2 {
         let r = [
-            enqueue_ns(ops / 2, batch, || s.launch(&k16, [64, 1, 1], [256, 1, 1], 0, &args16).map_err(cuda("launch 16 B")), || sync(&s))?,
-            enqueue_ns(
-                ops / 2,
-                batch,
-                || s.launch(&k256, [64, 1, 1], [256, 1, 1], 0, &args256).map_err(cuda("launch 256 B")),
-                || sync(&s),
-            )?,
+            enqueue_ns(ops / 2, batch, || s.launch(&k16, [1, 1, 1], [32, 1, 1], 0, &args16).map_err(cuda("launch 16 B")), || sync(&s))?,
+            enqueue_ns(ops / 2, batch, || s.launch(&k256, [1, 1, 1], [32, 1, 1], 0, &args256).map_err(cuda("launch 256 B")), || sync(&s))?,
             enqueue_ns(
                 ops / 2,
                 batch,
@@ -171,7 +168,7 @@ fn measure(out: &mut Map<String, Value>, quick: bool, lat_iters: usize, dir: &st
         done()?;
         Ok(n as f64 / t.elapsed().as_secs_f64())
     };
-    let launch_rate = rate(&mut || s.launch(&k16, [64, 1, 1], [256, 1, 1], 0, &args16).map_err(cuda("launch")), &mut || sync(&s))?;
+    let launch_rate = rate(&mut || s.launch(&k16, [1, 1, 1], [32, 1, 1], 0, &args16).map_err(cuda("launch")), &mut || sync(&s))?;
     let fire_rate = rate(&mut || client.fire_req(0, req::Nop {}).map_err(|e| e.to_string()), &mut || {
         client.call_blocking_req(0, req::Nop {}).map(drop).map_err(|e| e.to_string())
     })?;
@@ -261,7 +258,7 @@ pub(super) fn render(v: &Value, s: &mut String) {
     let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     let r = |k: &str| v["ratios_launch"][k].as_f64().unwrap_or(f64::NAN);
     let null_ns = f("launch_anchor_null_call_p50_us") * 1e3;
-    s.push_str("\nkernel launches (emu: validated and recorded, not run; Stream::launch, synthetic module)\n");
+    s.push_str("\nkernel launches (emu: validated, recorded and run, one warp of an empty kernel; Stream::launch)\n");
     s.push_str(&format!("{:<44} {:>10} {:>12} {:>12}\n", "per launch", "ns", "x fire", "x null call"));
     s.push_str(&format!("{:<44} {:>10.1} {:>12} {:>12}\n", "anchor: null call round trip, same session", null_ns, "", "1.00"));
     s.push_str(&format!(
