@@ -45,7 +45,7 @@ fn library() -> &'static Path {
                 Some(p) => p.to_string(),
             };
             let st = Command::new(cargo)
-                .args(["build", "--quiet", "-p", "vgpu-cudart13", "--profile", &profile, "--manifest-path"])
+                .args(["build", "--quiet", "-p", "vgpu-cudart13", "-p", "vgpu-runtime", "--profile", &profile, "--manifest-path"])
                 .arg(workspace().join("Cargo.toml"))
                 .arg("--target-dir")
                 .arg(dir.parent().expect("the profile folder has a parent"))
@@ -421,6 +421,35 @@ fn launch_forms() {
 #[test]
 fn many_launches() {
     suite("many_launches", 1, &[]);
+}
+
+/// Device printf reaches the program's stdout at the next synchronising call, in C's stdout
+/// order: after what the host printed before the sync, before what it prints after.
+#[test]
+fn device_printf_reaches_stdout_at_the_sync() {
+    let Some(nvcc) = nvcc() else { return };
+    let tmp = TempDir::new("kernels-printf");
+    let lib = lib_dir(nvcc, tmp.path());
+    let bin = compile(nvcc, "printf.cu", tmp.path(), &lib);
+    let m = mediator();
+    let (code, out, err) =
+        run_with_timeout(&bin, &[], &[("LD_LIBRARY_PATH", &lib), ("VGPU_SOCKET", m.socket())], tmp.path(), PROGRAM_TIMEOUT);
+    assert_eq!(code, Some(0), "printf exited with {code:?}\n{out}\n{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    let at = |l: &str| lines.iter().position(|x| *x == l).unwrap_or_else(|| panic!("no {l:?} line in:\n{out}"));
+    let (before, after) = (at("host: before the sync"), at("host: after the sync"));
+    let mut device: Vec<&str> = lines[before + 1..after].to_vec();
+    device.sort_unstable();
+    assert_eq!(
+        device,
+        [
+            "device 7: thread 0 of block 0, 0.00 first",
+            "device 7: thread 0 of block 1, 0.00 first",
+            "device 7: thread 1 of block 0, 0.50 other",
+            "device 7: thread 1 of block 1, 0.50 other",
+        ],
+        "the device's lines, between the host's:\n{out}"
+    );
 }
 
 /// The GPU benchmark of scripts/gpu-check.sh builds against our library too, and on emu refuses

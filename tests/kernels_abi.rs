@@ -476,7 +476,7 @@ fn an_nvcc_program_uploads_only_the_module_it_uses() {
             Some(p) => p.to_string(),
         };
         let st = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "vgpu-cudart13", "--profile", &profile, "--manifest-path"])
+            .args(["build", "--quiet", "-p", "vgpu-cudart13", "-p", "vgpu-runtime", "--profile", &profile, "--manifest-path"])
             .arg(workspace().join("Cargo.toml"))
             .arg("--target-dir")
             .arg(lib_dir.parent().unwrap())

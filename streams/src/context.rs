@@ -288,8 +288,10 @@ impl Context {
         c
     }
 
-    /// The deferred error of earlier fire-and-forget work, returned once.
+    /// The deferred error of earlier fire-and-forget work, returned once. Called at every
+    /// synchronising call, which is also when device printf output reaches stdout.
     pub(crate) fn deferred(&self) -> Result<()> {
+        self.drain_printf();
         self.sticky()?;
         match self.client.take_deferred_error() {
             Some(e) => {
@@ -298,6 +300,33 @@ impl Context {
             }
             None => Ok(()),
         }
+    }
+
+    /// Device printf output the host holds (`hdr::PRINTF_PENDING` non-zero), written to the
+    /// program's stdout: a plain load of a header word when there is none. Best effort: a
+    /// failing drain leaves the output on the host, and the error surfaces on the next call.
+    fn drain_printf(&self) {
+        let region = self.client.region();
+        if region.read_u64(vgpu_transport::wire::hdr::PRINTF_PENDING) == 0 {
+            return;
+        }
+        self.close_open_chunk();
+        let staging = self.client.staging();
+        let Ok(off) = self.client.acquire_staging() else { return };
+        let len = staging.chunk_len();
+        // Bounded: a kernel still printing on another stream cannot keep this call here.
+        for _ in 0..64 {
+            let Ok(r) = self.client.call_blocking_req(0, req::PrintfDrain { out: Win::new(off, len) }) else { break };
+            let mut bytes = vec![0u8; r.written.min(len) as usize];
+            if region.read_window(off, &mut bytes).is_err() {
+                break;
+            }
+            crate::printf::write_stdout(&bytes);
+            if r.pending == 0 {
+                break;
+            }
+        }
+        staging.release(off);
     }
 
     /// A blocking call with a typed request: one round trip, the typed reply.

@@ -54,6 +54,7 @@ pub mod graph;
 pub mod kernel;
 mod locks;
 pub mod memory;
+mod printf;
 pub mod rt;
 mod types;
 

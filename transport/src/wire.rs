@@ -54,6 +54,10 @@ pub mod hdr {
     pub const HOST_STATE: usize = 772; // u32
     /// Block 6, host-written: incremented by the host at least every 100 ms while it serves.
     pub const HEARTBEAT: usize = 776; // u64
+    /// Block 6, host-written: bytes of device `printf` output the host holds for the guest
+    /// ([`super::Call::PrintfDrain`]); stored before the completion of the work that printed, so
+    /// a guest that read that completion sees it. 0 on hosts that never buffer output.
+    pub const PRINTF_PENDING: usize = 784; // u64
 
     /// Block 7, guest-written (ivshmem mode): the guest's session epoch, non-zero and new for
     /// each guest process session. Stored with Release after [`GUEST_PID`].
@@ -606,6 +610,11 @@ calls! {
     GraphDestroy = 35 (NONE) { graph: u64 } -> {};
     /// Pending launches of the exec finish first.
     GraphExecDestroy = 36 (NONE) { exec: u64 } -> {};
+    /// Move up to `out.len` bytes of the device `printf` output the host holds (oldest first)
+    /// into the window at `out`; `pending` is what remains (also in [`hdr::PRINTF_PENDING`]).
+    /// Guests call it at synchronising calls while `hdr::PRINTF_PENDING` is non-zero and write
+    /// the bytes to the program's stdout, as CUDA's runtime does with the device's printf buffer.
+    PrintfDrain = 37 (NONE) { out: Win } -> { written: u64, pending: u64 };
 }
 
 impl Call {
@@ -1215,6 +1224,7 @@ mod tests {
             (StreamWaitEvent, 2),
             (GraphInstantiate, 2),
             (GraphExecUpdate, 2),
+            (PrintfDrain, 2),
             (MemcpyHtoD, 3),
             (MemcpyDtoH, 3),
             (MemcpyDtoD, 3),

@@ -1,5 +1,5 @@
-//! The `emu` executor: a CPU stand-in for a GPU with CUDA's semantics for everything but kernel
-//! execution.
+//! The `emu` executor: a CPU device with CUDA's semantics, kernels included (they run on the PTX
+//! interpreter, `emu/vm.rs` over `vgpu-ptx`).
 //!
 //! - Device memory lives in anonymous mappings at addresses in a non-canonical x86-64 range
 //!   (`0x0000_d000_0000_0000` and up), so no host or guest pointer can ever be mistaken for one.
@@ -10,8 +10,9 @@
 //! - Events capture a stream position and a timestamp; sync waits are completions deferred until
 //!   the recorded work has run.
 //! - Modules, functions, launches, symbols, stream capture and graphs are in `emu/kernels.rs`: launches
-//!   are validated against the cubin's parameter layout and attributes and recorded (tracing,
-//!   statistics, the launch log), and complete with NotSupported: the emulator runs no kernel.
+//!   are validated against the kernel's parameter layout and attributes, recorded (tracing,
+//!   statistics, the launch log) and run on the stream's thread (`emu/vm.rs`); a kernel's fault
+//!   completes its launch with DeviceError and the device's `CUresult`.
 //!
 //! Every guest-supplied field is validated at dispatch, before any work is queued: window ranges
 //! against the window, device ranges against this session's live allocations, handles against
@@ -314,6 +315,8 @@ pub struct Emu {
     kern: kernels::Kernels,
     /// The allocations as kernels see them, rebuilt after an allocation or free.
     mem_view: Option<Arc<vm::Memory>>,
+    /// Device printf output waiting for the guest.
+    printf: Arc<vm::Printf>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -324,6 +327,7 @@ impl Emu {
     pub fn new(region: Arc<Region>, stats: &'static ServerStats, limits: EmuLimits) -> std::io::Result<Emu> {
         let mut streams = HashMap::new();
         streams.insert(0, StreamWorker::spawn(0, false)?);
+        let printf = Arc::new(vm::Printf::new(region.clone()));
         Ok(Emu {
             region,
             stats,
@@ -342,6 +346,7 @@ impl Emu {
             bounced: Arc::new(AtomicU64::new(0)),
             kern: kernels::Kernels::new(stats.session_id.load(Ordering::Relaxed)),
             mem_view: None,
+            printf,
         })
     }
 
@@ -797,6 +802,13 @@ impl Emu {
                 }
             }
             Call::MemGetInfo => Ok(Some([self.limits.mem_total - self.in_use, self.limits.mem_total])),
+            Call::PrintfDrain => {
+                let (off, len) = (a[0], a[1]);
+                self.window(off, len)?;
+                let (bytes, pending) = self.printf.drain(usize::try_from(len).unwrap_or(usize::MAX));
+                self.region.write_window(off, &bytes).map_err(|_| Status::InvalidWindowRange)?;
+                Ok(Some([bytes.len() as u64, pending]))
+            }
             Call::DeviceInfo => {
                 let (off, len) = (a[0], a[1]);
                 let size = std::mem::size_of::<DeviceInfo>() as u64;

@@ -1,16 +1,18 @@
 //! The emulator's modules, functions, launches, stream capture and graphs (calls 22..36).
 //!
 //! - Modules come from uploads or, by hash, from the session's loaded modules or the
-//!   cross-session cache ([`crate::modules`]); the emulator parses the cubin for the kernels'
-//!   parameter layouts and attributes, and allocates the module's `__device__`/`__constant__`
-//!   variables as device memory (with their initial bytes) at load, freed at unload, so symbol
-//!   copies are plain copies.
-//! - Launches are validated (function handle, dimensions, parameter length, shared memory) and
-//!   recorded in stream order: tracing, `ServerStats::launches`, the launch log. They complete
-//!   with NotSupported, never Ok: the emulator cannot compute a kernel's results.
+//!   cross-session cache ([`crate::modules`]); the emulator reads the PTX it will run
+//!   ([`modules::parse_emu`]) and the cubin (or, without one, the PTX signatures) for the
+//!   kernels' parameter layouts and attributes, and allocates the module's
+//!   `__device__`/`__constant__` variables as device memory (with their initial bytes) at load,
+//!   freed at unload, so symbol copies are plain copies and kernels see the same bytes.
+//! - FuncGet lowers the kernel with every function it calls ([`prepare`]).
+//! - Launches are validated (function handle, dimensions, parameter length, shared memory),
+//!   recorded in stream order (tracing, `ServerStats::launches`, the launch log) and run on the
+//!   stream's thread; they complete Ok, NoKernelImage (no PTX), or DeviceError with the fault.
 //! - A capturing stream turns capturable commands into graph nodes (completing them Ok); any
 //!   other stream-ordered command on it invalidates the capture. Graph launches replay the nodes
-//!   on their stream: copies and memsets really happen, launches are recorded again.
+//!   on their stream: copies, memsets and kernels really happen, launches are recorded again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -122,7 +124,7 @@ impl Recorder {
             target: "vgpu::emu::launch",
             session = rec.session, seq = rec.seq, stream = rec.stream, kernel = %rec.kernel,
             grid = ?rec.grid, block = ?rec.block, shared = rec.shared, params = rec.params.len(), graph = rec.graph,
-            "launch recorded (not executed)"
+            "launch recorded"
         );
         if let Some(log) = &self.log {
             log.write(&rec);
@@ -226,6 +228,7 @@ struct Runner {
     mem: Arc<vm::Memory>,
     limits: vm::Limits,
     gate: Arc<super::Gate>,
+    printf: Arc<vm::Printf>,
     stats: &'static vgpu_transport::ServerStats,
 }
 
@@ -244,7 +247,7 @@ impl Runner {
         r.record(rec);
         let Some(k) = kernel else { return (Status::NoKernelImage, [0, 0]) };
         let gate = &self.gate;
-        match vm::run(self.session, k, &shape, &self.mem, &self.limits, &|| gate.is_closed()) {
+        match vm::run(self.session, k, &shape, &self.mem, &self.limits, &self.printf, &|| gate.is_closed()) {
             Ok(steps) => {
                 self.stats.kernel_warp_insts.fetch_add(steps, Ordering::Relaxed);
                 (Status::Ok, [0, 0])
@@ -289,7 +292,14 @@ fn prepare(m: &Module, k: &mut modules::ParsedKernel) -> Result<Option<Arc<vm::K
 
 impl Emu {
     fn runner(&mut self) -> Runner {
-        Runner { session: self.kern.session, mem: self.mem_view(), limits: self.limits.kernels, gate: self.gate.clone(), stats: self.stats }
+        Runner {
+            session: self.kern.session,
+            mem: self.mem_view(),
+            limits: self.limits.kernels,
+            gate: self.gate.clone(),
+            printf: self.printf.clone(),
+            stats: self.stats,
+        }
     }
 
     fn recorder(&self) -> Recorder {

@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 // Counters, not a protocol: the block index handed out, a stop flag, a sum (no loom model needed:
 // each is one independent atomic, and results are read after the scope joins every thread).
 use vgpu_ptx::exec::{self, ExecError, Fault, Launch};
@@ -45,6 +45,53 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits { kernel_timeout: Duration::from_secs(600), kernel_budget: 0 }
+    }
+}
+
+/// Most bytes of device printf output a session holds for its guest: CUDA's default
+/// `cudaLimitPrintfFifoSize` (1 MiB). Output past it is dropped (counted, logged once), as a
+/// GPU drops what overflows its printf buffer.
+pub const PRINTF_MAX: usize = 1 << 20;
+
+/// A session's device printf output, waiting for the guest's `PrintfDrain`; its length is
+/// mirrored in the region header's `PRINTF_PENDING` word.
+pub struct Printf {
+    region: Arc<vgpu_transport::region::Region>,
+    held: std::sync::Mutex<std::collections::VecDeque<u8>>,
+    dropped: AtomicU64,
+}
+
+impl Printf {
+    pub fn new(region: Arc<vgpu_transport::region::Region>) -> Printf {
+        Printf { region, held: std::sync::Mutex::new(std::collections::VecDeque::new()), dropped: AtomicU64::new(0) }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<u8>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Append one printf call's text (the whole text or nothing).
+    pub fn push(&self, text: &str) {
+        let mut h = self.held();
+        if h.len() + text.len() > PRINTF_MAX {
+            if self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+                warn!(target: "vgpu::emu::printf", "device printf output past {PRINTF_MAX} bytes not yet read by the guest: dropped");
+            }
+            return;
+        }
+        h.extend(text.as_bytes());
+        // Stored before the launch's completion is posted, so the guest that reads the
+        // completion sees it (the completion ring orders the two).
+        self.region.write_u64(vgpu_transport::wire::hdr::PRINTF_PENDING, h.len() as u64);
+    }
+
+    /// Take up to `max` bytes, oldest first; what remains.
+    pub fn drain(&self, max: usize) -> (Vec<u8>, u64) {
+        let mut h = self.held();
+        let n = max.min(h.len());
+        let out: Vec<u8> = h.drain(..n).collect();
+        self.region.write_u64(vgpu_transport::wire::hdr::PRINTF_PENDING, h.len() as u64);
+        (out, h.len() as u64)
     }
 }
 
@@ -229,12 +276,14 @@ pub fn run(
     shape: &Shape<'_>,
     mem: &Memory,
     limits: &Limits,
+    out: &Printf,
     ended: &(dyn Fn() -> bool + Sync),
 ) -> Result<u64, u32> {
     let name = &k.entry.kernel.name;
     let printf = |s: &str| {
-        // Device printf: the mediator's log (target vgpu::emu::printf), one event per call.
-        info!(target: "vgpu::emu::printf", session, kernel = %name, "{}", s.trim_end_matches('\n'));
+        // Device printf: held for the guest's stdout, and in the mediator's log at debug.
+        debug!(target: "vgpu::emu::printf", session, kernel = %name, "{}", s.trim_end_matches('\n'));
+        out.push(s);
     };
     let t0 = Instant::now();
     let deadline = t0 + limits.kernel_timeout;
