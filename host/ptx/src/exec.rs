@@ -26,6 +26,7 @@ use crate::ast::Scalar;
 use crate::lower::{Inst, Kernel, Mod, Op, Opd, RegId, Special, Word};
 
 mod barrier;
+mod fp8;
 mod mma;
 mod warp;
 
@@ -939,6 +940,9 @@ fn round_f(x: f64, i: &Inst) -> f64 {
 }
 
 fn cvt(cx: &Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32) -> R<()> {
+    if let Some(fmt) = fp8::format(i) {
+        return fp8::cvt(cx, w, i, run, fmt);
+    }
     let ts: Vec<Scalar> = types(i).collect();
     let [dt, st] = ts[..] else { return Err(unsupported(cx, i, "cvt without two types")) };
     let d = dst(cx, i, 0)?;

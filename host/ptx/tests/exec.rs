@@ -353,3 +353,28 @@ fn a_spinning_called_function_is_stopped_by_cancel() {
     let e = run(&k, &l, &mem, &cancel).unwrap_err();
     assert!(matches!(e, ExecError::Stopped { why: "cancelled", .. }), "{e}");
 }
+
+#[test]
+fn fp8_conversions_as_ggml_uses_them() {
+    // cvt.rn.f16x2.e4m3x2 (ggml-cuda at compute_90) and the narrowing forms, on one thread.
+    let src = ".version 8.6\n.target sm_90\n.address_size 64\n\
+        .visible .entry k(.param .u64 out, .param .u16 a)\n{\n.reg .b16 %h<3>;\n.reg .b32 %r<4>;\n.reg .f32 %f<3>;\n.reg .b64 %rd<2>;\n\
+        ld.param.u64 %rd1, [out];\nld.param.u16 %h1, [a];\n\
+        cvt.rn.f16x2.e4m3x2 %r1, %h1;\nst.global.u32 [%rd1], %r1;\n\
+        mov.f32 %f1, 0f3F800000;\nmov.f32 %f2, 0f447A0000;\n\
+        cvt.rn.satfinite.e4m3x2.f32 %h2, %f1, %f2;\ncvt.u32.u16 %r2, %h2;\nst.global.u32 [%rd1+4], %r2;\n\
+        cvt.rn.satfinite.e5m2x2.f16x2 %h2, %r1;\ncvt.u32.u16 %r3, %h2;\nst.global.u32 [%rd1+8], %r3;\n\
+        ret;\n}\n";
+    let m = Module::parse(src).unwrap();
+    let k = m.lower(m.function("k").unwrap()).unwrap();
+    let mem = Mem::default();
+    let out = mem.alloc(&[0; 12]);
+    let p = params(&[&out.to_le_bytes(), &0x3848u16.to_le_bytes()], &[0, 8], k.param_bytes);
+    run(&k, &launch(1, 1, &p, &[], 0), &mem, &|| false).unwrap();
+    let mut got = [0u8; 12];
+    mem.read(out, &mut got).unwrap();
+    let w = |i: usize| u32::from_le_bytes(got[i * 4..i * 4 + 4].try_into().unwrap());
+    assert_eq!(w(0), 0x3c00_4400, "e4m3 0x38 = 1.0 (upper half), 0x48 = 4.0 (lower half)");
+    assert_eq!(w(1), 0x387e, "1.0 -> 0x38 (upper byte); 1000 saturates to 448 = 0x7e");
+    assert_eq!(w(2), 0x3c44, "f16 1.0 and 4.0 as e5m2: their top bytes");
+}
