@@ -414,7 +414,10 @@ impl<'m> Lowerer<'m> {
                 Opd::Addr(b, *offset)
             }
             Operand::Vector(v) => Opd::Vector(v.iter().map(|o| self.operand(o, line)).collect::<Result<_, _>>()?),
-            Operand::PredPair(a, b) => Opd::PredPair(self.reg(a, line)?, self.reg(b, line)?),
+            Operand::PredPair(a, b) => {
+                let r = |n: &str| self.lookup_reg(n).ok_or_else(|| self.error(line, ErrorKind::Syntax, format!("undeclared register {n}")));
+                Opd::PredPair(r(a)?, r(b)?)
+            }
             Operand::Not(o) => Opd::Not(Box::new(self.operand(o, line)?)),
             Operand::Sink => Opd::Sink,
             Operand::List(v) => Opd::List(v.iter().map(|o| self.operand(o, line)).collect::<Result<_, _>>()?),
@@ -462,7 +465,10 @@ impl<'m> Lowerer<'m> {
                         })
                         .collect::<Result<Vec<_>, _>>()?;
                     let guard = match &i.guard {
-                        Some((neg, p)) => Some((*neg, self.reg(p, i.line)?)),
+                        Some((neg, p)) => Some((
+                            *neg,
+                            self.lookup_reg(p).ok_or_else(|| self.error(i.line, ErrorKind::Syntax, format!("undeclared register {p}")))?,
+                        )),
                         None => None,
                     };
                     let opds = i.operands.iter().map(|o| self.operand(o, i.line)).collect::<Result<Vec<_>, _>>()?;

@@ -482,12 +482,18 @@ pub(crate) fn body(c: &mut Cursor<'_, '_>, depth: u32) -> Result<Body, Error> {
             Tok::At => {
                 let neg = c.eat(Tok::Bang)?;
                 let p = c.take("a predicate")?;
-                let Tok::Reg(p) = p.tok else {
-                    return Err(c.err(p.start, ErrorKind::Syntax, format!("expected a predicate register, found {}", describe(&p.tok))));
+                // The register's name as declared: `%p`, or `p` (declared without `%`, as in
+                // cub's inline PTX).
+                let p = match p.tok {
+                    Tok::Reg(p) => format!("%{p}"),
+                    Tok::Ident(p) => p.to_string(),
+                    _ => {
+                        return Err(c.err(p.start, ErrorKind::Syntax, format!("expected a predicate register, found {}", describe(&p.tok))))
+                    }
                 };
                 let op = c.take("an instruction")?;
                 let mut i = instruction(c, op)?;
-                i.guard = Some((neg, p.to_string()));
+                i.guard = Some((neg, p));
                 b.statements.push(Statement::Instr(i));
             }
             Tok::Dotted(_) | Tok::Ident(_) => {
@@ -560,6 +566,16 @@ fn instruction(c: &mut Cursor<'_, '_>, op: Spanned<'_>) -> Result<Instruction, E
     }
 }
 
+/// The predicate of `d|p`, as its register's name (`%p`, or `p` for one declared without `%`).
+fn pred_after_pipe(c: &mut Cursor<'_, '_>) -> Result<String, Error> {
+    let q = c.take("a predicate")?;
+    match q.tok {
+        Tok::Reg(q) => Ok(format!("%{q}")),
+        Tok::Ident(q) => Ok(q.to_string()),
+        _ => Err(c.err(q.start, ErrorKind::Syntax, "expected a predicate after `|`".into())),
+    }
+}
+
 fn operand(c: &mut Cursor<'_, '_>, depth: u32) -> Result<Operand, Error> {
     if depth > MAX_DEPTH {
         return Err(c.unsupported("operands nested deeper than 64"));
@@ -568,15 +584,13 @@ fn operand(c: &mut Cursor<'_, '_>, depth: u32) -> Result<Operand, Error> {
     Ok(match t.tok {
         Tok::Reg(r) => {
             if c.eat(Tok::Pipe)? {
-                let q = c.take("a predicate")?;
-                let Tok::Reg(q) = q.tok else {
-                    return Err(c.err(q.start, ErrorKind::Syntax, "expected a predicate after `|`".into()));
-                };
-                Operand::PredPair(r.to_string(), q.to_string())
+                Operand::PredPair(format!("%{r}"), pred_after_pipe(c)?)
             } else {
                 Operand::Reg(r.to_string())
             }
         }
+        // `r0|p` with registers declared without `%` (cub's inline PTX: `shfl.sync.up.b32 r0|p`).
+        Tok::Ident(s) if c.eat(Tok::Pipe)? => Operand::PredPair(s.to_string(), pred_after_pipe(c)?),
         Tok::Int(v) => Operand::Int(int_imm(c, v, false, t.start)?),
         Tok::Float(b) => Operand::Float(b),
         Tok::Minus => {

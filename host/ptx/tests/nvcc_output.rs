@@ -77,7 +77,7 @@ fn symbols_ptx_has_its_variables_with_initializers() {
         Operand::Address { base: Some(Box::new(Operand::Symbol("_Z11use_symbolsPfi_param_0".into()))), offset: 0 }
     );
     let bra = instrs.iter().find(|i| i.opcode == "bra").unwrap();
-    assert_eq!(bra.guard, Some((false, "p1".into())));
+    assert_eq!(bra.guard, Some((false, "%p1".into())), "the register as declared, with its %");
     assert_eq!(bra.operands, vec![Operand::Symbol("$L__BB0_2".into())]);
     assert!(b.statements.contains(&Statement::Label("$L__BB0_2".into())));
     let atom = instrs.iter().find(|i| i.opcode == "atom").unwrap();
