@@ -95,6 +95,8 @@ pub struct Module {
     pub header: Header,
     pub variables: Vec<Variable>,
     pub functions: Vec<Function>,
+    /// Module-scope names for lowering, built on first use.
+    names: std::sync::OnceLock<std::collections::HashMap<String, lower::Opd>>,
 }
 
 impl Module {
@@ -118,7 +120,7 @@ impl Module {
             let mut c = Cursor::new(&src, &lines, 0, src.len());
             parse::module(&mut c)?
         };
-        Ok(Module { src, lines, header, variables, functions })
+        Ok(Module { src, lines, header, variables, functions, names: std::sync::OnceLock::new() })
     }
 
     /// The trimmed text of 1-based `line` (at most 120 characters), for error messages.

@@ -293,7 +293,8 @@ struct Lowerer<'m> {
     shared_next: u64,
     local_next: u64,
     /// Module-level names: variables and functions.
-    module_names: HashMap<&'m str, Opd>,
+    /// The module's variables (not `.shared`) and functions by name ([`Module::names`]).
+    module_names: &'m HashMap<String, Opd>,
 }
 
 impl<'m> Lowerer<'m> {
@@ -492,15 +493,7 @@ impl Module {
         })?;
         let (params, at) = self.layout(f, &f.params)?;
         let (returns, _) = self.layout(f, &f.returns)?;
-        let mut module_names = HashMap::new();
-        for (i, v) in self.variables.iter().enumerate() {
-            if v.space != Space::Shared {
-                module_names.insert(v.name.as_str(), Opd::Global(i as u32));
-            }
-        }
-        for (i, g) in self.functions.iter().enumerate() {
-            module_names.insert(g.name.as_str(), Opd::Func(i as u32));
-        }
+        let module_names = self.names();
         let k = Kernel {
             name: f.name.clone(),
             params,
@@ -549,6 +542,24 @@ impl Module {
 }
 
 impl Module {
+    /// The module-scope names a body can use: `.global`/`.const` variables and functions, built
+    /// once per module (a ggml module has thousands of functions; lowering each kernel would
+    /// otherwise rebuild it).
+    fn names(&self) -> &HashMap<String, Opd> {
+        self.names.get_or_init(|| {
+            let mut m = HashMap::new();
+            for (i, v) in self.variables.iter().enumerate() {
+                if v.space != Space::Shared {
+                    m.insert(v.name.clone(), Opd::Global(i as u32));
+                }
+            }
+            for (i, g) in self.functions.iter().enumerate() {
+                m.insert(g.name.clone(), Opd::Func(i as u32));
+            }
+            m
+        })
+    }
+
     /// Parameters (or return values) placed one after another, each at its alignment.
     pub(crate) fn layout(&self, f: &Function, list: &[Variable]) -> Result<(Vec<ParamSlot>, u32), Error> {
         let mut out = Vec::new();
