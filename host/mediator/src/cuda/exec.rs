@@ -1548,11 +1548,16 @@ impl Cuda {
         }
         let cc = (self.info.cc_major, self.info.cc_minor);
         let m = self.modules.get_mut(mh)?;
-        let parsed = m.parsed.get_or_insert_with(|| match modules::parse_for(&m.image, cc).or_else(|_| modules::parse(&m.image)) {
-            Ok(p) => Ok(p),
-            Err((s, why)) => {
-                warn!(target: "vgpu::cuda", "no parameter layouts for module {:x}: {why}", m.image.hash);
-                Err(s)
+        // A PTX-only module (the driver JITs it) has no cubin to read: its PTX signatures give
+        // the layouts (`parse_emu`).
+        let image = &m.image;
+        let parsed = m.parsed.get_or_insert_with(|| {
+            match modules::parse_for(image, cc).or_else(|_| modules::parse(image)).or_else(|_| modules::parse_emu(image)) {
+                Ok(p) => Ok(p),
+                Err((s, why)) => {
+                    warn!(target: "vgpu::cuda", "no parameter layouts for module {:x}: {why}", m.image.hash);
+                    Err(s)
+                }
             }
         });
         let p = parsed.as_ref().map_err(|_| Status::NotSupported)?;
