@@ -97,6 +97,46 @@ pub fn ptx(data: &[u8]) {
     }
 }
 
+/// The interpreter on hostile kernels: every kernel of the input that lowers runs on one block
+/// of 64 threads (two warps) over a small memory holding one allocation, with the input's first
+/// bytes as its parameters, a 20,000 warp-instruction budget and 16 bytes of dynamic shared
+/// memory. Any outcome is fine but a panic, a hang or a result past its bounds.
+pub fn ptx_exec(data: &[u8]) {
+    use vgpu_ptx::exec::{run, Launch};
+    let text = match std::str::from_utf8(data) {
+        Ok(t) => t,
+        Err(e) => std::str::from_utf8(&data[..e.valid_up_to()]).unwrap_or(""),
+    };
+    let Ok(p) = vgpu_ptx::program::Program::parse(Arc::from(text)) else { return };
+    let names: Vec<String> = p.module().entries().take(8).map(|f| f.name.clone()).collect();
+    for name in names {
+        let Ok(e) = p.entry(&name) else { continue };
+        let mem = vgpu_ptx::mem::Allocations::default();
+        let buf = mem.alloc(&[0x5a; 256]);
+        // Parameters: the allocation's address in every 8-byte slot, then the input's bytes.
+        let mut params = vec![0u8; e.kernel.param_bytes as usize];
+        for (i, chunk) in params.chunks_mut(8).enumerate() {
+            let v = if i % 2 == 0 { buf } else { data.len() as u64 };
+            chunk.copy_from_slice(&v.to_le_bytes()[..chunk.len()]);
+        }
+        let globals: Vec<u64> = p.module().variables.iter().map(|v| mem.alloc(&v.init_bytes(&|_| None))).collect();
+        let callees = e.callees();
+        let l = Launch {
+            grid: [1, 1, 1],
+            block: [64, 1, 1],
+            params: &params,
+            dynamic_shared: 16,
+            globals: &globals,
+            budget: 20_000,
+            functions: &callees,
+            printf: &|_| {},
+        };
+        if let Ok(steps) = run(&e.kernel, &l, &mem, &|| false) {
+            assert!(steps <= 20_000 + 64, "ran {steps} warp instructions past a budget of 20,000");
+        }
+    }
+}
+
 /// The fatbin parser: wrapper, container, every entry's image (decompressed), every cubin.
 pub fn fatbin(data: &[u8]) {
     let _ = Wrapper::parse(data);

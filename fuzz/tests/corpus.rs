@@ -44,3 +44,9 @@ fn handshake_corpus() {
 fn ptx_corpus() {
     replay("ptx", vgpu_fuzz::ptx);
 }
+
+#[test]
+fn ptx_exec_corpus() {
+    // The parser's corpus: the same inputs, run.
+    replay("ptx", vgpu_fuzz::ptx_exec);
+}
