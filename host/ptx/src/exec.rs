@@ -49,6 +49,30 @@ pub trait Memory {
     fn write(&self, addr: u64, data: &[u8]) -> Result<(), Fault>;
     /// Atomically replace the `size`-byte value at `addr` (1 <= size <= 8) by `f(old)`, returning `old`.
     fn atomic(&self, addr: u64, size: usize, f: &mut dyn FnMut(u64) -> u64) -> Result<u64, Fault>;
+
+    /// A warp's load: for each lane `l` of `mask` in increasing order, [`Memory::read`] of
+    /// `size` (1 to 8) bytes at `addrs[l]` into `out[l]` (little-endian, the upper bytes
+    /// zero). Stops at the first lane whose access faults, with its fault. An implementation
+    /// may find the allocation once for the warp; the default reads lane by lane.
+    fn read_lanes(&self, addrs: &[u64; 32], size: usize, mask: u32, out: &mut [u64; 32]) -> Result<(), Fault> {
+        for l in (0..32).filter(|l| mask & (1 << l) != 0) {
+            let mut b = [0u8; 8];
+            self.read(addrs[l], b.get_mut(..size).ok_or(Fault { addr: addrs[l], len: size as u64 })?)?;
+            out[l] = u64::from_le_bytes(b);
+        }
+        Ok(())
+    }
+
+    /// A warp's store: for each lane `l` of `mask` in increasing order, [`Memory::write`] of
+    /// the low `size` (1 to 8) bytes of `vals[l]` at `addrs[l]`. Stops at the first lane
+    /// whose access faults, with its fault (the lanes before it have written).
+    fn write_lanes(&self, addrs: &[u64; 32], size: usize, mask: u32, vals: &[u64; 32]) -> Result<(), Fault> {
+        for l in (0..32).filter(|l| mask & (1 << l) != 0) {
+            let b = vals[l].to_le_bytes();
+            self.write(addrs[l], b.get(..size).ok_or(Fault { addr: addrs[l], len: size as u64 })?)?;
+        }
+        Ok(())
+    }
 }
 
 /// A bad global access: the address and length.
@@ -278,13 +302,16 @@ fn step(cx: &mut Ctx<'_, '_>, w: &mut Warp) -> R<bool> {
     if ready == 0 {
         return Ok(false);
     }
-    let pc = (0..32).filter(|&l| ready & (1 << l) != 0).map(|l| w.pc[l]).min().unwrap_or(0);
+    // The lowest PC among the ready lanes, and the lanes at it (branch-free: vectorizes).
+    let mut pc = u32::MAX;
+    for l in 0..32 {
+        pc = pc.min(if ready & (1 << l) != 0 { w.pc[l] } else { u32::MAX });
+    }
     let mut mask = 0u32;
     for l in 0..32 {
-        if ready & (1 << l) != 0 && w.pc[l] == pc {
-            mask |= 1 << l;
-        }
+        mask |= u32::from(w.pc[l] == pc) << l;
     }
+    mask &= ready;
     cx.steps += 1;
     if cx.l.budget != 0 && cx.steps > cx.l.budget {
         return Err(ExecError::Stopped { kernel: cx.k.name.clone(), steps: cx.steps, why: "instruction budget spent" });
@@ -297,16 +324,31 @@ fn step(cx: &mut Ctx<'_, '_>, w: &mut Warp) -> R<bool> {
     // The guard: lanes whose predicate fails skip the instruction.
     let mut run = mask;
     if let Some((neg, p)) = inst.guard {
-        for l in 0..32 {
-            if mask & (1 << l) != 0 && ((reg(w, p, l) & 1 != 0) == neg) {
-                run &= !(1 << l);
+        let r = &w.regs[p as usize * 32..p as usize * 32 + 32];
+        let mut pass = 0u32;
+        for (l, v) in r.iter().enumerate() {
+            pass |= ((*v as u32 & 1) ^ u32::from(neg)) << l;
+        }
+        run &= pass;
+    }
+    if inst.op == Op::Bra && types(inst).all(|t| t.size() <= 8) {
+        if let Some(Opd::Label(t)) = inst.opds.first() {
+            // A direct branch: the lanes that take it go to the label, the others on.
+            let t = *t;
+            let keep = mask & !w.exited & !w.at_barrier;
+            for l in 0..32 {
+                if keep & (1 << l) != 0 {
+                    w.pc[l] = if run & (1 << l) != 0 { t } else { pc + 1 };
+                }
             }
+            return Ok(true);
         }
     }
     let mut next = [pc + 1; 32];
     exec(cx, w, inst, run, mask, &mut next)?;
+    let keep = mask & !w.exited & !w.at_barrier;
     for (l, &n) in next.iter().enumerate() {
-        if mask & (1 << l) != 0 && w.exited & (1 << l) == 0 && w.at_barrier & (1 << l) == 0 {
+        if keep & (1 << l) != 0 {
             w.pc[l] = n;
         }
     }
@@ -490,6 +532,38 @@ fn address(cx: &Ctx<'_, '_>, w: &Warp, i: &Inst, o: &Opd, lane: usize) -> R<(Whe
         None if (LOCAL_WINDOW..LOCAL_WINDOW + WINDOW_SPAN).contains(&a) => (Where::Local, a - LOCAL_WINDOW),
         None => (Where::Global, a),
     })
+}
+
+/// The space and each lane's address of a memory operand, when the space is the same for every
+/// lane (declared, or given by the symbol the address is based on) and the address is a
+/// register or symbol plus an offset; `None`: the caller asks [`address`] lane by lane.
+fn addresses(w: &Warp, i: &Inst, o: &Opd) -> Option<(Where, [u64; 32])> {
+    let Opd::Addr(base, off) = o else { return None };
+    let off = *off as u64;
+    let declared = || {
+        i.mods.iter().find_map(|m| match m {
+            Mod::W(Word::Global) | Mod::W(Word::Const) => Some(Where::Global),
+            Mod::W(Word::Shared) => Some(Where::Shared),
+            Mod::W(Word::Local) => Some(Where::Local),
+            Mod::W(Word::Param) => Some(Where::Param),
+            _ => None,
+        })
+    };
+    let (space, at) = match base.as_deref() {
+        Some(Opd::Reg(r)) => {
+            let space = declared()?;
+            let r = *r as usize;
+            let regs: &[u64; 32] = w.regs[r * 32..r * 32 + 32].try_into().ok()?;
+            return Some((space, regs.map(|v| v.wrapping_add(off))));
+        }
+        Some(Opd::Shared(s)) => (Where::Shared, u64::from(*s)),
+        Some(Opd::Local(s)) => (Where::Local, u64::from(*s)),
+        Some(Opd::Param(s)) => (Where::Param, u64::from(*s)),
+        Some(Opd::CallParam(s)) => (Where::CallParam, u64::from(*s)),
+        Some(Opd::Return(s)) => (Where::Return, u64::from(*s)),
+        _ => return None,
+    };
+    Some((space, [at.wrapping_add(off); 32]))
 }
 
 fn illegal(cx: &Ctx<'_, '_>, i: &Inst, addr: u64, len: usize) -> ExecError {
@@ -693,6 +767,24 @@ fn exec(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32, mask: u32, next:
             if dsts.len() != vec {
                 return Err(unsupported(cx, i, "a vector load whose destination count differs"));
             }
+            if let (1, [Opd::Reg(d)], Some((space, addrs))) = (vec, dsts, addresses(w, i, &i.opds[1])) {
+                // One element a lane, the addresses decoded for the whole warp.
+                let mut vals = [0u64; 32];
+                if space == Where::Global {
+                    cx.mem.read_lanes(&addrs, size, run, &mut vals).map_err(|f| illegal(cx, i, f.addr, f.len as usize))?;
+                } else {
+                    for l in lanes(run) {
+                        let mut v = [0u8; 8];
+                        load(cx, w, i, space, addrs[l], l, &mut v[..size])?;
+                        vals[l] = u64::from_le_bytes(v);
+                    }
+                }
+                for l in lanes(run) {
+                    let raw = vals[l];
+                    set(w, *d, l, if is_signed(t) { sext(t, raw) as u64 } else { raw });
+                }
+                return Ok(());
+            }
             for l in lanes(run) {
                 let (space, a) = address(cx, w, i, &i.opds[1], l)?;
                 let mut buf = [0u8; 64];
@@ -719,6 +811,20 @@ fn exec(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32, mask: u32, next:
             };
             if srcs.len() > 4 {
                 return Err(unsupported(cx, i, "a store of more than 4 elements"));
+            }
+            if let ([v], Some((space, addrs))) = (srcs, addresses(w, i, &i.opds[0])) {
+                if let Some(v) = lanes_of(cx, w, i, v, t) {
+                    // One element a lane, the addresses and values fetched for the whole warp.
+                    let vals = fetch(w, v);
+                    if space == Where::Global {
+                        cx.mem.write_lanes(&addrs, size, run, &vals).map_err(|f| illegal(cx, i, f.addr, f.len as usize))?;
+                    } else {
+                        for l in lanes(run) {
+                            store(cx, w, i, space, addrs[l], l, &vals[l].to_le_bytes()[..size])?;
+                        }
+                    }
+                    return Ok(());
+                }
             }
             for l in lanes(run) {
                 let (space, a) = address(cx, w, i, &i.opds[0], l)?;
@@ -1170,9 +1276,136 @@ fn float_op(cx: &Ctx<'_, '_>, i: &Inst, t: Scalar, x: f64, y: f64, z: f64) -> R<
     Ok(r)
 }
 
+/// A source operand decoded once for a whole warp: a register's slot or one value for every lane.
+#[derive(Clone, Copy)]
+enum Lanes {
+    Reg(usize),
+    Same(u64),
+}
+
+/// `o` as a [`Lanes`], when it is a register or an immediate (whose value as `t` is the same
+/// for every lane).
+fn lanes_of(cx: &Ctx<'_, '_>, w: &Warp, i: &Inst, o: &Opd, t: Scalar) -> Option<Lanes> {
+    match o {
+        Opd::Reg(r) => Some(Lanes::Reg(*r as usize)),
+        Opd::Imm(_) | Opd::Float(_) => src(cx, w, i, o, t, 0).ok().map(Lanes::Same),
+        _ => None,
+    }
+}
+
+fn fetch(w: &Warp, s: Lanes) -> [u64; 32] {
+    match s {
+        Lanes::Reg(r) => w.regs[r * 32..r * 32 + 32].try_into().unwrap_or([0; 32]),
+        Lanes::Same(v) => [v; 32],
+    }
+}
+
+/// `d = f(a, b, c)` for the lanes `run`, the operands fetched for the whole warp at once
+/// (a loop the compiler vectorizes; lanes outside `run` keep their value).
+fn map3(w: &mut Warp, d: RegId, a: Lanes, b: Lanes, c: Lanes, run: u32, f: impl Fn(u64, u64, u64) -> u64) {
+    let (a, b, c) = (fetch(w, a), fetch(w, b), fetch(w, c));
+    let d = &mut w.regs[d as usize * 32..d as usize * 32 + 32];
+    for l in 0..32 {
+        let v = f(a[l], b[l], c[l]);
+        if run & (1 << l) != 0 {
+            d[l] = v;
+        }
+    }
+}
+
+/// The common arithmetic forms (32- and 64-bit integers, f32 and f64 without `.sat`/`.ftz`)
+/// over the whole warp at once, computing exactly what [`alu`]'s per-lane path computes.
+/// `false`: not one of them (the caller runs the general path).
+fn alu_warp(cx: &Ctx<'_, '_>, w: &mut Warp, i: &Inst, t: Scalar, d: RegId, run: u32) -> bool {
+    let n = i.opds.len();
+    if !(3..=4).contains(&n) || i.mods.iter().any(|m| matches!(m, Mod::W(Word::Sat | Word::Ftz | Word::Hi))) {
+        return false;
+    }
+    let wide = has(i, Word::Wide);
+    let Some(a) = lanes_of(cx, w, i, &i.opds[1], t) else { return false };
+    let Some(b) = lanes_of(cx, w, i, &i.opds[2], t) else { return false };
+    let c = if n > 3 {
+        match lanes_of(cx, w, i, &i.opds[3], if wide { wide_of(t) } else { t }) {
+            Some(c) => c,
+            None => return false,
+        }
+    } else {
+        Lanes::Same(0)
+    };
+    let three = n == 4;
+    match (t, i.op) {
+        (Scalar::F32, Op::Add) if !three => map3(w, d, a, b, c, run, |a, b, _| from_f(t, (f(t, a) + f(t, b)) as f32 as f64)),
+        (Scalar::F32, Op::Sub) if !three => map3(w, d, a, b, c, run, |a, b, _| from_f(t, (f(t, a) - f(t, b)) as f32 as f64)),
+        (Scalar::F32, Op::Mul) if !three => map3(w, d, a, b, c, run, |a, b, _| from_f(t, (f(t, a) * f(t, b)) as f32 as f64)),
+        (Scalar::F32, Op::Fma | Op::Mad) if three => {
+            map3(w, d, a, b, c, run, |a, b, c| from_f(t, f64::from(f(t, a).mul_add(f(t, b), f(t, c)) as f32)))
+        }
+        (Scalar::F64, Op::Add) if !three => map3(w, d, a, b, c, run, |a, b, _| (f64::from_bits(a) + f64::from_bits(b)).to_bits()),
+        (Scalar::F64, Op::Sub) if !three => map3(w, d, a, b, c, run, |a, b, _| (f64::from_bits(a) - f64::from_bits(b)).to_bits()),
+        (Scalar::F64, Op::Mul) if !three => map3(w, d, a, b, c, run, |a, b, _| (f64::from_bits(a) * f64::from_bits(b)).to_bits()),
+        (Scalar::F64, Op::Fma | Op::Mad) if three => {
+            map3(w, d, a, b, c, run, |a, b, c| f64::from_bits(a).mul_add(f64::from_bits(b), f64::from_bits(c)).to_bits())
+        }
+        (Scalar::S32 | Scalar::U32 | Scalar::B32 | Scalar::S64 | Scalar::U64 | Scalar::B64, op) => {
+            if wide && !matches!(op, Op::Mul | Op::Mad) {
+                return false;
+            }
+            let s = is_signed(t);
+            let nb = bits(t);
+            // The per-lane path's operand and result conversions.
+            let x = move |a: u64| if s { sext(t, a) as u64 } else { mask_to(t, a) };
+            let out = move |r: u64| if s { sext(t, mask_to(t, r)) as u64 } else { mask_to(t, r) };
+            match op {
+                Op::Mul | Op::Mad if wide => {
+                    if !matches!(t, Scalar::S32 | Scalar::U32) || (op == Op::Mad) != three {
+                        return false;
+                    }
+                    let ot = wide_of(t);
+                    let full = move |x: u64, y: u64| -> u64 {
+                        if s {
+                            (x as i64 as i128 * y as i64 as i128) as u128 as u64
+                        } else {
+                            (x as u128 * y as u128) as u64
+                        }
+                    };
+                    let out = move |r: u64| if s { sext(ot, mask_to(ot, r)) as u64 } else { mask_to(ot, r) };
+                    map3(w, d, a, b, c, run, |a, b, c| out(full(x(a), x(b)).wrapping_add(if three { c } else { 0 })))
+                }
+                Op::Add if !three => map3(w, d, a, b, c, run, |a, b, _| out(x(a).wrapping_add(x(b)))),
+                Op::Sub if !three => map3(w, d, a, b, c, run, |a, b, _| out(x(a).wrapping_sub(x(b)))),
+                Op::Mul if !three => map3(w, d, a, b, c, run, |a, b, _| out(x(a).wrapping_mul(x(b)))),
+                Op::Mad if three => map3(w, d, a, b, c, run, |a, b, c| out(x(a).wrapping_mul(x(b)).wrapping_add(c))),
+                Op::And if !three => map3(w, d, a, b, c, run, |a, b, _| out(a & b)),
+                Op::Or if !three => map3(w, d, a, b, c, run, |a, b, _| out(a | b)),
+                Op::Xor if !three => map3(w, d, a, b, c, run, |a, b, _| out(a ^ b)),
+                Op::Shl if !three => map3(w, d, a, b, c, run, |a, b, _| {
+                    let sh = b as u32;
+                    out(if sh >= nb { 0 } else { a << sh })
+                }),
+                Op::Shr if !three => map3(w, d, a, b, c, run, |a, b, _| {
+                    let sh = (b as u32).min(nb);
+                    out(if s {
+                        (sext(t, a) >> sh.min(63)) as u64
+                    } else if sh >= nb {
+                        0
+                    } else {
+                        mask_to(t, a) >> sh
+                    })
+                }),
+                _ => return false,
+            }
+        }
+        _ => return false,
+    }
+    true
+}
+
 fn alu(cx: &Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32) -> R<()> {
     let t = last_type(cx, i)?;
     let d = dst(cx, i, 0)?;
+    if run == 0 || alu_warp(cx, w, i, t, d, run) {
+        return Ok(());
+    }
     let wide = has(i, Word::Wide);
     let hi = has(i, Word::Hi);
     let n = i.opds.len();

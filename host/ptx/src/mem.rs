@@ -46,7 +46,41 @@ impl Allocations {
     }
 }
 
+/// `len` bytes at `addr` in `blocks`, if allocated.
+fn find(blocks: &mut [(u64, Vec<u8>)], addr: u64, len: usize) -> Option<&mut [u8]> {
+    let i = usize::try_from((addr / STRIDE).checked_sub(1)?).ok()?;
+    let (base, data) = blocks.get_mut(i)?;
+    let off = addr - *base;
+    if off.checked_add(len as u64).is_some_and(|e| e <= data.len() as u64) {
+        let s = off as usize;
+        return Some(&mut data[s..s + len]);
+    }
+    None
+}
+
 impl Memory for Allocations {
+    fn read_lanes(&self, addrs: &[u64; 32], size: usize, mask: u32, out: &mut [u64; 32]) -> Result<(), Fault> {
+        // One lock for the warp.
+        let mut b = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+        for l in (0..32).filter(|l| mask & (1 << l) != 0) {
+            let fault = Fault { addr: addrs[l], len: size as u64 };
+            let d = find(&mut b, addrs[l], size).filter(|_| size <= 8).ok_or(fault)?;
+            let mut v = [0u8; 8];
+            v[..size].copy_from_slice(d);
+            out[l] = u64::from_le_bytes(v);
+        }
+        Ok(())
+    }
+    fn write_lanes(&self, addrs: &[u64; 32], size: usize, mask: u32, vals: &[u64; 32]) -> Result<(), Fault> {
+        let mut b = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+        for l in (0..32).filter(|l| mask & (1 << l) != 0) {
+            let fault = Fault { addr: addrs[l], len: size as u64 };
+            let d = find(&mut b, addrs[l], size).filter(|_| size <= 8).ok_or(fault)?;
+            d.copy_from_slice(&vals[l].to_le_bytes()[..size]);
+        }
+        Ok(())
+    }
+
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Fault> {
         self.with(addr, buf.len(), |d| buf.copy_from_slice(d))
     }
