@@ -355,10 +355,12 @@ fn step(cx: &mut Ctx<'_, '_>, w: &mut Warp) -> R<bool> {
     Ok(true)
 }
 
+#[inline]
 fn reg(w: &Warp, r: RegId, lane: usize) -> u64 {
     w.regs[r as usize * 32 + lane]
 }
 
+#[inline]
 fn set(w: &mut Warp, r: RegId, lane: usize, v: u64) {
     w.regs[r as usize * 32 + lane] = v;
 }
@@ -380,10 +382,12 @@ fn last_type(cx: &Ctx<'_, '_>, i: &Inst) -> R<Scalar> {
     types(i).last().ok_or_else(|| unsupported(cx, i, format!("{} without a type", i.op.word())))
 }
 
+#[inline]
 fn bits(t: Scalar) -> u32 {
     t.size() * 8
 }
 
+#[inline]
 fn mask_to(t: Scalar, v: u64) -> u64 {
     match bits(t) {
         64 | 128 => v,
@@ -391,23 +395,28 @@ fn mask_to(t: Scalar, v: u64) -> u64 {
     }
 }
 
+#[inline]
 fn sext(t: Scalar, v: u64) -> i64 {
     let n = bits(t).min(64);
     ((v << (64 - n)) as i64) >> (64 - n)
 }
 
+#[inline]
 fn is_signed(t: Scalar) -> bool {
     matches!(t, Scalar::S8 | Scalar::S16 | Scalar::S32 | Scalar::S64)
 }
 
+#[inline]
 fn is_float(t: Scalar) -> bool {
     matches!(t, Scalar::F32 | Scalar::F64 | Scalar::F16 | Scalar::Bf16)
 }
 
+#[inline]
 fn f32v(v: u64) -> f32 {
     f32::from_bits(v as u32)
 }
 
+#[inline]
 fn f(t: Scalar, v: u64) -> f64 {
     match t {
         Scalar::F64 => f64::from_bits(v),
@@ -418,6 +427,7 @@ fn f(t: Scalar, v: u64) -> f64 {
 }
 
 /// `x` as bits of `t`, rounded to nearest even (one rounding, from f64).
+#[inline]
 fn from_f(t: Scalar, x: f64) -> u64 {
     match t {
         Scalar::F64 => x.to_bits(),
@@ -574,6 +584,23 @@ fn slice_of(buf: &[u8], at: u64, len: usize) -> Option<std::ops::Range<usize>> {
     let s = usize::try_from(at).ok()?;
     let e = s.checked_add(len)?;
     (e <= buf.len()).then_some(s..e)
+}
+
+/// The `size`-byte (1 to 8) little-endian value at `at` in `buf`, if inside it.
+#[inline]
+fn read_le(buf: &[u8], at: u64, size: usize) -> Option<u64> {
+    let b = &buf[slice_of(buf, at, size)?];
+    Some(match size {
+        1 => u64::from(b[0]),
+        2 => u64::from(u16::from_le_bytes(b.try_into().ok()?)),
+        4 => u64::from(u32::from_le_bytes(b.try_into().ok()?)),
+        8 => u64::from_le_bytes(b.try_into().ok()?),
+        _ => {
+            let mut v = [0u8; 8];
+            v.get_mut(..size)?.copy_from_slice(b);
+            u64::from_le_bytes(v)
+        }
+    })
 }
 
 fn load(cx: &Ctx<'_, '_>, w: &Warp, i: &Inst, space: Where, a: u64, lane: usize, out: &mut [u8]) -> R<()> {
@@ -743,9 +770,13 @@ fn exec(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32, mask: u32, next:
                 }
                 _ => {
                     let d = dst(cx, i, 0)?;
-                    for l in lanes(run) {
-                        let v = src(cx, w, i, &i.opds[1], t, l)?;
-                        set(w, d, l, mask_to(t, v));
+                    if let Some(s) = lanes_of(cx, w, i, &i.opds[1], t) {
+                        map3(w, d, s, Lanes::Same(0), Lanes::Same(0), run, |v, _, _| mask_to(t, v));
+                    } else {
+                        for l in lanes(run) {
+                            let v = src(cx, w, i, &i.opds[1], t, l)?;
+                            set(w, d, l, mask_to(t, v));
+                        }
                     }
                 }
             }
@@ -772,6 +803,11 @@ fn exec(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32, mask: u32, next:
                 let mut vals = [0u64; 32];
                 if space == Where::Global {
                     cx.mem.read_lanes(&addrs, size, run, &mut vals).map_err(|f| illegal(cx, i, f.addr, f.len as usize))?;
+                } else if space == Where::Shared || (space == Where::Param && w.params.is_none()) {
+                    let buf: &[u8] = if space == Where::Shared { &cx.shared } else { cx.l.params };
+                    for l in lanes(run) {
+                        vals[l] = read_le(buf, addrs[l], size).ok_or_else(|| illegal(cx, i, addrs[l], size))?;
+                    }
                 } else {
                     for l in lanes(run) {
                         let mut v = [0u8; 8];
@@ -841,8 +877,9 @@ fn exec(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32, mask: u32, next:
             let local = has(i, Word::Local);
             let to = has(i, Word::To);
             let d = dst(cx, i, 0)?;
+            let pv = pre(cx, w, i, &i.opds[1], Scalar::U64);
             for l in lanes(run) {
-                let v = src(cx, w, i, &i.opds[1], Scalar::U64, l)?;
+                let v = val(cx, w, i, &i.opds[1], Scalar::U64, l, &pv)?;
                 let out = match (shared, local, to) {
                     (true, _, false) => v.wrapping_add(SHARED_WINDOW),
                     (true, _, true) => v.wrapping_sub(SHARED_WINDOW),
@@ -857,9 +894,10 @@ fn exec(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32, mask: u32, next:
         Op::Selp => {
             let t = last_type(cx, i)?;
             let d = dst(cx, i, 0)?;
+            let (pa, pb, pc) = (pre(cx, w, i, &i.opds[1], t), pre(cx, w, i, &i.opds[2], t), pre(cx, w, i, &i.opds[3], Scalar::Pred));
             for l in lanes(run) {
-                let c = src(cx, w, i, &i.opds[3], Scalar::Pred, l)? & 1;
-                let v = if c != 0 { src(cx, w, i, &i.opds[1], t, l)? } else { src(cx, w, i, &i.opds[2], t, l)? };
+                let c = val(cx, w, i, &i.opds[3], Scalar::Pred, l, &pc)? & 1;
+                let v = if c != 0 { val(cx, w, i, &i.opds[1], t, l, &pa)? } else { val(cx, w, i, &i.opds[2], t, l, &pb)? };
                 set(w, d, l, v);
             }
         }
@@ -958,9 +996,10 @@ fn setp(cx: &Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32) -> R<()> {
         Opd::PredPair(p, q) => (*p, Some(*q)),
         other => return Err(unsupported(cx, i, format!("setp into {other:?}"))),
     };
+    let (pa, pb) = (pre(cx, w, i, &i.opds[1], t), pre(cx, w, i, &i.opds[2], t));
     for l in lanes(run) {
-        let a = src(cx, w, i, &i.opds[1], t, l)?;
-        let b = src(cx, w, i, &i.opds[2], t, l)?;
+        let a = val(cx, w, i, &i.opds[1], t, l, &pa)?;
+        let b = val(cx, w, i, &i.opds[2], t, l, &pb)?;
         let r = if is_float(t) {
             let (x, y) = (f(t, a), f(t, b));
             let un = x.is_nan() || y.is_nan();
@@ -1276,6 +1315,20 @@ fn float_op(cx: &Ctx<'_, '_>, i: &Inst, t: Scalar, x: f64, y: f64, z: f64) -> R<
     Ok(r)
 }
 
+/// Operand `o` for every lane, fetched at once when it is a register or an immediate (its
+/// value then does not need [`src`] lane by lane).
+fn pre(cx: &Ctx<'_, '_>, w: &Warp, i: &Inst, o: &Opd, t: Scalar) -> Option<[u64; 32]> {
+    lanes_of(cx, w, i, o, t).map(|s| fetch(w, s))
+}
+
+/// [`src`] for `lane`, from `p` when [`pre`] fetched it.
+fn val(cx: &Ctx<'_, '_>, w: &Warp, i: &Inst, o: &Opd, t: Scalar, lane: usize, p: &Option<[u64; 32]>) -> R<u64> {
+    match p {
+        Some(v) => Ok(v[lane]),
+        None => src(cx, w, i, o, t, lane),
+    }
+}
+
 /// A source operand decoded once for a whole warp: a register's slot or one value for every lane.
 #[derive(Clone, Copy)]
 enum Lanes {
@@ -1293,6 +1346,7 @@ fn lanes_of(cx: &Ctx<'_, '_>, w: &Warp, i: &Inst, o: &Opd, t: Scalar) -> Option<
     }
 }
 
+#[inline]
 fn fetch(w: &Warp, s: Lanes) -> [u64; 32] {
     match s {
         Lanes::Reg(r) => w.regs[r * 32..r * 32 + 32].try_into().unwrap_or([0; 32]),
@@ -1409,9 +1463,11 @@ fn alu(cx: &Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32) -> R<()> {
     let wide = has(i, Word::Wide);
     let hi = has(i, Word::Hi);
     let n = i.opds.len();
+    let pa = pre(cx, w, i, &i.opds[1], t);
+    let pb = if n > 2 { pre(cx, w, i, &i.opds[2], t) } else { None };
     for l in lanes(run) {
-        let a = src(cx, w, i, &i.opds[1], t, l)?;
-        let b = if n > 2 { src(cx, w, i, &i.opds[2], t, l)? } else { 0 };
+        let a = val(cx, w, i, &i.opds[1], t, l, &pa)?;
+        let b = if n > 2 { val(cx, w, i, &i.opds[2], t, l, &pb)? } else { 0 };
         let c = if n > 3 && i.op != Op::Setp { src(cx, w, i, &i.opds[3], if wide { wide_of(t) } else { t }, l)? } else { 0 };
         let v = if let Some(h) = packed_half(t) {
             // Two halves, each computed as its scalar type.

@@ -65,9 +65,15 @@ impl Memory for Allocations {
         for l in (0..32).filter(|l| mask & (1 << l) != 0) {
             let fault = Fault { addr: addrs[l], len: size as u64 };
             let d = find(&mut b, addrs[l], size).filter(|_| size <= 8).ok_or(fault)?;
-            let mut v = [0u8; 8];
-            v[..size].copy_from_slice(d);
-            out[l] = u64::from_le_bytes(v);
+            out[l] = match size {
+                4 => u64::from(u32::from_le_bytes([d[0], d[1], d[2], d[3]])),
+                8 => u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]),
+                _ => {
+                    let mut v = [0u8; 8];
+                    v[..size].copy_from_slice(d);
+                    u64::from_le_bytes(v)
+                }
+            };
         }
         Ok(())
     }
@@ -76,7 +82,10 @@ impl Memory for Allocations {
         for l in (0..32).filter(|l| mask & (1 << l) != 0) {
             let fault = Fault { addr: addrs[l], len: size as u64 };
             let d = find(&mut b, addrs[l], size).filter(|_| size <= 8).ok_or(fault)?;
-            d.copy_from_slice(&vals[l].to_le_bytes()[..size]);
+            match size {
+                4 => d.copy_from_slice(&(vals[l] as u32).to_le_bytes()),
+                _ => d.copy_from_slice(&vals[l].to_le_bytes()[..size]),
+            }
         }
         Ok(())
     }
