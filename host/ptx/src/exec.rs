@@ -1460,6 +1460,11 @@ fn alu(cx: &Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32) -> R<()> {
     if run == 0 || alu_warp(cx, w, i, t, d, run) {
         return Ok(());
     }
+    alu_lanes(cx, w, i, t, d, run)
+}
+
+/// [`alu`] lane by lane: every form.
+fn alu_lanes(cx: &Ctx<'_, '_>, w: &mut Warp, i: &Inst, t: Scalar, d: RegId, run: u32) -> R<()> {
     let wide = has(i, Word::Wide);
     let hi = has(i, Word::Hi);
     let n = i.opds.len();
@@ -2035,6 +2040,125 @@ mod tests {
     fn fmt(f: &str, args: &[u64]) -> String {
         let mut it = args.iter().copied();
         format_printf(f.as_bytes(), &mut |_| Ok(it.next().unwrap_or(0)), &mut |_| "str".into()).unwrap()
+    }
+
+    #[test]
+    fn the_warp_alu_computes_what_the_lane_by_lane_path_computes() {
+        let ops = [
+            "add.f32 %a, %b, %c",
+            "sub.f32 %a, %b, %c",
+            "mul.f32 %a, %b, 0f3F800001",
+            "fma.rn.f32 %a, %b, %c, %d",
+            "mad.rn.f32 %a, %b, %c, %d",
+            "add.f64 %a, %b, %c",
+            "sub.f64 %a, %b, 0d3FF0000000000001",
+            "mul.f64 %a, %b, %c",
+            "fma.rn.f64 %a, %b, %c, %d",
+            "add.s32 %a, %b, %c",
+            "add.u32 %a, %b, -7",
+            "sub.s64 %a, %b, %c",
+            "sub.u64 %a, %b, %c",
+            "mul.lo.s32 %a, %b, %c",
+            "mul.lo.u64 %a, %b, 12345",
+            "mad.lo.s32 %a, %b, %c, %d",
+            "mad.lo.u32 %a, %b, %c, %d",
+            "mul.wide.s32 %a, %b, %c",
+            "mul.wide.u32 %a, %b, 4",
+            "mad.wide.s32 %a, %b, %c, %d",
+            "mad.wide.u32 %a, %b, %c, %d",
+            "and.b32 %a, %b, %c",
+            "or.b64 %a, %b, %c",
+            "xor.b32 %a, %b, 255",
+            "shl.b32 %a, %b, %c",
+            "shl.b64 %a, %b, 3",
+            "shr.u32 %a, %b, %c",
+            "shr.s32 %a, %b, %c",
+            "shr.s64 %a, %b, %c",
+            "shr.u64 %a, %b, 65",
+            "shr.b32 %a, %b, %c",
+        ];
+        let body: String = ops.iter().map(|o| format!("{o};\n")).collect();
+        let src = format!(".version 9.0\n.target sm_90\n.address_size 64\n.entry k()\n{{\n.reg .b64 %a, %b, %c, %d;\n{body}ret;\n}}\n");
+        let m = crate::Module::parse(&src).unwrap();
+        let k = m.lower(&m.functions[0]).unwrap();
+        let mem = crate::mem::Allocations::default();
+        let l = Launch {
+            grid: [1; 3],
+            block: [32, 1, 1],
+            params: &[],
+            dynamic_shared: 0,
+            globals: &[],
+            budget: 0,
+            functions: &[],
+            printf: &|_| {},
+        };
+        let cx = Ctx {
+            k: &k,
+            l: &l,
+            mem: &mem,
+            shared: Vec::new(),
+            ctaid: [0; 3],
+            steps: 0,
+            depth: 0,
+            cancel: &|| false,
+            arrivals: [(0, 0); BARRIERS],
+            barrier_news: false,
+            counted_barriers: false,
+        };
+        // Values that find the edges: zero, signs, NaNs, infinities, subnormals, shifts past the width.
+        let special = [
+            0u64,
+            1,
+            31,
+            32,
+            33,
+            63,
+            64,
+            u64::MAX,
+            0x8000_0000,
+            0x7fff_ffff,
+            0xffff_ffff,
+            0x8000_0000_0000_0000,
+            f32::NAN.to_bits() as u64,
+            f32::INFINITY.to_bits() as u64,
+            f32::MIN_POSITIVE.to_bits() as u64 / 3,
+            f64::NAN.to_bits(),
+            (-0.0f64).to_bits(),
+            1.5f64.to_bits(),
+            (1e300f64).to_bits(),
+            0x3f80_0001,
+        ];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..64 {
+            let mut w = Warp::new(&k, u32::MAX, 0);
+            for v in w.regs.iter_mut() {
+                let r = rnd();
+                *v = match r % 4 {
+                    0 => special[(r >> 8) as usize % special.len()],
+                    1 => r >> 40,
+                    2 => (r >> 3) as u32 as u64,
+                    _ => r,
+                };
+            }
+            let run = if round % 2 == 0 { u32::MAX } else { rnd() as u32 };
+            for i in &k.insts[..ops.len()] {
+                let t = last_type(&cx, i).unwrap();
+                let d = dst(&cx, i, 0).unwrap();
+                let mut fast = Warp::new(&k, u32::MAX, 0);
+                fast.regs.clone_from(&w.regs);
+                assert!(alu_warp(&cx, &mut fast, i, t, d, run), "line {}", i.line);
+                let mut slow = Warp::new(&k, u32::MAX, 0);
+                slow.regs.clone_from(&w.regs);
+                alu_lanes(&cx, &mut slow, i, t, d, run).unwrap();
+                assert_eq!(fast.regs, slow.regs, "line {} round {round}", i.line);
+            }
+        }
     }
 
     #[test]
