@@ -148,6 +148,10 @@ struct Warp {
     ret: Vec<u8>,
     /// Set by `nanosleep`: the warp gives up the rest of its time slice.
     yielded: bool,
+    /// `Some(pc)`: every ready lane (existing, not exited, not at a barrier) is at `pc`, so a
+    /// step needs no scan of the lanes' PCs. Whoever changes a lane's PC, or lets a lane wait or
+    /// go on, outside [`step`] sets `None`.
+    converged: Option<u32>,
 }
 
 fn ret_bytes(k: &Kernel) -> u32 {
@@ -168,6 +172,7 @@ impl Warp {
             params: None,
             ret: vec![0; ret_bytes(k) as usize * 32],
             yielded: false,
+            converged: Some(0),
         }
     }
 }
@@ -302,16 +307,23 @@ fn step(cx: &mut Ctx<'_, '_>, w: &mut Warp) -> R<bool> {
     if ready == 0 {
         return Ok(false);
     }
-    // The lowest PC among the ready lanes, and the lanes at it (branch-free: vectorizes).
-    let mut pc = u32::MAX;
-    for l in 0..32 {
-        pc = pc.min(if ready & (1 << l) != 0 { w.pc[l] } else { u32::MAX });
-    }
-    let mut mask = 0u32;
-    for l in 0..32 {
-        mask |= u32::from(w.pc[l] == pc) << l;
-    }
-    mask &= ready;
+    let (pc, mask) = match w.converged {
+        Some(pc) => (pc, ready),
+        None => {
+            // The lowest PC among the ready lanes, and the lanes at it.
+            let mut pc = u32::MAX;
+            for l in 0..32 {
+                pc = pc.min(if ready & (1 << l) != 0 { w.pc[l] } else { u32::MAX });
+            }
+            let mut mask = 0u32;
+            for l in 0..32 {
+                mask |= u32::from(w.pc[l] == pc) << l;
+            }
+            (pc, mask & ready)
+        }
+    };
+    // Whether, after this instruction, the ready lanes can still be at one PC.
+    let all = mask == ready;
     cx.steps += 1;
     if cx.l.budget != 0 && cx.steps > cx.l.budget {
         return Err(ExecError::Stopped { kernel: cx.k.name.clone(), steps: cx.steps, why: "instruction budget spent" });
@@ -319,6 +331,7 @@ fn step(cx: &mut Ctx<'_, '_>, w: &mut Warp) -> R<bool> {
     let Some(inst) = cx.k.insts.get(pc as usize) else {
         // Running off the end is an implicit exit.
         w.exited |= mask;
+        w.converged = None;
         return Ok(true);
     };
     // The guard: lanes whose predicate fails skip the instruction.
@@ -341,16 +354,28 @@ fn step(cx: &mut Ctx<'_, '_>, w: &mut Warp) -> R<bool> {
                     w.pc[l] = if run & (1 << l) != 0 { t } else { pc + 1 };
                 }
             }
+            w.converged = match (all, run & keep) {
+                (true, 0) => Some(pc + 1),
+                (true, r) if r == keep => Some(t),
+                _ => None,
+            };
             return Ok(true);
         }
     }
     let mut next = [pc + 1; 32];
+    // Until this step is done, the PCs are scanned (an error leaves the warp consistent).
+    w.converged = None;
     exec(cx, w, inst, run, mask, &mut next)?;
     let keep = mask & !w.exited & !w.at_barrier;
+    let mut same = true;
     for (l, &n) in next.iter().enumerate() {
         if keep & (1 << l) != 0 {
             w.pc[l] = n;
+            same &= n == pc + 1;
         }
+    }
+    if all && same && w.converged.is_none() {
+        w.converged = Some(pc + 1);
     }
     Ok(true)
 }
@@ -770,8 +795,11 @@ fn exec(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32, mask: u32, next:
                 }
                 _ => {
                     let d = dst(cx, i, 0)?;
-                    if let Some(s) = lanes_of(cx, w, i, &i.opds[1], t) {
-                        map3(w, d, s, Lanes::Same(0), Lanes::Same(0), run, |v, _, _| mask_to(t, v));
+                    if let Some(v) = pre(cx, w, i, &i.opds[1], t) {
+                        let d = &mut w.regs[d as usize * 32..d as usize * 32 + 32];
+                        for l in lanes(run) {
+                            d[l] = mask_to(t, v[l]);
+                        }
                     } else {
                         for l in lanes(run) {
                             let v = src(cx, w, i, &i.opds[1], t, l)?;
@@ -1318,6 +1346,9 @@ fn float_op(cx: &Ctx<'_, '_>, i: &Inst, t: Scalar, x: f64, y: f64, z: f64) -> R<
 /// Operand `o` for every lane, fetched at once when it is a register or an immediate (its
 /// value then does not need [`src`] lane by lane).
 fn pre(cx: &Ctx<'_, '_>, w: &Warp, i: &Inst, o: &Opd, t: Scalar) -> Option<[u64; 32]> {
+    if let Opd::Special(s) = o {
+        return Some(std::array::from_fn(|l| special(cx, w, *s, l)));
+    }
     lanes_of(cx, w, i, o, t).map(|s| fetch(w, s))
 }
 
