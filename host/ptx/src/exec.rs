@@ -1347,6 +1347,12 @@ fn float_op(cx: &Ctx<'_, '_>, i: &Inst, t: Scalar, x: f64, y: f64, z: f64) -> R<
 /// value then does not need [`src`] lane by lane).
 fn pre(cx: &Ctx<'_, '_>, w: &Warp, i: &Inst, o: &Opd, t: Scalar) -> Option<[u64; 32]> {
     if let Opd::Special(s) = o {
+        let b = cx.l.block;
+        let x0 = w.base_thread % b[0];
+        if let (Special::Tid(0), true) = (s, x0 + 32 <= b[0]) {
+            // The warp's lanes are consecutive in x (no row wraps inside it).
+            return Some(std::array::from_fn(|l| u64::from(x0 + l as u32)));
+        }
         return Some(std::array::from_fn(|l| special(cx, w, *s, l)));
     }
     lanes_of(cx, w, i, o, t).map(|s| fetch(w, s))
@@ -1398,6 +1404,12 @@ fn map3(w: &mut Warp, d: RegId, a: Lanes, b: Lanes, c: Lanes, run: u32, f: impl 
     }
 }
 
+/// `op` of two f32 bits computed in f64 and rounded once to f32, as [`float_op`] does.
+#[inline]
+fn f32op(a: u64, b: u64, op: impl Fn(f64, f64) -> f64) -> u64 {
+    u64::from((op(f64::from(f32v(a)), f64::from(f32v(b))) as f32).to_bits())
+}
+
 /// The common arithmetic forms (32- and 64-bit integers, f32 and f64 without `.sat`/`.ftz`)
 /// over the whole warp at once, computing exactly what [`alu`]'s per-lane path computes.
 /// `false`: not one of them (the caller runs the general path).
@@ -1419,12 +1431,13 @@ fn alu_warp(cx: &Ctx<'_, '_>, w: &mut Warp, i: &Inst, t: Scalar, d: RegId, run: 
     };
     let three = n == 4;
     match (t, i.op) {
-        (Scalar::F32, Op::Add) if !three => map3(w, d, a, b, c, run, |a, b, _| from_f(t, (f(t, a) + f(t, b)) as f32 as f64)),
-        (Scalar::F32, Op::Sub) if !three => map3(w, d, a, b, c, run, |a, b, _| from_f(t, (f(t, a) - f(t, b)) as f32 as f64)),
-        (Scalar::F32, Op::Mul) if !three => map3(w, d, a, b, c, run, |a, b, _| from_f(t, (f(t, a) * f(t, b)) as f32 as f64)),
-        (Scalar::F32, Op::Fma | Op::Mad) if three => {
-            map3(w, d, a, b, c, run, |a, b, c| from_f(t, f64::from(f(t, a).mul_add(f(t, b), f(t, c)) as f32)))
-        }
+        (Scalar::F32, Op::Add) if !three => map3(w, d, a, b, c, run, |a, b, _| f32op(a, b, |x, y| x + y)),
+        (Scalar::F32, Op::Sub) if !three => map3(w, d, a, b, c, run, |a, b, _| f32op(a, b, |x, y| x - y)),
+        (Scalar::F32, Op::Mul) if !three => map3(w, d, a, b, c, run, |a, b, _| f32op(a, b, |x, y| x * y)),
+        (Scalar::F32, Op::Fma | Op::Mad) if three => map3(w, d, a, b, c, run, |a, b, c| {
+            let (x, y, z) = (f64::from(f32v(a)), f64::from(f32v(b)), f64::from(f32v(c)));
+            u64::from((x.mul_add(y, z) as f32).to_bits())
+        }),
         (Scalar::F64, Op::Add) if !three => map3(w, d, a, b, c, run, |a, b, _| (f64::from_bits(a) + f64::from_bits(b)).to_bits()),
         (Scalar::F64, Op::Sub) if !three => map3(w, d, a, b, c, run, |a, b, _| (f64::from_bits(a) - f64::from_bits(b)).to_bits()),
         (Scalar::F64, Op::Mul) if !three => map3(w, d, a, b, c, run, |a, b, _| (f64::from_bits(a) * f64::from_bits(b)).to_bits()),
