@@ -833,8 +833,16 @@ fn exec(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32, mask: u32, next:
                     cx.mem.read_lanes(&addrs, size, run, &mut vals).map_err(|f| illegal(cx, i, f.addr, f.len as usize))?;
                 } else if space == Where::Shared || (space == Where::Param && w.params.is_none()) {
                     let buf: &[u8] = if space == Where::Shared { &cx.shared } else { cx.l.params };
-                    for l in lanes(run) {
-                        vals[l] = read_le(buf, addrs[l], size).ok_or_else(|| illegal(cx, i, addrs[l], size))?;
+                    if addrs.iter().all(|&a| a == addrs[0]) {
+                        // One address for the warp (a parameter, a shared variable): read once.
+                        if run != 0 {
+                            let v = read_le(buf, addrs[0], size).ok_or_else(|| illegal(cx, i, addrs[0], size))?;
+                            vals = [v; 32];
+                        }
+                    } else {
+                        for l in lanes(run) {
+                            vals[l] = read_le(buf, addrs[l], size).ok_or_else(|| illegal(cx, i, addrs[l], size))?;
+                        }
                     }
                 } else {
                     for l in lanes(run) {
@@ -1353,7 +1361,20 @@ fn pre(cx: &Ctx<'_, '_>, w: &Warp, i: &Inst, o: &Opd, t: Scalar) -> Option<[u64;
             // The warp's lanes are consecutive in x (no row wraps inside it).
             return Some(std::array::from_fn(|l| u64::from(x0 + l as u32)));
         }
-        return Some(std::array::from_fn(|l| special(cx, w, *s, l)));
+        if matches!(
+            s,
+            Special::Tid(_)
+                | Special::Laneid
+                | Special::LanemaskEq
+                | Special::LanemaskLe
+                | Special::LanemaskLt
+                | Special::LanemaskGe
+                | Special::LanemaskGt
+        ) {
+            return Some(std::array::from_fn(|l| special(cx, w, *s, l)));
+        }
+        // The others do not depend on the lane.
+        return Some([special(cx, w, *s, 0); 32]);
     }
     lanes_of(cx, w, i, o, t).map(|s| fetch(w, s))
 }
