@@ -368,10 +368,17 @@ fn step(cx: &mut Ctx<'_, '_>, w: &mut Warp) -> R<bool> {
     exec(cx, w, inst, run, mask, &mut next)?;
     let keep = mask & !w.exited & !w.at_barrier;
     let mut same = true;
-    for (l, &n) in next.iter().enumerate() {
-        if keep & (1 << l) != 0 {
-            w.pc[l] = n;
-            same &= n == pc + 1;
+    if inst.op == Op::Bra {
+        for (l, &n) in next.iter().enumerate() {
+            if keep & (1 << l) != 0 {
+                w.pc[l] = n;
+                same &= n == pc + 1;
+            }
+        }
+    } else {
+        // Only `bra` sets `next`: every lane goes on to `pc + 1` (a blend the compiler vectorizes).
+        for (l, p) in w.pc.iter_mut().enumerate() {
+            *p = if keep & (1 << l) != 0 { pc + 1 } else { *p };
         }
     }
     if all && same && w.converged.is_none() {
@@ -1472,8 +1479,14 @@ fn alu_warp(cx: &Ctx<'_, '_>, w: &mut Warp, i: &Inst, t: Scalar, d: RegId, run: 
             let s = is_signed(t);
             let nb = bits(t);
             // The per-lane path's operand and result conversions.
-            let x = move |a: u64| if s { sext(t, a) as u64 } else { mask_to(t, a) };
-            let out = move |r: u64| if s { sext(t, mask_to(t, r)) as u64 } else { mask_to(t, r) };
+            // (`sext` and `mask_to` of 32 or 64 bits, without their type dispatch.)
+            let narrow = nb == 32;
+            let x = move |a: u64| match (narrow, s) {
+                (true, true) => a as u32 as i32 as i64 as u64,
+                (true, false) => a as u32 as u64,
+                _ => a,
+            };
+            let out = x;
             match op {
                 Op::Mul | Op::Mad if wide => {
                     if !matches!(t, Scalar::S32 | Scalar::U32) || (op == Op::Mad) != three {
