@@ -1040,11 +1040,24 @@ fn setp(cx: &Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32) -> R<()> {
         other => return Err(unsupported(cx, i, format!("setp into {other:?}"))),
     };
     let (pa, pb) = (pre(cx, w, i, &i.opds[1], t), pre(cx, w, i, &i.opds[2], t));
+    // The type's class and conversions decided once (`f`, `sext`, `mask_to` of `t`).
+    let (float, signed, nb) = (is_float(t), is_signed(t), bits(t));
+    let fl = move |v: u64| if t == Scalar::F32 { f64::from(f32v(v)) } else { f(t, v) };
+    let sx = move |v: u64| match nb {
+        32 => v as u32 as i32 as i64,
+        64 => v as i64,
+        _ => sext(t, v),
+    };
+    let mk = move |v: u64| match nb {
+        32 => v as u32 as u64,
+        64 => v,
+        _ => mask_to(t, v),
+    };
     for l in lanes(run) {
         let a = val(cx, w, i, &i.opds[1], t, l, &pa)?;
         let b = val(cx, w, i, &i.opds[2], t, l, &pb)?;
-        let r = if is_float(t) {
-            let (x, y) = (f(t, a), f(t, b));
+        let r = if float {
+            let (x, y) = (fl(a), fl(b));
             let un = x.is_nan() || y.is_nan();
             match cmp {
                 Word::Eq => x == y,
@@ -1063,8 +1076,8 @@ fn setp(cx: &Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32) -> R<()> {
                 Word::Nan => un,
                 _ => return Err(unsupported(cx, i, "this float comparison")),
             }
-        } else if is_signed(t) {
-            let (x, y) = (sext(t, a), sext(t, b));
+        } else if signed {
+            let (x, y) = (sx(a), sx(b));
             match cmp {
                 Word::Eq => x == y,
                 Word::Ne => x != y,
@@ -1075,7 +1088,7 @@ fn setp(cx: &Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32) -> R<()> {
                 _ => return Err(unsupported(cx, i, "this signed comparison")),
             }
         } else {
-            let (x, y) = (mask_to(t, a), mask_to(t, b));
+            let (x, y) = (mk(a), mk(b));
             match cmp {
                 Word::Eq => x == y,
                 Word::Ne => x != y,
