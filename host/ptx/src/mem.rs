@@ -109,3 +109,46 @@ impl Memory for Allocations {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The default methods, lane by lane over `read`/`write`, to compare with.
+    struct Plain<'a>(&'a Allocations);
+    impl Memory for Plain<'_> {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Fault> {
+            self.0.read(addr, buf)
+        }
+        fn write(&self, addr: u64, data: &[u8]) -> Result<(), Fault> {
+            self.0.write(addr, data)
+        }
+        fn atomic(&self, addr: u64, size: usize, f: &mut dyn FnMut(u64) -> u64) -> Result<u64, Fault> {
+            self.0.atomic(addr, size, f)
+        }
+    }
+
+    #[test]
+    fn warp_accesses_are_the_lane_by_lane_accesses() {
+        for size in [1usize, 2, 4, 8] {
+            let (a, b) = (Allocations::default(), Allocations::default());
+            let init: Vec<u8> = (0..64u8).collect();
+            let (x, _) = (a.alloc(&init), b.alloc(&init));
+            let mut addrs: [u64; 32] = std::array::from_fn(|l| x + (l as u64 * 3) % 60);
+            // Lane 9 runs past the allocation, lane 20 is nowhere: the first bad lane is the fault.
+            addrs[9] = x + 64 - size as u64 + 1;
+            addrs[20] = 7;
+            let vals: [u64; 32] = std::array::from_fn(|l| 0x1122_3344_5566_7788u64.rotate_left(l as u32));
+            for mask in [u32::MAX, 0x0000_01ff, 0xfff0_0000, 0] {
+                let r1 = a.write_lanes(&addrs, size, mask, &vals);
+                let r2 = Plain(&b).write_lanes(&addrs, size, mask, &vals);
+                assert_eq!(r1, r2, "size {size} mask {mask:#x}");
+                assert_eq!(a.get(x, 64), b.get(x, 64), "size {size} mask {mask:#x}");
+                let (mut o1, mut o2) = ([0u64; 32], [0u64; 32]);
+                let r1 = a.read_lanes(&addrs, size, mask, &mut o1);
+                let r2 = Plain(&b).read_lanes(&addrs, size, mask, &mut o2);
+                assert_eq!((r1, o1), (r2, o2), "size {size} mask {mask:#x}");
+            }
+        }
+    }
+}
