@@ -81,6 +81,7 @@ impl Scalar {
     }
 
     /// Size in bytes (`.pred`: 1, as a byte in memory).
+    #[inline]
     pub fn size(self) -> u32 {
         use Scalar::*;
         match self {

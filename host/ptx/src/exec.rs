@@ -50,6 +50,30 @@ pub trait Memory {
     fn write(&self, addr: u64, data: &[u8]) -> Result<(), Fault>;
     /// Atomically replace the `size`-byte value at `addr` (1 <= size <= 8) by `f(old)`, returning `old`.
     fn atomic(&self, addr: u64, size: usize, f: &mut dyn FnMut(u64) -> u64) -> Result<u64, Fault>;
+
+    /// A warp's load: for each lane `l` of `mask` in increasing order, [`Memory::read`] of
+    /// `size` (1 to 8) bytes at `addrs[l]` into `out[l]` (little-endian, the upper bytes
+    /// zero). Stops at the first lane whose access faults, with its fault. An implementation
+    /// may find the allocation once for the warp; the default reads lane by lane.
+    fn read_lanes(&self, addrs: &[u64; 32], size: usize, mask: u32, out: &mut [u64; 32]) -> Result<(), Fault> {
+        for l in (0..32).filter(|l| mask & (1 << l) != 0) {
+            let mut b = [0u8; 8];
+            self.read(addrs[l], b.get_mut(..size).ok_or(Fault { addr: addrs[l], len: size as u64 })?)?;
+            out[l] = u64::from_le_bytes(b);
+        }
+        Ok(())
+    }
+
+    /// A warp's store: for each lane `l` of `mask` in increasing order, [`Memory::write`] of
+    /// the low `size` (1 to 8) bytes of `vals[l]` at `addrs[l]`. Stops at the first lane
+    /// whose access faults, with its fault (the lanes before it have written).
+    fn write_lanes(&self, addrs: &[u64; 32], size: usize, mask: u32, vals: &[u64; 32]) -> Result<(), Fault> {
+        for l in (0..32).filter(|l| mask & (1 << l) != 0) {
+            let b = vals[l].to_le_bytes();
+            self.write(addrs[l], b.get(..size).ok_or(Fault { addr: addrs[l], len: size as u64 })?)?;
+        }
+        Ok(())
+    }
 }
 
 /// A bad global access: the address and length.
@@ -125,6 +149,10 @@ struct Warp {
     ret: Vec<u8>,
     /// Set by `nanosleep`: the warp gives up the rest of its time slice.
     yielded: bool,
+    /// `Some(pc)`: every ready lane (existing, not exited, not at a barrier) is at `pc`, so a
+    /// step needs no scan of the lanes' PCs. Whoever changes a lane's PC, or lets a lane wait or
+    /// go on, outside [`step`] sets `None`.
+    converged: Option<u32>,
 }
 
 fn ret_bytes(k: &Kernel) -> u32 {
@@ -145,6 +173,7 @@ impl Warp {
             params: None,
             ret: vec![0; ret_bytes(k) as usize * 32],
             yielded: false,
+            converged: Some(0),
         }
     }
 }
@@ -279,13 +308,23 @@ fn step(cx: &mut Ctx<'_, '_>, w: &mut Warp) -> R<bool> {
     if ready == 0 {
         return Ok(false);
     }
-    let pc = (0..32).filter(|&l| ready & (1 << l) != 0).map(|l| w.pc[l]).min().unwrap_or(0);
-    let mut mask = 0u32;
-    for l in 0..32 {
-        if ready & (1 << l) != 0 && w.pc[l] == pc {
-            mask |= 1 << l;
+    let (pc, mask) = match w.converged {
+        Some(pc) => (pc, ready),
+        None => {
+            // The lowest PC among the ready lanes, and the lanes at it.
+            let mut pc = u32::MAX;
+            for l in 0..32 {
+                pc = pc.min(if ready & (1 << l) != 0 { w.pc[l] } else { u32::MAX });
+            }
+            let mut mask = 0u32;
+            for l in 0..32 {
+                mask |= u32::from(w.pc[l] == pc) << l;
+            }
+            (pc, mask & ready)
         }
-    }
+    };
+    // Whether, after this instruction, the ready lanes can still be at one PC.
+    let all = mask == ready;
     cx.steps += 1;
     if cx.l.budget != 0 && cx.steps > cx.l.budget {
         return Err(ExecError::Stopped { kernel: cx.k.name.clone(), steps: cx.steps, why: "instruction budget spent" });
@@ -293,31 +332,68 @@ fn step(cx: &mut Ctx<'_, '_>, w: &mut Warp) -> R<bool> {
     let Some(inst) = cx.k.insts.get(pc as usize) else {
         // Running off the end is an implicit exit.
         w.exited |= mask;
+        w.converged = None;
         return Ok(true);
     };
     // The guard: lanes whose predicate fails skip the instruction.
     let mut run = mask;
     if let Some((neg, p)) = inst.guard {
-        for l in 0..32 {
-            if mask & (1 << l) != 0 && ((reg(w, p, l) & 1 != 0) == neg) {
-                run &= !(1 << l);
+        let r = &w.regs[p as usize * 32..p as usize * 32 + 32];
+        let mut pass = 0u32;
+        for (l, v) in r.iter().enumerate() {
+            pass |= ((*v as u32 & 1) ^ u32::from(neg)) << l;
+        }
+        run &= pass;
+    }
+    if inst.op == Op::Bra && types(inst).all(|t| t.size() <= 8) {
+        if let Some(Opd::Label(t)) = inst.opds.first() {
+            // A direct branch: the lanes that take it go to the label, the others on.
+            let t = *t;
+            let keep = mask & !w.exited & !w.at_barrier;
+            for l in 0..32 {
+                if keep & (1 << l) != 0 {
+                    w.pc[l] = if run & (1 << l) != 0 { t } else { pc + 1 };
+                }
             }
+            w.converged = match (all, run & keep) {
+                (true, 0) => Some(pc + 1),
+                (true, r) if r == keep => Some(t),
+                _ => None,
+            };
+            return Ok(true);
         }
     }
     let mut next = [pc + 1; 32];
+    // Until this step is done, the PCs are scanned (an error leaves the warp consistent).
+    w.converged = None;
     exec(cx, w, inst, run, mask, &mut next)?;
-    for (l, &n) in next.iter().enumerate() {
-        if mask & (1 << l) != 0 && w.exited & (1 << l) == 0 && w.at_barrier & (1 << l) == 0 {
-            w.pc[l] = n;
+    let keep = mask & !w.exited & !w.at_barrier;
+    let mut same = true;
+    if inst.op == Op::Bra {
+        for (l, &n) in next.iter().enumerate() {
+            if keep & (1 << l) != 0 {
+                w.pc[l] = n;
+                same &= n == pc + 1;
+            }
         }
+    } else {
+        // Only `bra` sets `next`: every lane goes on to `pc + 1` (a blend the compiler vectorizes).
+        for (l, p) in w.pc.iter_mut().enumerate() {
+            *p = if keep & (1 << l) != 0 { pc + 1 } else { *p };
+        }
+    }
+    if all && same && w.converged.is_none() {
+        w.converged = Some(pc + 1);
     }
     Ok(true)
 }
 
+#[inline]
 fn reg(w: &Warp, r: RegId, lane: usize) -> u64 {
     w.regs[r as usize * 32 + lane]
 }
 
+#[inline]
 fn set(w: &mut Warp, r: RegId, lane: usize, v: u64) {
     w.regs[r as usize * 32 + lane] = v;
 }
@@ -339,10 +415,12 @@ fn last_type(cx: &Ctx<'_, '_>, i: &Inst) -> R<Scalar> {
     types(i).last().ok_or_else(|| unsupported(cx, i, format!("{} without a type", i.op.word())))
 }
 
+#[inline]
 fn bits(t: Scalar) -> u32 {
     t.size() * 8
 }
 
+#[inline]
 fn mask_to(t: Scalar, v: u64) -> u64 {
     match bits(t) {
         64 | 128 => v,
@@ -350,23 +428,28 @@ fn mask_to(t: Scalar, v: u64) -> u64 {
     }
 }
 
+#[inline]
 fn sext(t: Scalar, v: u64) -> i64 {
     let n = bits(t).min(64);
     ((v << (64 - n)) as i64) >> (64 - n)
 }
 
+#[inline]
 fn is_signed(t: Scalar) -> bool {
     matches!(t, Scalar::S8 | Scalar::S16 | Scalar::S32 | Scalar::S64)
 }
 
+#[inline]
 fn is_float(t: Scalar) -> bool {
     matches!(t, Scalar::F32 | Scalar::F64 | Scalar::F16 | Scalar::Bf16)
 }
 
+#[inline]
 fn f32v(v: u64) -> f32 {
     f32::from_bits(v as u32)
 }
 
+#[inline]
 fn f(t: Scalar, v: u64) -> f64 {
     match t {
         Scalar::F64 => f64::from_bits(v),
@@ -377,6 +460,7 @@ fn f(t: Scalar, v: u64) -> f64 {
 }
 
 /// `x` as bits of `t`, rounded to nearest even (one rounding, from f64).
+#[inline]
 fn from_f(t: Scalar, x: f64) -> u64 {
     match t {
         Scalar::F64 => x.to_bits(),
@@ -493,6 +577,38 @@ fn address(cx: &Ctx<'_, '_>, w: &Warp, i: &Inst, o: &Opd, lane: usize) -> R<(Whe
     })
 }
 
+/// The space and each lane's address of a memory operand, when the space is the same for every
+/// lane (declared, or given by the symbol the address is based on) and the address is a
+/// register or symbol plus an offset; `None`: the caller asks [`address`] lane by lane.
+fn addresses(w: &Warp, i: &Inst, o: &Opd) -> Option<(Where, [u64; 32])> {
+    let Opd::Addr(base, off) = o else { return None };
+    let off = *off as u64;
+    let declared = || {
+        i.mods.iter().find_map(|m| match m {
+            Mod::W(Word::Global) | Mod::W(Word::Const) => Some(Where::Global),
+            Mod::W(Word::Shared) => Some(Where::Shared),
+            Mod::W(Word::Local) => Some(Where::Local),
+            Mod::W(Word::Param) => Some(Where::Param),
+            _ => None,
+        })
+    };
+    let (space, at) = match base.as_deref() {
+        Some(Opd::Reg(r)) => {
+            let space = declared()?;
+            let r = *r as usize;
+            let regs: &[u64; 32] = w.regs[r * 32..r * 32 + 32].try_into().ok()?;
+            return Some((space, regs.map(|v| v.wrapping_add(off))));
+        }
+        Some(Opd::Shared(s)) => (Where::Shared, u64::from(*s)),
+        Some(Opd::Local(s)) => (Where::Local, u64::from(*s)),
+        Some(Opd::Param(s)) => (Where::Param, u64::from(*s)),
+        Some(Opd::CallParam(s)) => (Where::CallParam, u64::from(*s)),
+        Some(Opd::Return(s)) => (Where::Return, u64::from(*s)),
+        _ => return None,
+    };
+    Some((space, [at.wrapping_add(off); 32]))
+}
+
 fn illegal(cx: &Ctx<'_, '_>, i: &Inst, addr: u64, len: usize) -> ExecError {
     ExecError::IllegalAddress { kernel: cx.k.name.clone(), addr, len: len as u64, line: i.line }
 }
@@ -501,6 +617,23 @@ fn slice_of(buf: &[u8], at: u64, len: usize) -> Option<std::ops::Range<usize>> {
     let s = usize::try_from(at).ok()?;
     let e = s.checked_add(len)?;
     (e <= buf.len()).then_some(s..e)
+}
+
+/// The `size`-byte (1 to 8) little-endian value at `at` in `buf`, if inside it.
+#[inline]
+fn read_le(buf: &[u8], at: u64, size: usize) -> Option<u64> {
+    let b = &buf[slice_of(buf, at, size)?];
+    Some(match size {
+        1 => u64::from(b[0]),
+        2 => u64::from(u16::from_le_bytes(b.try_into().ok()?)),
+        4 => u64::from(u32::from_le_bytes(b.try_into().ok()?)),
+        8 => u64::from_le_bytes(b.try_into().ok()?),
+        _ => {
+            let mut v = [0u8; 8];
+            v.get_mut(..size)?.copy_from_slice(b);
+            u64::from_le_bytes(v)
+        }
+    })
 }
 
 fn load(cx: &Ctx<'_, '_>, w: &Warp, i: &Inst, space: Where, a: u64, lane: usize, out: &mut [u8]) -> R<()> {
@@ -670,9 +803,16 @@ fn exec(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32, mask: u32, next:
                 }
                 _ => {
                     let d = dst(cx, i, 0)?;
-                    for l in lanes(run) {
-                        let v = src(cx, w, i, &i.opds[1], t, l)?;
-                        set(w, d, l, mask_to(t, v));
+                    if let Some(v) = pre(cx, w, i, &i.opds[1], t) {
+                        let d = &mut w.regs[d as usize * 32..d as usize * 32 + 32];
+                        for l in lanes(run) {
+                            d[l] = mask_to(t, v[l]);
+                        }
+                    } else {
+                        for l in lanes(run) {
+                            let v = src(cx, w, i, &i.opds[1], t, l)?;
+                            set(w, d, l, mask_to(t, v));
+                        }
                     }
                 }
             }
@@ -693,6 +833,37 @@ fn exec(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32, mask: u32, next:
             };
             if dsts.len() != vec {
                 return Err(unsupported(cx, i, "a vector load whose destination count differs"));
+            }
+            if let (1, [Opd::Reg(d)], Some((space, addrs))) = (vec, dsts, addresses(w, i, &i.opds[1])) {
+                // One element a lane, the addresses decoded for the whole warp.
+                let mut vals = [0u64; 32];
+                if space == Where::Global {
+                    cx.mem.read_lanes(&addrs, size, run, &mut vals).map_err(|f| illegal(cx, i, f.addr, f.len as usize))?;
+                } else if space == Where::Shared || (space == Where::Param && w.params.is_none()) {
+                    let buf: &[u8] = if space == Where::Shared { &cx.shared } else { cx.l.params };
+                    if addrs.iter().all(|&a| a == addrs[0]) {
+                        // One address for the warp (a parameter, a shared variable): read once.
+                        if run != 0 {
+                            let v = read_le(buf, addrs[0], size).ok_or_else(|| illegal(cx, i, addrs[0], size))?;
+                            vals = [v; 32];
+                        }
+                    } else {
+                        for l in lanes(run) {
+                            vals[l] = read_le(buf, addrs[l], size).ok_or_else(|| illegal(cx, i, addrs[l], size))?;
+                        }
+                    }
+                } else {
+                    for l in lanes(run) {
+                        let mut v = [0u8; 8];
+                        load(cx, w, i, space, addrs[l], l, &mut v[..size])?;
+                        vals[l] = u64::from_le_bytes(v);
+                    }
+                }
+                for l in lanes(run) {
+                    let raw = vals[l];
+                    set(w, *d, l, if is_signed(t) { sext(t, raw) as u64 } else { raw });
+                }
+                return Ok(());
             }
             for l in lanes(run) {
                 let (space, a) = address(cx, w, i, &i.opds[1], l)?;
@@ -721,6 +892,20 @@ fn exec(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32, mask: u32, next:
             if srcs.len() > 4 {
                 return Err(unsupported(cx, i, "a store of more than 4 elements"));
             }
+            if let ([v], Some((space, addrs))) = (srcs, addresses(w, i, &i.opds[0])) {
+                if let Some(v) = lanes_of(cx, w, i, v, t) {
+                    // One element a lane, the addresses and values fetched for the whole warp.
+                    let vals = fetch(w, v);
+                    if space == Where::Global {
+                        cx.mem.write_lanes(&addrs, size, run, &vals).map_err(|f| illegal(cx, i, f.addr, f.len as usize))?;
+                    } else {
+                        for l in lanes(run) {
+                            store(cx, w, i, space, addrs[l], l, &vals[l].to_le_bytes()[..size])?;
+                        }
+                    }
+                    return Ok(());
+                }
+            }
             for l in lanes(run) {
                 let (space, a) = address(cx, w, i, &i.opds[0], l)?;
                 let mut buf = [0u8; 64];
@@ -736,8 +921,9 @@ fn exec(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32, mask: u32, next:
             let local = has(i, Word::Local);
             let to = has(i, Word::To);
             let d = dst(cx, i, 0)?;
+            let pv = pre(cx, w, i, &i.opds[1], Scalar::U64);
             for l in lanes(run) {
-                let v = src(cx, w, i, &i.opds[1], Scalar::U64, l)?;
+                let v = val(cx, w, i, &i.opds[1], Scalar::U64, l, &pv)?;
                 let out = match (shared, local, to) {
                     (true, _, false) => v.wrapping_add(SHARED_WINDOW),
                     (true, _, true) => v.wrapping_sub(SHARED_WINDOW),
@@ -752,9 +938,10 @@ fn exec(cx: &mut Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32, mask: u32, next:
         Op::Selp => {
             let t = last_type(cx, i)?;
             let d = dst(cx, i, 0)?;
+            let (pa, pb, pc) = (pre(cx, w, i, &i.opds[1], t), pre(cx, w, i, &i.opds[2], t), pre(cx, w, i, &i.opds[3], Scalar::Pred));
             for l in lanes(run) {
-                let c = src(cx, w, i, &i.opds[3], Scalar::Pred, l)? & 1;
-                let v = if c != 0 { src(cx, w, i, &i.opds[1], t, l)? } else { src(cx, w, i, &i.opds[2], t, l)? };
+                let c = val(cx, w, i, &i.opds[3], Scalar::Pred, l, &pc)? & 1;
+                let v = if c != 0 { val(cx, w, i, &i.opds[1], t, l, &pa)? } else { val(cx, w, i, &i.opds[2], t, l, &pb)? };
                 set(w, d, l, v);
             }
         }
@@ -853,11 +1040,25 @@ fn setp(cx: &Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32) -> R<()> {
         Opd::PredPair(p, q) => (*p, Some(*q)),
         other => return Err(unsupported(cx, i, format!("setp into {other:?}"))),
     };
+    let (pa, pb) = (pre(cx, w, i, &i.opds[1], t), pre(cx, w, i, &i.opds[2], t));
+    // The type's class and conversions decided once (`f`, `sext`, `mask_to` of `t`).
+    let (float, signed, nb) = (is_float(t), is_signed(t), bits(t));
+    let fl = move |v: u64| if t == Scalar::F32 { f64::from(f32v(v)) } else { f(t, v) };
+    let sx = move |v: u64| match nb {
+        32 => v as u32 as i32 as i64,
+        64 => v as i64,
+        _ => sext(t, v),
+    };
+    let mk = move |v: u64| match nb {
+        32 => v as u32 as u64,
+        64 => v,
+        _ => mask_to(t, v),
+    };
     for l in lanes(run) {
-        let a = src(cx, w, i, &i.opds[1], t, l)?;
-        let b = src(cx, w, i, &i.opds[2], t, l)?;
-        let r = if is_float(t) {
-            let (x, y) = (f(t, a), f(t, b));
+        let a = val(cx, w, i, &i.opds[1], t, l, &pa)?;
+        let b = val(cx, w, i, &i.opds[2], t, l, &pb)?;
+        let r = if float {
+            let (x, y) = (fl(a), fl(b));
             let un = x.is_nan() || y.is_nan();
             match cmp {
                 Word::Eq => x == y,
@@ -876,8 +1077,8 @@ fn setp(cx: &Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32) -> R<()> {
                 Word::Nan => un,
                 _ => return Err(unsupported(cx, i, "this float comparison")),
             }
-        } else if is_signed(t) {
-            let (x, y) = (sext(t, a), sext(t, b));
+        } else if signed {
+            let (x, y) = (sx(a), sx(b));
             match cmp {
                 Word::Eq => x == y,
                 Word::Ne => x != y,
@@ -888,7 +1089,7 @@ fn setp(cx: &Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32) -> R<()> {
                 _ => return Err(unsupported(cx, i, "this signed comparison")),
             }
         } else {
-            let (x, y) = (mask_to(t, a), mask_to(t, b));
+            let (x, y) = (mk(a), mk(b));
             match cmp {
                 Word::Eq => x == y,
                 Word::Ne => x != y,
@@ -1174,15 +1375,199 @@ fn float_op(cx: &Ctx<'_, '_>, i: &Inst, t: Scalar, x: f64, y: f64, z: f64) -> R<
     Ok(r)
 }
 
+/// Operand `o` for every lane, fetched at once when it is a register or an immediate (its
+/// value then does not need [`src`] lane by lane).
+fn pre(cx: &Ctx<'_, '_>, w: &Warp, i: &Inst, o: &Opd, t: Scalar) -> Option<[u64; 32]> {
+    if let Opd::Special(s) = o {
+        let b = cx.l.block;
+        let x0 = w.base_thread % b[0];
+        if let (Special::Tid(0), true) = (s, x0 + 32 <= b[0]) {
+            // The warp's lanes are consecutive in x (no row wraps inside it).
+            return Some(std::array::from_fn(|l| u64::from(x0 + l as u32)));
+        }
+        if matches!(
+            s,
+            Special::Tid(_)
+                | Special::Laneid
+                | Special::LanemaskEq
+                | Special::LanemaskLe
+                | Special::LanemaskLt
+                | Special::LanemaskGe
+                | Special::LanemaskGt
+        ) {
+            return Some(std::array::from_fn(|l| special(cx, w, *s, l)));
+        }
+        // The others do not depend on the lane.
+        return Some([special(cx, w, *s, 0); 32]);
+    }
+    lanes_of(cx, w, i, o, t).map(|s| fetch(w, s))
+}
+
+/// [`src`] for `lane`, from `p` when [`pre`] fetched it.
+fn val(cx: &Ctx<'_, '_>, w: &Warp, i: &Inst, o: &Opd, t: Scalar, lane: usize, p: &Option<[u64; 32]>) -> R<u64> {
+    match p {
+        Some(v) => Ok(v[lane]),
+        None => src(cx, w, i, o, t, lane),
+    }
+}
+
+/// A source operand decoded once for a whole warp: a register's slot or one value for every lane.
+#[derive(Clone, Copy)]
+enum Lanes {
+    Reg(usize),
+    Same(u64),
+}
+
+/// `o` as a [`Lanes`], when it is a register or an immediate (whose value as `t` is the same
+/// for every lane).
+fn lanes_of(cx: &Ctx<'_, '_>, w: &Warp, i: &Inst, o: &Opd, t: Scalar) -> Option<Lanes> {
+    match o {
+        Opd::Reg(r) => Some(Lanes::Reg(*r as usize)),
+        Opd::Imm(_) | Opd::Float(_) => src(cx, w, i, o, t, 0).ok().map(Lanes::Same),
+        _ => None,
+    }
+}
+
+#[inline]
+fn fetch(w: &Warp, s: Lanes) -> [u64; 32] {
+    match s {
+        Lanes::Reg(r) => w.regs[r * 32..r * 32 + 32].try_into().unwrap_or([0; 32]),
+        Lanes::Same(v) => [v; 32],
+    }
+}
+
+/// `d = f(a, b, c)` for the lanes `run`, the operands fetched for the whole warp at once
+/// (a loop the compiler vectorizes; lanes outside `run` keep their value).
+fn map3(w: &mut Warp, d: RegId, a: Lanes, b: Lanes, c: Lanes, run: u32, f: impl Fn(u64, u64, u64) -> u64) {
+    let (a, b, c) = (fetch(w, a), fetch(w, b), fetch(w, c));
+    let d = &mut w.regs[d as usize * 32..d as usize * 32 + 32];
+    for l in 0..32 {
+        let v = f(a[l], b[l], c[l]);
+        if run & (1 << l) != 0 {
+            d[l] = v;
+        }
+    }
+}
+
+/// `op` of two f32 bits computed in f64 and rounded once to f32, as [`float_op`] does.
+#[inline]
+fn f32op(a: u64, b: u64, op: impl Fn(f64, f64) -> f64) -> u64 {
+    u64::from((op(f64::from(f32v(a)), f64::from(f32v(b))) as f32).to_bits())
+}
+
+/// The common arithmetic forms (32- and 64-bit integers, f32 and f64 without `.sat`/`.ftz`)
+/// over the whole warp at once, computing exactly what [`alu`]'s per-lane path computes.
+/// `false`: not one of them (the caller runs the general path).
+fn alu_warp(cx: &Ctx<'_, '_>, w: &mut Warp, i: &Inst, t: Scalar, d: RegId, run: u32) -> bool {
+    let n = i.opds.len();
+    if !(3..=4).contains(&n) || i.mods.iter().any(|m| matches!(m, Mod::W(Word::Sat | Word::Ftz | Word::Hi))) {
+        return false;
+    }
+    let wide = has(i, Word::Wide);
+    let Some(a) = lanes_of(cx, w, i, &i.opds[1], t) else { return false };
+    let Some(b) = lanes_of(cx, w, i, &i.opds[2], t) else { return false };
+    let c = if n > 3 {
+        match lanes_of(cx, w, i, &i.opds[3], if wide { wide_of(t) } else { t }) {
+            Some(c) => c,
+            None => return false,
+        }
+    } else {
+        Lanes::Same(0)
+    };
+    let three = n == 4;
+    match (t, i.op) {
+        (Scalar::F32, Op::Add) if !three => map3(w, d, a, b, c, run, |a, b, _| f32op(a, b, |x, y| x + y)),
+        (Scalar::F32, Op::Sub) if !three => map3(w, d, a, b, c, run, |a, b, _| f32op(a, b, |x, y| x - y)),
+        (Scalar::F32, Op::Mul) if !three => map3(w, d, a, b, c, run, |a, b, _| f32op(a, b, |x, y| x * y)),
+        (Scalar::F32, Op::Fma | Op::Mad) if three => map3(w, d, a, b, c, run, |a, b, c| {
+            let (x, y, z) = (f64::from(f32v(a)), f64::from(f32v(b)), f64::from(f32v(c)));
+            u64::from((x.mul_add(y, z) as f32).to_bits())
+        }),
+        (Scalar::F64, Op::Add) if !three => map3(w, d, a, b, c, run, |a, b, _| (f64::from_bits(a) + f64::from_bits(b)).to_bits()),
+        (Scalar::F64, Op::Sub) if !three => map3(w, d, a, b, c, run, |a, b, _| (f64::from_bits(a) - f64::from_bits(b)).to_bits()),
+        (Scalar::F64, Op::Mul) if !three => map3(w, d, a, b, c, run, |a, b, _| (f64::from_bits(a) * f64::from_bits(b)).to_bits()),
+        (Scalar::F64, Op::Fma | Op::Mad) if three => {
+            map3(w, d, a, b, c, run, |a, b, c| f64::from_bits(a).mul_add(f64::from_bits(b), f64::from_bits(c)).to_bits())
+        }
+        (Scalar::S32 | Scalar::U32 | Scalar::B32 | Scalar::S64 | Scalar::U64 | Scalar::B64, op) => {
+            if wide && !matches!(op, Op::Mul | Op::Mad) {
+                return false;
+            }
+            let s = is_signed(t);
+            let nb = bits(t);
+            // The per-lane path's operand and result conversions.
+            // (`sext` and `mask_to` of 32 or 64 bits, without their type dispatch.)
+            let narrow = nb == 32;
+            let x = move |a: u64| match (narrow, s) {
+                (true, true) => a as u32 as i32 as i64 as u64,
+                (true, false) => a as u32 as u64,
+                _ => a,
+            };
+            let out = x;
+            match op {
+                Op::Mul | Op::Mad if wide => {
+                    if !matches!(t, Scalar::S32 | Scalar::U32) || (op == Op::Mad) != three {
+                        return false;
+                    }
+                    let ot = wide_of(t);
+                    let full = move |x: u64, y: u64| -> u64 {
+                        if s {
+                            (x as i64 as i128 * y as i64 as i128) as u128 as u64
+                        } else {
+                            (x as u128 * y as u128) as u64
+                        }
+                    };
+                    let out = move |r: u64| if s { sext(ot, mask_to(ot, r)) as u64 } else { mask_to(ot, r) };
+                    map3(w, d, a, b, c, run, |a, b, c| out(full(x(a), x(b)).wrapping_add(if three { c } else { 0 })))
+                }
+                Op::Add if !three => map3(w, d, a, b, c, run, |a, b, _| out(x(a).wrapping_add(x(b)))),
+                Op::Sub if !three => map3(w, d, a, b, c, run, |a, b, _| out(x(a).wrapping_sub(x(b)))),
+                Op::Mul if !three => map3(w, d, a, b, c, run, |a, b, _| out(x(a).wrapping_mul(x(b)))),
+                Op::Mad if three => map3(w, d, a, b, c, run, |a, b, c| out(x(a).wrapping_mul(x(b)).wrapping_add(c))),
+                Op::And if !three => map3(w, d, a, b, c, run, |a, b, _| out(a & b)),
+                Op::Or if !three => map3(w, d, a, b, c, run, |a, b, _| out(a | b)),
+                Op::Xor if !three => map3(w, d, a, b, c, run, |a, b, _| out(a ^ b)),
+                Op::Shl if !three => map3(w, d, a, b, c, run, |a, b, _| {
+                    let sh = b as u32;
+                    out(if sh >= nb { 0 } else { a << sh })
+                }),
+                Op::Shr if !three => map3(w, d, a, b, c, run, |a, b, _| {
+                    let sh = (b as u32).min(nb);
+                    out(if s {
+                        (sext(t, a) >> sh.min(63)) as u64
+                    } else if sh >= nb {
+                        0
+                    } else {
+                        mask_to(t, a) >> sh
+                    })
+                }),
+                _ => return false,
+            }
+        }
+        _ => return false,
+    }
+    true
+}
+
 fn alu(cx: &Ctx<'_, '_>, w: &mut Warp, i: &Inst, run: u32) -> R<()> {
     let t = last_type(cx, i)?;
     let d = dst(cx, i, 0)?;
+    if run == 0 || alu_warp(cx, w, i, t, d, run) {
+        return Ok(());
+    }
+    alu_lanes(cx, w, i, t, d, run)
+}
+
+/// [`alu`] lane by lane: every form.
+fn alu_lanes(cx: &Ctx<'_, '_>, w: &mut Warp, i: &Inst, t: Scalar, d: RegId, run: u32) -> R<()> {
     let wide = has(i, Word::Wide);
     let hi = has(i, Word::Hi);
     let n = i.opds.len();
+    let pa = pre(cx, w, i, &i.opds[1], t);
+    let pb = if n > 2 { pre(cx, w, i, &i.opds[2], t) } else { None };
     for l in lanes(run) {
-        let a = src(cx, w, i, &i.opds[1], t, l)?;
-        let b = if n > 2 { src(cx, w, i, &i.opds[2], t, l)? } else { 0 };
+        let a = val(cx, w, i, &i.opds[1], t, l, &pa)?;
+        let b = if n > 2 { val(cx, w, i, &i.opds[2], t, l, &pb)? } else { 0 };
         let c = if n > 3 && i.op != Op::Setp { src(cx, w, i, &i.opds[3], if wide { wide_of(t) } else { t }, l)? } else { 0 };
         let v = if let Some(h) = packed_half(t) {
             // Two halves, each computed as its scalar type.
@@ -1750,6 +2135,125 @@ mod tests {
     fn fmt(f: &str, args: &[u64]) -> String {
         let mut it = args.iter().copied();
         format_printf(f.as_bytes(), &mut |_| Ok(it.next().unwrap_or(0)), &mut |_| "str".into()).unwrap()
+    }
+
+    #[test]
+    fn the_warp_alu_computes_what_the_lane_by_lane_path_computes() {
+        let ops = [
+            "add.f32 %a, %b, %c",
+            "sub.f32 %a, %b, %c",
+            "mul.f32 %a, %b, 0f3F800001",
+            "fma.rn.f32 %a, %b, %c, %d",
+            "mad.rn.f32 %a, %b, %c, %d",
+            "add.f64 %a, %b, %c",
+            "sub.f64 %a, %b, 0d3FF0000000000001",
+            "mul.f64 %a, %b, %c",
+            "fma.rn.f64 %a, %b, %c, %d",
+            "add.s32 %a, %b, %c",
+            "add.u32 %a, %b, -7",
+            "sub.s64 %a, %b, %c",
+            "sub.u64 %a, %b, %c",
+            "mul.lo.s32 %a, %b, %c",
+            "mul.lo.u64 %a, %b, 12345",
+            "mad.lo.s32 %a, %b, %c, %d",
+            "mad.lo.u32 %a, %b, %c, %d",
+            "mul.wide.s32 %a, %b, %c",
+            "mul.wide.u32 %a, %b, 4",
+            "mad.wide.s32 %a, %b, %c, %d",
+            "mad.wide.u32 %a, %b, %c, %d",
+            "and.b32 %a, %b, %c",
+            "or.b64 %a, %b, %c",
+            "xor.b32 %a, %b, 255",
+            "shl.b32 %a, %b, %c",
+            "shl.b64 %a, %b, 3",
+            "shr.u32 %a, %b, %c",
+            "shr.s32 %a, %b, %c",
+            "shr.s64 %a, %b, %c",
+            "shr.u64 %a, %b, 65",
+            "shr.b32 %a, %b, %c",
+        ];
+        let body: String = ops.iter().map(|o| format!("{o};\n")).collect();
+        let src = format!(".version 9.0\n.target sm_90\n.address_size 64\n.entry k()\n{{\n.reg .b64 %a, %b, %c, %d;\n{body}ret;\n}}\n");
+        let m = crate::Module::parse(&src).unwrap();
+        let k = m.lower(&m.functions[0]).unwrap();
+        let mem = crate::mem::Allocations::default();
+        let l = Launch {
+            grid: [1; 3],
+            block: [32, 1, 1],
+            params: &[],
+            dynamic_shared: 0,
+            globals: &[],
+            budget: 0,
+            functions: &[],
+            printf: &|_| {},
+        };
+        let cx = Ctx {
+            k: &k,
+            l: &l,
+            mem: &mem,
+            shared: Vec::new(),
+            ctaid: [0; 3],
+            steps: 0,
+            depth: 0,
+            cancel: &|| false,
+            arrivals: [(0, 0); BARRIERS],
+            barrier_news: false,
+            counted_barriers: false,
+        };
+        // Values that find the edges: zero, signs, NaNs, infinities, subnormals, shifts past the width.
+        let special = [
+            0u64,
+            1,
+            31,
+            32,
+            33,
+            63,
+            64,
+            u64::MAX,
+            0x8000_0000,
+            0x7fff_ffff,
+            0xffff_ffff,
+            0x8000_0000_0000_0000,
+            f32::NAN.to_bits() as u64,
+            f32::INFINITY.to_bits() as u64,
+            f32::MIN_POSITIVE.to_bits() as u64 / 3,
+            f64::NAN.to_bits(),
+            (-0.0f64).to_bits(),
+            1.5f64.to_bits(),
+            (1e300f64).to_bits(),
+            0x3f80_0001,
+        ];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..64 {
+            let mut w = Warp::new(&k, u32::MAX, 0);
+            for v in w.regs.iter_mut() {
+                let r = rnd();
+                *v = match r % 4 {
+                    0 => special[(r >> 8) as usize % special.len()],
+                    1 => r >> 40,
+                    2 => (r >> 3) as u32 as u64,
+                    _ => r,
+                };
+            }
+            let run = if round % 2 == 0 { u32::MAX } else { rnd() as u32 };
+            for i in &k.insts[..ops.len()] {
+                let t = last_type(&cx, i).unwrap();
+                let d = dst(&cx, i, 0).unwrap();
+                let mut fast = Warp::new(&k, u32::MAX, 0);
+                fast.regs.clone_from(&w.regs);
+                assert!(alu_warp(&cx, &mut fast, i, t, d, run), "line {}", i.line);
+                let mut slow = Warp::new(&k, u32::MAX, 0);
+                slow.regs.clone_from(&w.regs);
+                alu_lanes(&cx, &mut slow, i, t, d, run).unwrap();
+                assert_eq!(fast.regs, slow.regs, "line {} round {round}", i.line);
+            }
+        }
     }
 
     #[test]

@@ -216,6 +216,7 @@ pub(super) fn release(cx: &mut Ctx<'_, '_>, warps: &mut [Warp]) -> R<bool> {
             }
         }
         w.at_barrier &= !group;
+        w.converged = None;
         for l in lanes(group) {
             w.pc[l] += 1;
         }
