@@ -143,6 +143,41 @@ impl exec::Memory for Memory {
         Ok(())
     }
 
+    fn read_lanes(&self, addrs: &[u64; 32], size: usize, mask: u32, out: &mut [u64; 32]) -> Result<(), Fault> {
+        // One allocation lookup and one lock while the lanes stay in the same allocation (the
+        // common case: a warp reading one array); one lock at a time, so no lock order.
+        let mut cur: Option<(&Alloc, std::sync::RwLockReadGuard<'_, memmap2::MmapMut>)> = None;
+        for l in (0..32).filter(|l| mask & (1 << l) != 0) {
+            let (a, at) =
+                self.find(addrs[l], size).and_then(|r| if size <= 8 { Ok(r) } else { Err(Fault { addr: addrs[l], len: size as u64 }) })?;
+            if !cur.as_ref().is_some_and(|(c, _)| std::ptr::eq(*c, a)) {
+                // Release the previous allocation's lock before taking the next one.
+                drop(cur.take());
+                cur = Some((a, a.data.read().unwrap_or_else(|e| e.into_inner())));
+            }
+            let d = &cur.as_ref().map(|(_, g)| g).expect("set above")[at..at + size];
+            let mut v = [0u8; 8];
+            v[..size].copy_from_slice(d);
+            out[l] = u64::from_le_bytes(v);
+        }
+        Ok(())
+    }
+
+    fn write_lanes(&self, addrs: &[u64; 32], size: usize, mask: u32, vals: &[u64; 32]) -> Result<(), Fault> {
+        let mut cur: Option<(&Alloc, std::sync::RwLockWriteGuard<'_, memmap2::MmapMut>)> = None;
+        for l in (0..32).filter(|l| mask & (1 << l) != 0) {
+            let (a, at) =
+                self.find(addrs[l], size).and_then(|r| if size <= 8 { Ok(r) } else { Err(Fault { addr: addrs[l], len: size as u64 }) })?;
+            if !cur.as_ref().is_some_and(|(c, _)| std::ptr::eq(*c, a)) {
+                drop(cur.take());
+                cur = Some((a, a.data.write().unwrap_or_else(|e| e.into_inner())));
+            }
+            let g = &mut cur.as_mut().expect("set above").1;
+            g[at..at + size].copy_from_slice(&vals[l].to_le_bytes()[..size]);
+        }
+        Ok(())
+    }
+
     fn atomic(&self, addr: u64, size: usize, f: &mut dyn FnMut(u64) -> u64) -> Result<u64, Fault> {
         if !(1..=8).contains(&size) {
             return Err(Fault { addr, len: size as u64 });
@@ -298,5 +333,47 @@ pub fn run(
             warn!(target: "vgpu::emu::launch", session, code, elapsed = ?t0.elapsed(), "kernel fault: {e}");
             Err(code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::RwLock;
+    use vgpu_ptx::exec::Memory as _;
+
+    fn alloc(base: u64, len: u64) -> Arc<Alloc> {
+        let map = memmap2::MmapMut::map_anon(len as usize).expect("anonymous mapping");
+        Arc::new(Alloc { base, len, owner: 0, data: RwLock::new(map) })
+    }
+
+    #[test]
+    fn warp_accesses_are_the_lane_by_lane_ones() {
+        let mem = Memory::new(vec![alloc(0x2000, 256), alloc(0x1000, 256)]);
+        let mut addrs = [0u64; 32];
+        let mut vals = [0u64; 32];
+        for l in 0..32 {
+            // Lanes alternate between the two allocations, as a gather might.
+            addrs[l] = if l % 3 == 0 { 0x2000 } else { 0x1000 } + 4 * l as u64;
+            vals[l] = 0xdead_0000 + l as u64;
+        }
+        mem.write_lanes(&addrs, 4, u32::MAX, &vals).unwrap();
+        let mut out = [0u64; 32];
+        mem.read_lanes(&addrs, 4, !1, &mut out).unwrap();
+        assert_eq!(out[0], 0, "lane 0 is not in the mask");
+        for l in 1..32 {
+            let mut b = [0u8; 4];
+            mem.read(addrs[l], &mut b).unwrap();
+            assert_eq!((out[l], u64::from(u32::from_le_bytes(b))), (vals[l], vals[l]), "lane {l}");
+        }
+        // A lane past its allocation's end: that lane's fault, the lanes before it done.
+        addrs[5] = 0x1000 + 254;
+        assert_eq!(mem.write_lanes(&addrs, 4, u32::MAX, &[7; 32]), Err(Fault { addr: 0x1000 + 254, len: 4 }));
+        let mut b = [0u8; 4];
+        mem.read(addrs[4], &mut b).unwrap();
+        assert_eq!(u32::from_le_bytes(b), 7, "lane 4 wrote before lane 5 faulted");
+        mem.read(addrs[6], &mut b).unwrap();
+        assert_eq!(u64::from(u32::from_le_bytes(b)), vals[6], "lane 6 did not");
+        assert!(mem.read_lanes(&addrs, 16, 1, &mut out).is_err(), "more than 8 bytes a lane");
     }
 }
