@@ -202,7 +202,7 @@ pub(super) fn run(out: &mut Map<String, Value>, quick: bool, lat_iters: usize) -
     out.insert("compute_empty_kernel_round_trip_p99_us".into(), json!(l99));
     out.insert("compute_anchor_null_call_p50_us".into(), json!(n50));
     out.insert("compute_empty_kernel_vs_null_call".into(), json!(l50 / n50));
-    drop((x, y, sums, da, db, dc, s, module, dev));
+    drop((saxpy, block_sum, gemm, empty, x, y, sums, da, db, dc, s, module, dev));
     drop(m);
 
     module_load(out, quick)
