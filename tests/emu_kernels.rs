@@ -909,7 +909,8 @@ fn a_session_that_ends_stops_its_running_kernel() {
     let (spin, _) = s.func(module, "spin");
     let (g, b) = (launch::pack_grid(1, 1, 1).unwrap(), launch::pack_block(32, 1, 1, 0).unwrap());
     s.raw.submit(Call::Launch as u16, 0, 0, [spin, g, b, 0, PARAM_OFF, 0]);
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    // The launch is counted when its stream takes it, right before it runs.
+    poll_until(std::time::Duration::from_secs(10), "the kernel to start", || (s.stat(&m)["launches"].as_u64() == Some(1)).then_some(()));
     let id = s.session_id();
     drop(s);
     let t = std::time::Instant::now();

@@ -150,12 +150,15 @@ impl exec::Memory for Memory {
         for l in (0..32).filter(|l| mask & (1 << l) != 0) {
             let (a, at) =
                 self.find(addrs[l], size).and_then(|r| if size <= 8 { Ok(r) } else { Err(Fault { addr: addrs[l], len: size as u64 }) })?;
-            if !cur.as_ref().is_some_and(|(c, _)| std::ptr::eq(*c, a)) {
-                // Release the previous allocation's lock before taking the next one.
-                drop(cur.take());
-                cur = Some((a, a.data.read().unwrap_or_else(|e| e.into_inner())));
-            }
-            let d = &cur.as_ref().map(|(_, g)| g).expect("set above")[at..at + size];
+            let g = match &mut cur {
+                Some((c, g)) if std::ptr::eq(*c, a) => g,
+                slot => {
+                    // Release the previous allocation's lock before taking the next one.
+                    drop(slot.take());
+                    &mut slot.insert((a, a.data.read().unwrap_or_else(|e| e.into_inner()))).1
+                }
+            };
+            let d = &g[at..at + size];
             let mut v = [0u8; 8];
             v[..size].copy_from_slice(d);
             out[l] = u64::from_le_bytes(v);
@@ -168,11 +171,13 @@ impl exec::Memory for Memory {
         for l in (0..32).filter(|l| mask & (1 << l) != 0) {
             let (a, at) =
                 self.find(addrs[l], size).and_then(|r| if size <= 8 { Ok(r) } else { Err(Fault { addr: addrs[l], len: size as u64 }) })?;
-            if !cur.as_ref().is_some_and(|(c, _)| std::ptr::eq(*c, a)) {
-                drop(cur.take());
-                cur = Some((a, a.data.write().unwrap_or_else(|e| e.into_inner())));
-            }
-            let g = &mut cur.as_mut().expect("set above").1;
+            let g = match &mut cur {
+                Some((c, g)) if std::ptr::eq(*c, a) => g,
+                slot => {
+                    drop(slot.take());
+                    &mut slot.insert((a, a.data.write().unwrap_or_else(|e| e.into_inner()))).1
+                }
+            };
             g[at..at + size].copy_from_slice(&vals[l].to_le_bytes()[..size]);
         }
         Ok(())
